@@ -1,0 +1,51 @@
+# sftp-ipi: set-up, checks and demos. Every target installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+SSHD := $(firstword $(wildcard /usr/sbin/sshd /usr/bin/sshd))
+# Parallel test workers: one per core is what the 2-core CI machine handles best.
+PYTEST_WORKERS ?= auto
+
+.PHONY: help venv sshd test lint demo bench clean
+
+help:
+	@echo "make demo   - run the job against a private local sshd with sample IPI files"
+	@echo "make test   - run the test suite against a real OpenSSH sshd"
+	@echo "make lint   - ruff and mypy"
+	@echo "make bench  - throughput and memory benchmarks"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The tests and the demo start a private OpenSSH sshd; install it when missing.
+sshd:
+	@if [ -z "$(SSHD)" ] && ! command -v sshd >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; \
+		elif command -v sudo >/dev/null; then \
+			sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; \
+		else \
+			echo "openssh-server is missing and cannot be installed without root" >&2; exit 1; \
+		fi; \
+	fi
+
+test: venv sshd
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
+
+lint: venv
+	$(PY) -m ruff check app tests tools
+	$(PY) -m ruff format --check app tests tools
+	$(PY) -m mypy
+
+demo: venv sshd
+	$(PY) tools/demo.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,111 @@
+"""Command line: ``python -m app`` (or ``sftp-ipi``) runs the job once."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from loguru import logger
+
+from app import __version__
+from app.config import load_settings, read_environment, setting_docs
+from app.errors import EXIT_SIGINT, EXIT_SIGTERM, EXIT_STORAGE, Interrupted, JobError
+from app.job import Job, summary_line
+from app.logs import setup, setup_bootstrap
+
+# Restrictive by default: downloaded files are readable by the group, not by others.
+DEFAULT_UMASK = 0o027
+
+
+def _help_epilog() -> str:
+    lines = ["settings (environment variables, also read from ./.env; the environment wins):"]
+    for doc in setting_docs():
+        default = "required" if doc.required else f"default: {doc.default or '(empty)'}"
+        lines.append(f"  {doc.env}  [{default}]\n      {doc.doc}")
+    lines.append(
+        "\nexit codes: 0 done or nothing due; 1 transfer failed after retries; 2 configuration error;"
+        " 3 authentication or host-key failure; 4 another run in progress; 5 local storage error;"
+        " 130/143 interrupted by SIGINT/SIGTERM."
+    )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="sftp-ipi",
+        description="Pull the next IPI file(s) from an SFTP server: resumable, verified, published atomically.",
+        epilog=_help_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--env-file", type=Path, metavar="PATH", help="read settings from this dotenv file")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="connect, list and print what would be downloaded; change nothing"
+    )
+    parser.add_argument("--version", action="version", version=f"sftp-ipi {__version__}")
+    return parser.parse_args(argv)
+
+
+class _SignalGuard:
+    """Turn the first SIGINT/SIGTERM into an Interrupted exception in the main thread.
+
+    Python as PID 1 in a container has no SIGTERM handler, so without this a
+    pod eviction would kill the job with no chance to stop cleanly. Raising is
+    safe anywhere: the partial is always a valid prefix of the remote file.
+    """
+
+    def __init__(self) -> None:
+        self.fired = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.fired:
+            return
+        self.fired = True
+        raise Interrupted(signum, EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT)
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self)
+        signal.signal(signal.SIGINT, self)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _SignalGuard().install()
+    os.umask(DEFAULT_UMASK)
+    setup_bootstrap()
+    started = time.monotonic()
+    job: Job | None = None
+    try:
+        settings = load_settings(read_environment(args.env_file, os.environ))
+        setup(settings.log_level, settings.log_format, settings.log_file, settings.secrets)
+        job = Job(settings, dry_run=args.dry_run, out=sys.stdout)
+        code = job.run()
+    except JobError as exc:
+        logger.error("{}", exc)
+        code = exc.exit_code
+    except Interrupted as exc:
+        logger.warning("stopped by signal {}; any partial download is kept for the next run", exc.signum)
+        code = exc.exit_code
+    except OSError as exc:
+        # Anything local that escaped translation still deserves one line and exit 5.
+        logger.error("local storage error: {}", exc)
+        code = EXIT_STORAGE
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        logger.error("internal error: {}: {}", exc.__class__.__name__, exc)
+        logger.bind(_file_only=True).opt(exception=exc).error("traceback of the internal error")
+        code = 1
+    if job is not None and not args.dry_run:
+        logger.info(summary_line(job.summary, code, time.monotonic() - started))
+    return code
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,348 @@
+"""Settings: read once from the environment (and a dotenv file), validated up front.
+
+Every setting is an environment variable whose name is the upper-cased field name.
+Each field carries its default and a one-line doc in its metadata; ``--help`` and
+``.env.example`` are both derived from them (a test keeps the example in step).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from app.errors import ConfigError
+
+HOST_KEY_POLICIES = ("strict", "accept-new")
+ORDERINGS = ("name-date", "mtime", "name")
+SELECT_MODES = ("next", "latest", "all")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+
+MiB = 1024 * 1024
+
+
+def _setting(default: Any, doc: str, *, secret: bool = False, example: str | None = None) -> Any:
+    """A dataclass field that documents itself; ``example`` overrides the shown default."""
+    shown = example if example is not None else ("" if default is None else str(default))
+    return field(
+        default=default,
+        repr=not secret,
+        metadata={"doc": doc, "secret": secret, "shown": shown},
+    )
+
+
+def _required(doc: str) -> Any:
+    return field(metadata={"doc": doc, "secret": False, "shown": "", "required": True})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the job needs to know, validated. Secrets are left out of ``repr``."""
+
+    sftp_host: str = _required("SFTP server host name or address (required).")
+    sftp_user: str = _required("Login user name (required).")
+    sftp_port: int = _setting(22, "SFTP server TCP port.")
+    sftp_pass: str | None = _setting(None, "Password (prefer SFTP_PASS_FILE).", secret=True)
+    sftp_pass_file: Path | None = _setting(
+        None, "File holding the password, e.g. a mounted secret; one trailing newline is stripped."
+    )
+    sftp_key_file: Path | None = _setting(None, "Private key file (OpenSSH format) for public-key login.")
+    sftp_key_passphrase: str | None = _setting(None, "Passphrase of SFTP_KEY_FILE, if it is encrypted.", secret=True)
+    sftp_known_hosts: Path = _setting(
+        Path("~/.ssh/known_hosts"), "OpenSSH known_hosts file; [host]:port entries are honoured."
+    )
+    sftp_host_key_policy: str = _setting(
+        "strict",
+        "strict: refuse unknown or mismatching host keys. accept-new: trust and record an unknown key"
+        " on first use; a mismatch is still refused.",
+    )
+    sftp_dir: str = _setting("", "Remote directory to pull from; empty means the login directory.")
+    local_dir: Path = _setting(Path("./local_downloads"), "Where files are downloaded and verified.")
+    server_dir: Path = _setting(Path("./synced_server"), "Where verified files are published atomically.")
+    log_file: Path = _setting(Path("./logs/sftp_transfer.log"), "Log file (its directory is created).")
+    last_file_record: Path = _setting(
+        Path("./last_file.txt"), "Holds the name of the last completed file; the run lock sits beside it."
+    )
+    ledger_file: Path | None = _setting(
+        None,
+        "JSON-lines ledger of completed files.",
+        example="completed_files.jsonl beside LAST_FILE_RECORD",
+    )
+    file_pattern: str = _setting("*IPI*", "Glob matched against remote file names.")
+    order_by: str = _setting(
+        "name-date",
+        "name-date: the YYYYMMDD date in the name (names without one are skipped), ties by name;"
+        " mtime: modification time; name: the name itself.",
+    )
+    select_mode: str = _setting(
+        "next",
+        "next: the first due file after the last completed one; latest: only the newest due file;"
+        " all: every due file, oldest first.",
+    )
+    min_file_age: int = _setting(
+        60, "Seconds since a remote file's last modification before it is taken (it may still be written)."
+    )
+    chunk_size: int = _setting(
+        2 * MiB,
+        "Largest SFTP read request, in bytes; servers may serve less (OpenSSH: 255 KiB) and the job adapts.",
+    )
+    pipeline_depth: int = _setting(64, "Read requests kept in flight at once; hides the link's round trip.")
+    ssh_window_size: int = _setting(
+        16 * MiB, "SSH channel window in bytes; caps throughput near window / round-trip time."
+    )
+    connect_timeout: int = _setting(30, "Seconds allowed for TCP connect, SSH handshake and login.")
+    io_timeout: int = _setting(
+        60, "Seconds without any transfer progress before the connection is dropped and resumed."
+    )
+    keepalive_interval: int = _setting(15, "Seconds between SSH keepalives (0 disables them).")
+    resume_verify_bytes: int = _setting(
+        MiB, "Bytes before the resume point re-read from the server and compared before resuming."
+    )
+    retry_max_tries: int = _setting(7, "Attempts in a row without progress before the run gives up.")
+    retry_max_time: int = _setting(1800, "Seconds without progress before the run gives up retrying.")
+    retry_backoff_factor: float = _setting(
+        5.0, "Seconds before the first retry; doubles per attempt, with full jitter."
+    )
+    log_level: str = _setting("INFO", "Least severe level logged: DEBUG, INFO, WARNING, ERROR.")
+    log_format: str = _setting("text", "text, or json (one JSON object per line, console and file).")
+
+    @property
+    def ledger_path(self) -> Path:
+        if self.ledger_file is not None:
+            return self.ledger_file
+        return self.last_file_record.parent / "completed_files.jsonl"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.last_file_record.with_name(self.last_file_record.name + ".lock")
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in any output."""
+        return tuple(s for s in (self.sftp_pass, self.sftp_key_passphrase) if s)
+
+
+def env_name(field_name: str) -> str:
+    return field_name.upper()
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    env: str
+    default: str
+    doc: str
+    required: bool
+    secret: bool
+
+
+def setting_docs() -> list[SettingDoc]:
+    """Every setting in declaration order, for --help and .env.example."""
+    return [
+        SettingDoc(
+            env=env_name(f.name),
+            default=f.metadata["shown"],
+            doc=f.metadata["doc"],
+            required=bool(f.metadata.get("required")),
+            secret=f.metadata["secret"],
+        )
+        for f in fields(Settings)
+    ]
+
+
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and {maximum}" if maximum is not None else ""
+            bound = f"between {minimum}{upper}" if maximum is not None else f"at least {minimum}"
+            raise ConfigError(f"{name}={value} must be {bound}")
+        return value
+
+    return parse
+
+
+def _float(minimum: float) -> Callable[[str, str], float]:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
+        if not value >= minimum:  # also rejects NaN
+            raise ConfigError(f"{name}={raw} must be at least {minimum}")
+        return value
+
+    return parse
+
+
+def _choice(choices: tuple[str, ...], *, upper: bool = False) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in choices:
+            raise ConfigError(f"{name}={raw!r} is not one of: {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _path(name: str, raw: str) -> Path:
+    if "\x00" in raw:
+        raise ConfigError(f"{name} contains a NUL byte")
+    return Path(raw).expanduser()
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _pattern(name: str, raw: str) -> str:
+    if "/" in raw:
+        raise ConfigError(f"{name}={raw!r} must match file names only, without '/'")
+    try:
+        fnmatch.translate(raw)
+    except Exception:  # noqa: BLE001 - any failure to compile is a bad setting
+        raise ConfigError(f"{name}={raw!r} is not a valid glob") from None
+    return raw
+
+
+def _host(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c.isspace() or ord(c) < 32 for c in value) or "/" in value:
+        raise ConfigError(f"{name}={raw!r} is not a valid host name")
+    return value
+
+
+def _user(name: str, raw: str) -> str:
+    if any(ord(c) < 32 for c in raw):
+        raise ConfigError(f"{name} contains control characters")
+    return raw
+
+
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "sftp_host": _host,
+    "sftp_user": _user,
+    "sftp_port": _int(1, 65535),
+    "sftp_pass": _text,
+    "sftp_pass_file": _path,
+    "sftp_key_file": _path,
+    "sftp_key_passphrase": _text,
+    "sftp_known_hosts": _path,
+    "sftp_host_key_policy": _choice(HOST_KEY_POLICIES),
+    "sftp_dir": _text,
+    "local_dir": _path,
+    "server_dir": _path,
+    "log_file": _path,
+    "last_file_record": _path,
+    "ledger_file": _path,
+    "file_pattern": _pattern,
+    "order_by": _choice(ORDERINGS),
+    "select_mode": _choice(SELECT_MODES),
+    "min_file_age": _int(0),
+    # 4 KiB floor: smaller requests cost a round trip each for almost no data.
+    "chunk_size": _int(4096, 64 * MiB),
+    "pipeline_depth": _int(1, 1024),
+    # paramiko clamps windows below 32 KiB; above 1 GiB nothing is gained on any real link.
+    "ssh_window_size": _int(32 * 1024, 1024 * MiB),
+    "connect_timeout": _int(1, 3600),
+    "io_timeout": _int(1, 86400),
+    "keepalive_interval": _int(0, 86400),
+    "resume_verify_bytes": _int(0, 64 * MiB),
+    "retry_max_tries": _int(1, 1000),
+    "retry_max_time": _int(0),
+    "retry_backoff_factor": _float(0.0),
+    "log_level": _choice(LOG_LEVELS, upper=True),
+    "log_format": _choice(LOG_FORMATS),
+}
+
+
+def read_environment(env_file: Path | None, environ: Mapping[str, str]) -> dict[str, str]:
+    """Merge a dotenv file under the real environment (the environment wins).
+
+    Without ``env_file``, ``./.env`` is read if it exists. A named file must exist.
+    """
+    path = env_file if env_file is not None else Path(".env")
+    merged: dict[str, str] = {}
+    if env_file is not None and not path.is_file():
+        raise ConfigError(f"--env-file {path}: no such file")
+    if path.is_file():
+        try:
+            values = dotenv_values(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read env file {path}: {exc.__class__.__name__}") from None
+        merged.update({k: v for k, v in values.items() if v is not None})
+    merged.update(environ)
+    return merged
+
+
+def _read_secret_file(name: str, path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{name}={path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{name}={path}: cannot read it ({exc.__class__.__name__})") from None
+    if text.endswith("\n"):
+        text = text[:-1]
+        if text.endswith("\r"):
+            text = text[:-1]
+    if not text:
+        raise ConfigError(f"{name}={path} is empty")
+    return text
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Build and validate Settings from a mapping of environment variables.
+
+    Empty values count as unset, as in most env_file conventions. Raises
+    ConfigError naming the first offending setting.
+    """
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        name = env_name(f.name)
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            if f.default is MISSING:
+                raise ConfigError(f"{name} is required but not set")
+            continue
+        values[f.name] = _PARSERS[f.name](name, raw)
+
+    if values.get("sftp_pass") is not None and values.get("sftp_pass_file") is not None:
+        raise ConfigError("set only one of SFTP_PASS and SFTP_PASS_FILE")
+    pass_file = values.get("sftp_pass_file")
+    if pass_file is not None:
+        values["sftp_pass"] = _read_secret_file("SFTP_PASS_FILE", pass_file)
+    key_file = values.get("sftp_key_file")
+    if key_file is not None and not key_file.is_file():
+        raise ConfigError(f"SFTP_KEY_FILE={key_file}: no such file")
+    if values.get("sftp_pass") is None and key_file is None:
+        raise ConfigError("no credentials: set SFTP_PASS, SFTP_PASS_FILE or SFTP_KEY_FILE")
+    if values.get("sftp_key_passphrase") is not None and key_file is None:
+        raise ConfigError("SFTP_KEY_PASSPHRASE is set but SFTP_KEY_FILE is not")
+
+    settings = Settings(**values)
+    _check_paths(settings)
+    return settings
+
+
+def _check_paths(s: Settings) -> None:
+    named = {
+        "LOCAL_DIR": s.local_dir.resolve(),
+        "SERVER_DIR": s.server_dir.resolve(),
+    }
+    if named["LOCAL_DIR"] == named["SERVER_DIR"]:
+        raise ConfigError("LOCAL_DIR and SERVER_DIR must be different directories")
+    for label, directory in named.items():
+        if directory.exists() and not directory.is_dir():
+            raise ConfigError(f"{label}={directory} exists and is not a directory")
+    for label, path in (("LAST_FILE_RECORD", s.last_file_record), ("LOG_FILE", s.log_file)):
+        if path.is_dir():
+            raise ConfigError(f"{label}={path} is a directory, not a file")
+    if s.ledger_path.is_dir():
+        raise ConfigError(f"LEDGER_FILE={s.ledger_path} is a directory, not a file")

@@ -1,0 +1,79 @@
+"""The job's own exception hierarchy and the exit code each class maps to.
+
+Library exceptions (paramiko, socket, OSError) are translated into these at the
+module boundary that calls the library, so that ``job.py`` decides retries and
+exit codes from the class alone.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_TRANSFER = 1
+EXIT_CONFIG = 2
+EXIT_AUTH = 3
+EXIT_LOCKED = 4
+EXIT_STORAGE = 5
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+EXIT_MEANINGS: dict[int, str] = {
+    EXIT_OK: "done, or nothing due",
+    EXIT_TRANSFER: "transfer failed after retries",
+    EXIT_CONFIG: "configuration error",
+    EXIT_AUTH: "authentication or host-key failure",
+    EXIT_LOCKED: "another run is in progress",
+    EXIT_STORAGE: "local storage error",
+    EXIT_SIGINT: "interrupted by SIGINT",
+    EXIT_SIGTERM: "interrupted by SIGTERM",
+}
+
+
+class JobError(Exception):
+    """Base class: a failure the job reports in one line and maps to an exit code."""
+
+    exit_code = EXIT_TRANSFER
+
+
+class ConfigError(JobError):
+    """A setting (or the state that depends on settings) is invalid."""
+
+    exit_code = EXIT_CONFIG
+
+
+class AuthError(JobError):
+    """Authentication failed; retrying cannot help."""
+
+    exit_code = EXIT_AUTH
+
+
+class HostKeyError(AuthError):
+    """The server's host key is unknown or does not match; never retried."""
+
+
+class LockedError(JobError):
+    """Another run holds the run lock."""
+
+    exit_code = EXIT_LOCKED
+
+
+class LocalStorageError(JobError):
+    """LOCAL_DIR, SERVER_DIR or a state file cannot be written."""
+
+    exit_code = EXIT_STORAGE
+
+
+class TransientError(JobError):
+    """The connection failed or stalled; reconnecting and resuming may succeed."""
+
+
+class RemoteFileError(JobError):
+    """One remote file cannot be fetched (vanished, unreadable, changed); others may be."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived. A BaseException so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int, exit_code: int) -> None:
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum
+        self.exit_code = exit_code

@@ -1,0 +1,116 @@
+"""Durable, atomic local file operations shared by transfer, publish and state.
+
+Every file that others can observe is written under a temporary name in the
+same directory, fsynced, then renamed over its final name, and the directory
+is fsynced so that the rename itself survives a power cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from app.errors import LocalStorageError
+
+# Temporary names are hidden and carry this marker, so a later run (holding the
+# run lock) can recognise and remove the leftovers of a killed one.
+TEMP_MARKER = ".sftp-ipi-tmp"
+
+# Created files get 0o666 & ~umask; the umask is set once at start-up.
+_FILE_MODE = 0o666
+
+
+def temp_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}.{secrets.token_hex(4)}{TEMP_MARKER}")
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and name.endswith(TEMP_MARKER)
+
+
+def storage_error(action: str, path: Path, exc: OSError) -> LocalStorageError:
+    """A one-line LocalStorageError naming the path and the cause."""
+    reason = os.strerror(exc.errno) if exc.errno else exc.__class__.__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason = "no space left on device"
+    return LocalStorageError(f"cannot {action} {path}: {reason}")
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(directory: Path, label: str) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(f"create {label}", directory, exc) from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise LocalStorageError(f"cannot write to {label} {directory}: permission denied")
+
+
+def open_exclusive(path: Path) -> int:
+    """Create ``path`` for writing; never follows or reuses an existing entry."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def replace_durably(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` over ``final`` (both in one directory) and persist the rename."""
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def atomic_write(final: Path, data: bytes, label: str) -> None:
+    """Replace ``final`` with ``data`` so readers see the old or the new file, never a mix."""
+    tmp = temp_path(final)
+    try:
+        fd = open_exclusive(tmp)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        replace_durably(tmp, final)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise storage_error(f"write {label}", final, exc) from None
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Delete temp files left by a killed run. Only safe while holding the run lock."""
+    removed: list[Path] = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if is_temp_name(name):
+            path = directory / name
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def translate_os_errors(action: str, path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise storage_error(action, path, exc) from None

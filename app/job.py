@@ -1,0 +1,278 @@
+"""One run of the job: plan, download, publish, record; with retries and a truthful exit code."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import paramiko
+from loguru import logger
+
+from app.config import Settings
+from app.errors import (
+    EXIT_MEANINGS,
+    EXIT_OK,
+    ConfigError,
+    JobError,
+    RemoteFileError,
+    TransientError,
+)
+from app.fsutil import ensure_dir, remove_stale_temps
+from app.publish import publish
+from app.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
+from app.retry import RetryPolicy
+from app.selection import (
+    Criteria,
+    OrderKey,
+    Plan,
+    RemoteEntry,
+    SkipReason,
+    UnplaceableRecordError,
+    advance_record,
+    make_plan,
+    record_key,
+)
+from app.state import Ledger, LedgerEntry, RunLock, append_ledger, read_ledger, read_record, write_record
+from app.transfer import Counter, TransferResult, download
+
+
+@dataclass
+class FileTally:
+    """One file's bytes and time across every attempt of this run."""
+
+    counter: Counter = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class RunSummary:
+    fetched: list[TransferResult] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    retries: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Snapshot:
+    """What one attempt learned from the server and the local state."""
+
+    entries: list[RemoteEntry]
+    ledger: Ledger
+    record: str | None
+    last_key: OrderKey | None
+
+
+class Job:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dry_run: bool = False,
+        out: TextIO | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.s = settings
+        self.dry_run = dry_run
+        self.out = out
+        self.sleep = sleep
+        self.criteria = Criteria(
+            pattern=settings.file_pattern,
+            order_by=settings.order_by,
+            mode=settings.select_mode,
+            min_age=settings.min_file_age,
+        )
+        self.summary = RunSummary()
+        self.tallies: dict[str, FileTally] = {}
+        self._progress_mark = 0
+
+    # -- entry point --------------------------------------------------------
+
+    def run(self) -> int:
+        key = load_private_key(self.s)
+        verifier = HostKeyVerifier(self.s)
+        if self.dry_run:
+            return self._with_retries(lambda: self._attempt(key, verifier))
+        for label, directory in (
+            ("LOCAL_DIR", self.s.local_dir),
+            ("SERVER_DIR", self.s.server_dir),
+            ("the LAST_FILE_RECORD directory", self.s.last_file_record.parent),
+            ("the LEDGER_FILE directory", self.s.ledger_path.parent),
+        ):
+            ensure_dir(directory, label)
+        with RunLock(self.s.lock_path):
+            for directory in {self.s.local_dir, self.s.server_dir, self.s.last_file_record.parent}:
+                for path in remove_stale_temps(directory):
+                    logger.info("removed {} left by an interrupted run", path)
+            return self._with_retries(lambda: self._attempt(key, verifier))
+
+    def _with_retries(self, attempt: Callable[[], int]) -> int:
+        policy = RetryPolicy(self.s.retry_max_tries, self.s.retry_max_time, self.s.retry_backoff_factor, time.monotonic)
+        number = 1
+        while True:
+            mark = self._progress()
+            try:
+                return attempt()
+            except TransientError as exc:
+                if self._progress() != mark:
+                    policy.progressed()
+                delay = policy.next_delay()
+                self.summary.retries.append(str(exc))
+                if delay is None:
+                    raise JobError(f"{exc}; giving up after {policy.failures} attempt(s) without progress") from None
+                logger.bind(attempt=number, delay=round(delay, 2)).warning(
+                    "attempt {} failed: {}; retrying in {:.1f} s", number, exc, delay
+                )
+                self.sleep(delay)
+                number += 1
+
+    def _progress(self) -> int:
+        return sum(t.counter.value for t in self.tallies.values()) + len(self.summary.fetched)
+
+    # -- one connection -----------------------------------------------------
+
+    def _attempt(self, key: paramiko.PKey | None, verifier: HostKeyVerifier) -> int:
+        target = f"{self.s.sftp_host}:{self.s.sftp_port}"
+        logger.info("connecting to {} as {}", target, self.s.sftp_user)
+        conn = connect(self.s, key, verifier)
+        try:
+            logger.info("connected to {}", target)
+            snap = self._snapshot(conn)
+            if not self.dry_run:
+                snap = self._repair_record(snap)
+            plan = make_plan(snap.entries, self.criteria, snap.last_key, snap.ledger.names, time.time())
+            plan = self._without_failed(plan)
+            self._log_plan(plan, snap)
+            if self.dry_run:
+                self._print_plan(plan, snap)
+                return EXIT_OK
+            for entry in plan.due:
+                try:
+                    snap = self._process(conn, entry, snap)
+                except RemoteFileError as exc:
+                    self.summary.failed[entry.name] = str(exc)
+                    logger.bind(file=entry.name).error("{}: {}", entry.name, exc)
+                    if self.s.select_mode != "all":
+                        break
+        finally:
+            conn.close()
+        if self.summary.failed:
+            names = ", ".join(sorted(self.summary.failed))
+            raise JobError(f"{len(self.summary.failed)} file(s) failed: {names}")
+        return EXIT_OK
+
+    def _snapshot(self, conn: Connection) -> _Snapshot:
+        entries = list_entries(conn, self.s)
+        ledger = read_ledger(self.s.ledger_path)
+        if ledger.damaged_lines:
+            logger.warning("{}: skipped {} damaged line(s)", self.s.ledger_path, ledger.damaged_lines)
+        record = read_record(self.s.last_file_record)
+        listed = {e.name: e.mtime for e in entries}
+        try:
+            last_key = record_key(record, self.s.order_by, listed, ledger.mtimes)
+        except UnplaceableRecordError as exc:
+            raise ConfigError(f"LAST_FILE_RECORD={self.s.last_file_record}: {exc}") from None
+        return _Snapshot(entries, ledger, record, last_key)
+
+    def _repair_record(self, snap: _Snapshot) -> _Snapshot:
+        """A run killed between the ledger append and the record write left the
+        record behind the ledger: move it forward now."""
+        return self._advance(snap, snap.ledger.names, repaired=True)
+
+    def _advance(self, snap: _Snapshot, completed: frozenset[str], *, repaired: bool = False) -> _Snapshot:
+        new = advance_record(snap.entries, self.criteria, snap.last_key, snap.record, completed)
+        if new is None or new == snap.record:
+            return snap
+        write_record(self.s.last_file_record, new)
+        if repaired:
+            logger.info("LAST_FILE_RECORD moved from {} to {} to match the ledger", snap.record, new)
+        listed = {e.name: e.mtime for e in snap.entries}
+        last_key = record_key(new, self.s.order_by, listed, snap.ledger.mtimes)
+        return _Snapshot(snap.entries, snap.ledger, new, last_key)
+
+    def _without_failed(self, plan: Plan) -> Plan:
+        """Files that failed for good earlier in this run are not tried again in it."""
+        if not self.summary.failed:
+            return plan
+        due = tuple(e for e in plan.due if e.name not in self.summary.failed)
+        return Plan(due, plan.skipped, plan.unmatched, plan.skipped_by_reason)
+
+    # -- one file -----------------------------------------------------------
+
+    def _process(self, conn: Connection, entry: RemoteEntry, snap: _Snapshot) -> _Snapshot:
+        tally = self.tallies.setdefault(entry.name, FileTally())
+        log = logger.bind(file=entry.name)
+        log.info("{}: downloading {} bytes", entry.name, entry.size)
+        result = download(conn, self.s, entry, tally.counter)
+        log.bind(sha256=result.sha256, size=result.size).info(
+            "{}: verified {} bytes, sha256 {}", entry.name, result.size, result.sha256
+        )
+        copied = publish(self.s.local_dir / entry.name, self.s.server_dir, result.size, result.mtime, result.sha256)
+        log.info("{}: {} SERVER_DIR", entry.name, "published to" if copied else "already identical in")
+        seconds = time.monotonic() - tally.started
+        done = LedgerEntry(
+            name=entry.name,
+            size=result.size,
+            mtime=result.mtime,
+            sha256=result.sha256,
+            bytes_transferred=tally.counter.value,
+            seconds=round(seconds, 3),
+            completed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+        append_ledger(self.s.ledger_path, done)
+        ledger = Ledger((*snap.ledger.entries, done), snap.ledger.damaged_lines)
+        snap = _Snapshot(snap.entries, ledger, snap.record, snap.last_key)
+        self.summary.fetched.append(result)
+        return self._advance(snap, ledger.names)
+
+    # -- reporting ----------------------------------------------------------
+
+    def _log_plan(self, plan: Plan, snap: _Snapshot) -> None:
+        for skip in plan.skipped:
+            if skip.reason in (SkipReason.NO_DATE, SkipReason.TOO_YOUNG):
+                logger.bind(file=skip.name).warning("{}: skipped, {}", skip.name, skip.reason.value)
+        logger.bind(due=[e.name for e in plan.due]).info(
+            "plan: {} due ({}); last completed: {}; {} listed, {} skipped, {} not matching {}",
+            len(plan.due),
+            ", ".join(e.name for e in plan.due) or "nothing",
+            snap.record or "none",
+            len(snap.entries),
+            len(plan.skipped),
+            plan.unmatched,
+            self.s.file_pattern,
+        )
+
+    def _print_plan(self, plan: Plan, snap: _Snapshot) -> None:
+        out = self.out
+        if out is None:
+            return
+        print(f"last completed file: {snap.record or 'none'}", file=out)
+        if plan.due:
+            for entry in plan.due:
+                print(f"would download: {entry.name} ({entry.size} bytes)", file=out)
+        else:
+            print("nothing due", file=out)
+        quiet = {SkipReason.NOT_AFTER_RECORD, SkipReason.COMPLETED}
+        for skip in plan.skipped:
+            if skip.reason not in quiet:
+                print(f"skip: {skip.name}: {skip.reason.value}", file=out)
+        for reason in quiet:
+            count = plan.skipped_by_reason.get(reason, 0)
+            if count:
+                print(f"skip: {count} file(s) {reason.value}", file=out)
+        if plan.unmatched:
+            print(f"ignored: {plan.unmatched} entries not matching FILE_PATTERN={self.s.file_pattern}", file=out)
+
+
+def summary_line(summary: RunSummary, exit_code: int, seconds: float) -> str:
+    total = sum(r.bytes_transferred for r in summary.fetched)
+    rate = total / seconds / 1e6 if seconds > 0 else 0.0
+    names = ", ".join(r.name for r in summary.fetched) or "none"
+    meaning = EXIT_MEANINGS.get(exit_code, "unknown")
+    return (
+        f"run finished: exit {exit_code} ({meaning}); fetched {len(summary.fetched)} file(s) [{names}],"
+        f" {total} bytes transferred in {seconds:.1f} s ({rate:.2f} MB/s);"
+        f" {len(summary.retries)} retr{'y' if len(summary.retries) == 1 else 'ies'};"
+        f" {len(summary.failed)} failed"
+    )

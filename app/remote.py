@@ -1,0 +1,271 @@
+"""Connecting to the SFTP server and listing it.
+
+This is the one boundary where paramiko and socket exceptions become the job's
+own (``remote_errors``); nothing above it sees a library exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import hashlib
+import os
+import posixpath
+import socket
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import paramiko
+
+from app.config import Settings
+from app.errors import AuthError, ConfigError, HostKeyError, RemoteFileError, TransientError
+from app.selection import RemoteEntry
+
+# The host-key algorithms that can verify a known_hosts entry of each key type.
+_ALGORITHMS_FOR_KEY_TYPE = {
+    "ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"),
+}
+
+# paramiko's own default is 32 KiB. The server sends channel data in packets of at
+# most this size; fewer, larger packets mean less per-packet Python work.
+MAX_PACKET_SIZE = 32 * 1024
+
+# TCP keepalive on the socket itself: notices a peer that vanished even while
+# the SSH layer is idle and the kernel would otherwise wait for hours.
+_TCP_KEEPIDLE = 30
+_TCP_KEEPINTVL = 10
+_TCP_KEEPCNT = 3
+
+# SFTP status errors arrive as OSError with these errno values (or none at all);
+# they concern one file, not the connection.
+_FILE_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, None}
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """The key's SHA-256 fingerprint as ``ssh-keygen -lf`` prints it."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def known_hosts_name(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+@contextlib.contextmanager
+def remote_errors(action: str, *, file_level: bool = False) -> Iterator[None]:
+    """Translate library exceptions raised while doing ``action``.
+
+    With ``file_level``, SFTP status errors (no such file, permission denied,
+    failure) are about one remote file and become RemoteFileError.
+    """
+    try:
+        yield
+    except TimeoutError:
+        raise TransientError(f"{action}: timed out") from None
+    except paramiko.AuthenticationException as exc:
+        raise AuthError(f"{action}: authentication failed ({exc.__class__.__name__})") from None
+    except (paramiko.SSHException, EOFError) as exc:
+        raise TransientError(f"{action}: {_short(exc)}") from None
+    except socket.gaierror as exc:
+        raise TransientError(f"{action}: cannot resolve host ({exc.strerror})") from None
+    except ConnectionError as exc:
+        raise TransientError(f"{action}: {exc.strerror or exc.__class__.__name__}") from None
+    except OSError as exc:
+        if file_level and exc.errno in _FILE_ERRNOS:
+            reason = os.strerror(exc.errno) if exc.errno else (_short(exc) or "server reported a failure")
+            raise RemoteFileError(f"{action}: {reason}") from None
+        raise TransientError(f"{action}: {exc.strerror or _short(exc)}") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else exc.__class__.__name__
+
+
+def load_private_key(settings: Settings) -> paramiko.PKey | None:
+    """Load SFTP_KEY_FILE up front so a bad key is a configuration error, not a retry."""
+    path = settings.sftp_key_file
+    if path is None:
+        return None
+    try:
+        return paramiko.PKey.from_path(str(path), settings.sftp_key_passphrase)
+    except paramiko.PasswordRequiredException:
+        raise ConfigError(f"SFTP_KEY_FILE={path} is encrypted: set SFTP_KEY_PASSPHRASE") from None
+    except paramiko.SSHException as exc:
+        hint = "wrong SFTP_KEY_PASSPHRASE, or " if settings.sftp_key_passphrase else ""
+        raise ConfigError(f"SFTP_KEY_FILE={path}: cannot load it ({hint}{_short(exc)})") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"SFTP_KEY_FILE={path}: cannot load it ({exc.__class__.__name__})") from None
+
+
+class HostKeyVerifier:
+    """known_hosts checking with OpenSSH's semantics (strict or accept-new)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.path = settings.sftp_known_hosts
+        self.policy = settings.sftp_host_key_policy
+        self.name = known_hosts_name(settings.sftp_host, settings.sftp_port)
+        self.keys = paramiko.HostKeys()
+        if self.path.is_file():
+            try:
+                self.keys.load(str(self.path))
+            except (OSError, UnicodeDecodeError, paramiko.SSHException) as exc:
+                raise ConfigError(f"SFTP_KNOWN_HOSTS={self.path}: cannot read it ({_short(exc)})") from None
+        elif self.path.exists():
+            raise ConfigError(f"SFTP_KNOWN_HOSTS={self.path} is not a file")
+        self.known = dict(self.keys.lookup(self.name) or {})
+
+    def preferred_algorithms(self, offered: tuple[str, ...]) -> tuple[str, ...]:
+        """Ask first for the key types we already know, as OpenSSH does, so that a
+        server with several host keys is not reported as changed."""
+        wanted: list[str] = []
+        for key_type in self.known:
+            wanted.extend(_ALGORITHMS_FOR_KEY_TYPE.get(key_type, (key_type,)))
+        first = [a for a in wanted if a in offered]
+        return tuple(first + [a for a in offered if a not in first])
+
+    def verify(self, key: paramiko.PKey) -> None:
+        offered = f"{key.get_name()} {fingerprint(key)}"
+        known = self.known.get(key.get_name())
+        if known is not None:
+            if known.asbytes() == key.asbytes():
+                return
+            raise HostKeyError(
+                f"host key for {self.name} does not match {self.path}: the server offered {offered}."
+                " It may have been replaced, or the connection intercepted; verify it out of band"
+            )
+        if self.known:
+            raise HostKeyError(
+                f"host key for {self.name} is of a type not recorded in {self.path}: the server offered"
+                f" {offered}; verify it out of band"
+            )
+        if self.policy != "accept-new":
+            raise HostKeyError(
+                f"host key for {self.name} is not in {self.path} (SFTP_HOST_KEY_POLICY=strict):"
+                f" the server offered {offered}; verify it out of band and add it, or use accept-new once"
+            )
+        self._record(key)
+
+    def _record(self, key: paramiko.PKey) -> None:
+        line = f"{self.name} {key.get_name()} {key.get_base64()}\n"
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, line.encode("ascii"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise HostKeyError(f"cannot record the new host key in {self.path}: {exc.strerror}") from None
+        self.known[key.get_name()] = key
+
+
+@dataclass
+class Connection:
+    transport: paramiko.Transport
+    sftp: paramiko.SFTPClient
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.sftp.close()
+        with contextlib.suppress(Exception):
+            self.transport.close()
+
+
+def _open_socket(settings: Settings) -> socket.socket:
+    sock = socket.create_connection((settings.sftp_host, settings.sftp_port), timeout=settings.connect_timeout)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", _TCP_KEEPIDLE),
+        ("TCP_KEEPINTVL", _TCP_KEEPINTVL),
+        ("TCP_KEEPCNT", _TCP_KEEPCNT),
+    ):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    return sock
+
+
+def _authenticate(transport: paramiko.Transport, settings: Settings, key: paramiko.PKey | None) -> None:
+    user = settings.sftp_user
+    password = settings.sftp_pass
+    if key is not None:
+        try:
+            remaining = transport.auth_publickey(user, key)
+        except paramiko.AuthenticationException:
+            if password is None:
+                raise
+        else:
+            # An empty list means fully authenticated; otherwise the server wants a
+            # second factor (publickey,password), which the password may satisfy.
+            if not remaining:
+                return
+            if password is None:
+                raise paramiko.AuthenticationException("server requires more than the key")
+    if password is not None:
+        transport.auth_password(user, password)
+
+
+def connect(settings: Settings, key: paramiko.PKey | None, verifier: HostKeyVerifier) -> Connection:
+    """Open an authenticated SFTP session. Raises the job's own errors only."""
+    target = f"{settings.sftp_host}:{settings.sftp_port}"
+    with remote_errors(f"connect to {target}"):
+        sock = _open_socket(settings)
+        transport = paramiko.Transport(
+            sock,
+            default_window_size=settings.ssh_window_size,
+            default_max_packet_size=MAX_PACKET_SIZE,
+        )
+    try:
+        with remote_errors(f"SSH handshake with {target}"):
+            transport.banner_timeout = settings.connect_timeout
+            transport.handshake_timeout = settings.connect_timeout
+            transport.auth_timeout = settings.connect_timeout
+            options = transport.get_security_options()
+            options.key_types = verifier.preferred_algorithms(tuple(options.key_types))
+            transport.start_client(timeout=settings.connect_timeout)
+            server_key = transport.get_remote_server_key()
+        verifier.verify(server_key)
+        with remote_errors(f"log in to {target} as {settings.sftp_user}"):
+            _authenticate(transport, settings, key)
+            if settings.keepalive_interval:
+                transport.set_keepalive(settings.keepalive_interval)
+            sftp = paramiko.SFTPClient.from_transport(transport)
+            if sftp is None:
+                raise paramiko.SSHException("the server refused the sftp subsystem")
+            # A read that waits this long without data means the link is dead,
+            # even if TCP has not noticed: give up and let the job reconnect.
+            sftp.get_channel().settimeout(settings.io_timeout)
+    except BaseException:
+        transport.close()
+        raise
+    return Connection(transport=transport, sftp=sftp)
+
+
+def remote_path(settings: Settings, name: str) -> str:
+    return posixpath.join(settings.sftp_dir, name) if settings.sftp_dir else name
+
+
+def list_entries(conn: Connection, settings: Settings) -> list[RemoteEntry]:
+    directory = settings.sftp_dir or "."
+    with remote_errors(f"list remote directory {directory!r}", file_level=True):
+        attrs = conn.sftp.listdir_attr(directory)
+    return [_entry(a.filename, a) for a in attrs]
+
+
+def stat_entry(conn: Connection, settings: Settings, name: str) -> RemoteEntry:
+    with remote_errors(f"stat remote file {name!r}", file_level=True):
+        attr = conn.sftp.stat(remote_path(settings, name))
+    return _entry(name, attr)
+
+
+def _entry(name: str, attr: paramiko.SFTPAttributes) -> RemoteEntry:
+    mode = attr.st_mode
+    return RemoteEntry(
+        name=name,
+        size=int(attr.st_size or 0),
+        mtime=int(attr.st_mtime or 0),
+        is_regular=mode is not None and stat.S_ISREG(mode),
+    )

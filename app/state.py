@@ -1,0 +1,147 @@
+"""Local state: LAST_FILE_RECORD (the watermark), the ledger of completed files, the run lock."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from app.errors import ConfigError, LockedError
+from app.fsutil import atomic_write, fsync_dir, storage_error
+from app.names import invalid_name_reason
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One completed file, as appended to the JSON-lines ledger."""
+
+    name: str
+    size: int
+    mtime: int
+    sha256: str
+    bytes_transferred: int
+    seconds: float
+    completed_at: str
+
+
+def read_record(path: Path) -> str | None:
+    """The last completed file's name, or None before the first completion.
+
+    The format is the original script's: the bare name, optionally followed by
+    a newline.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"LAST_FILE_RECORD={path}: cannot read it ({exc.__class__.__name__})") from None
+    name = text.strip()
+    if not name:
+        return None
+    reason = invalid_name_reason(name)
+    if reason:
+        raise ConfigError(f"LAST_FILE_RECORD={path} does not hold a file name: {reason}")
+    return name
+
+
+def write_record(path: Path, name: str) -> None:
+    atomic_write(path, (name + "\n").encode("utf-8"), "LAST_FILE_RECORD")
+
+
+@dataclass(frozen=True)
+class Ledger:
+    entries: tuple[LedgerEntry, ...]
+    damaged_lines: int = 0
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(e.name for e in self.entries)
+
+    @property
+    def mtimes(self) -> dict[str, int]:
+        return {e.name: e.mtime for e in self.entries}
+
+
+def read_ledger(path: Path) -> Ledger:
+    """All intact entries. A line torn by a crash mid-append is counted and skipped."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Ledger(entries=())
+    except OSError as exc:
+        raise storage_error("read the ledger", path, exc) from None
+    entries: list[LedgerEntry] = []
+    damaged = 0
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        try:
+            entries.append(LedgerEntry(**json.loads(line)))
+        except (ValueError, TypeError):
+            damaged += 1
+    return Ledger(entries=tuple(entries), damaged_lines=damaged)
+
+
+def append_ledger(path: Path, entry: LedgerEntry) -> None:
+    """Append one line durably. A torn line from an earlier crash is closed off first,
+    so the new entry never fuses with it."""
+    line = (json.dumps(asdict(entry), sort_keys=True) + "\n").encode("utf-8")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if size == 0:
+            fsync_dir(path.parent)
+    except OSError as exc:
+        raise storage_error("append to the ledger", path, exc) from None
+
+
+class RunLock:
+    """An exclusive flock on a file beside LAST_FILE_RECORD.
+
+    The kernel drops the lock when the holder exits, however it dies, so a
+    stale lock cannot exist; the file itself is never deleted (deleting it
+    would let two runs lock two different inodes).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+        except OSError as exc:
+            raise storage_error("open the run lock", self.path, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockedError(f"another run is in progress (lock {self.path} is held)") from None
+        except OSError as exc:
+            os.close(fd)
+            raise storage_error("lock", self.path, exc) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,325 @@
+"""Resumable, pipelined, verified download of one remote file into LOCAL_DIR.
+
+On disk, while a download is under way:
+
+* ``<name>.part`` holds a prefix of the remote file, always exact: bytes are
+  appended in file order, so a kill at any instant leaves a valid prefix.
+* ``<name>.part.json`` records the remote size and mtime the prefix was taken
+  from. It is written (atomically) before the first byte, so a partial without
+  it is never trusted.
+
+Only a complete, checked file is renamed to ``<name>``; it keeps the remote
+mtime, which is how a later run recognises it as complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+from app.config import Settings
+from app.errors import RemoteFileError
+from app.fsutil import atomic_write, open_exclusive, replace_durably, storage_error, write_all
+from app.pipeline import read_range
+from app.remote import Connection, remote_errors, remote_path, stat_entry
+from app.selection import RemoteEntry
+
+# fsync the partial every so often, so that after a power cut at most this much
+# is re-fetched, without paying an fsync per chunk.
+CHECKPOINT_BYTES = 64 * 1024 * 1024
+# Block size for hashing local files; large enough for sequential reads.
+HASH_BLOCK = 1024 * 1024
+PROGRESS_INTERVAL = 10.0
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """What one file's download produced; the ledger, summary and report read it."""
+
+    name: str
+    size: int
+    mtime: int
+    sha256: str
+    bytes_transferred: int
+    seconds: float
+    resumed_from: int
+
+
+@dataclass(frozen=True)
+class Paths:
+    final: Path
+    part: Path
+    meta: Path
+
+    @classmethod
+    def for_name(cls, local_dir: Path, name: str) -> Paths:
+        return cls(
+            final=local_dir / name,
+            part=local_dir / f"{name}.part",
+            meta=local_dir / f"{name}.part.json",
+        )
+
+
+def hash_file(path: Path, limit: int | None = None) -> hashlib._Hash:
+    digest = hashlib.sha256()
+    remaining = limit
+    with open(path, "rb") as fh:
+        while remaining is None or remaining > 0:
+            block = fh.read(HASH_BLOCK if remaining is None else min(HASH_BLOCK, remaining))
+            if not block:
+                break
+            digest.update(block)
+            if remaining is not None:
+                remaining -= len(block)
+    return digest
+
+
+def complete_local(paths: Paths, entry: RemoteEntry) -> bool:
+    """True if LOCAL_DIR already holds this exact remote version, complete."""
+    try:
+        st = paths.final.lstat()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise storage_error("inspect", paths.final, exc) from None
+    return stat.S_ISREG(st.st_mode) and st.st_size == entry.size and int(st.st_mtime) == entry.mtime
+
+
+def _read_meta(paths: Paths) -> tuple[int, int] | None:
+    try:
+        meta = json.loads(paths.meta.read_text(encoding="utf-8"))
+        return int(meta["size"]), int(meta["mtime"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _discard_partial(paths: Paths) -> None:
+    for path in (paths.part, paths.meta):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise storage_error("remove", path, exc) from None
+
+
+def _start_partial(paths: Paths, entry: RemoteEntry) -> None:
+    _discard_partial(paths)
+    meta = json.dumps({"name": entry.name, "size": entry.size, "mtime": entry.mtime}).encode()
+    atomic_write(paths.meta, meta, "partial-download metadata")
+    try:
+        os.close(open_exclusive(paths.part))
+    except OSError as exc:
+        raise storage_error("create", paths.part, exc) from None
+
+
+class Progress:
+    """Logs percent, bytes, rate and ETA every PROGRESS_INTERVAL seconds."""
+
+    def __init__(self, name: str, total: int, done: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.total = total
+        self.start_done = done
+        self.clock = clock
+        self.started = clock()
+        self.last_log = self.started
+
+    def update(self, done: int) -> None:
+        now = self.clock()
+        if now - self.last_log < PROGRESS_INTERVAL:
+            return
+        self.last_log = now
+        elapsed = max(now - self.started, 1e-9)
+        rate = (done - self.start_done) / elapsed
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        logger.bind(file=self.name, bytes=done, total=self.total).info(
+            "{}: {:.1f}% ({} of {} bytes) at {:.2f} MB/s, ETA {}",
+            self.name,
+            100.0 * done / self.total if self.total else 100.0,
+            done,
+            self.total,
+            rate / 1e6,
+            "unknown" if eta == float("inf") else f"{eta:.0f} s",
+        )
+
+
+class Counter:
+    """Bytes received from the server for one file, across every attempt in a run."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+def _resume_offset(conn: Connection, settings: Settings, entry: RemoteEntry, paths: Paths) -> int:
+    """How much of the partial can be kept; 0 after discarding it."""
+    meta = _read_meta(paths)
+    try:
+        have = paths.part.stat().st_size
+    except FileNotFoundError:
+        have = -1
+    except OSError as exc:
+        raise storage_error("inspect", paths.part, exc) from None
+    log = logger.bind(file=entry.name)
+    if meta is None or have < 0:
+        if have >= 0 or meta is not None:
+            log.warning("{}: partial download without its metadata; starting again", entry.name)
+        _start_partial(paths, entry)
+        return 0
+    if meta != (entry.size, entry.mtime):
+        log.warning(
+            "{}: remote file changed since the partial was taken (size {} -> {}, mtime {} -> {});"
+            " discarding {} bytes and starting again",
+            entry.name, meta[0], entry.size, meta[1], entry.mtime, have,
+        )  # fmt: skip
+        _start_partial(paths, entry)
+        return 0
+    if have > entry.size:
+        log.warning("{}: partial is larger than the remote file; starting again", entry.name)
+        _start_partial(paths, entry)
+        return 0
+    if have and not _prefix_matches(conn, settings, entry, paths, have):
+        log.warning("{}: the remote bytes before the resume point differ from ours; starting again", entry.name)
+        _start_partial(paths, entry)
+        return 0
+    return have
+
+
+def _prefix_matches(conn: Connection, settings: Settings, entry: RemoteEntry, paths: Paths, have: int) -> bool:
+    """Re-read the last RESUME_VERIFY_BYTES before ``have`` from the server and compare.
+
+    Catches a file rewritten in place with the same size and mtime, which the
+    metadata check alone cannot see.
+    """
+    window = min(settings.resume_verify_bytes, have)
+    if window == 0:
+        return True
+    with (
+        remote_errors(f"verify resume point of {entry.name!r}", file_level=True),
+        conn.sftp.open(remote_path(settings, entry.name), "rb") as remote,
+    ):
+        theirs = b"".join(
+            read_range(conn.sftp, remote.handle, have - window, have, settings.chunk_size, settings.pipeline_depth)
+        )
+    try:
+        with open(paths.part, "rb") as fh:
+            fh.seek(have - window)
+            ours = fh.read(window)
+    except OSError as exc:
+        raise storage_error("read", paths.part, exc) from None
+    return theirs == ours
+
+
+def download(conn: Connection, settings: Settings, entry: RemoteEntry, counter: Counter) -> TransferResult:
+    """Bring ``entry`` into LOCAL_DIR complete and checked, resuming any partial."""
+    paths = Paths.for_name(settings.local_dir, entry.name)
+    started = time.monotonic()
+    received_before = counter.value
+    log = logger.bind(file=entry.name)
+
+    if complete_local(paths, entry):
+        # Left by a run that stopped between download and publish: keep it.
+        with contextlib.suppress(FileNotFoundError):
+            _discard_partial(paths)
+        try:
+            existing = hash_file(paths.final).hexdigest()
+        except OSError as exc:
+            raise storage_error("read", paths.final, exc) from None
+        log.info("{}: already complete in LOCAL_DIR, not downloading it again", entry.name)
+        return TransferResult(entry.name, entry.size, entry.mtime, existing, 0, 0.0, entry.size)
+
+    offset = _resume_offset(conn, settings, entry, paths)
+    if offset:
+        log.info("{}: resuming at byte {} of {}", entry.name, offset, entry.size)
+    try:
+        digest = hash_file(paths.part, offset)
+    except OSError as exc:
+        raise storage_error("read", paths.part, exc) from None
+
+    try:
+        fd = os.open(paths.part, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise storage_error("open", paths.part, exc) from None
+    try:
+        try:
+            os.ftruncate(fd, offset)
+            os.lseek(fd, offset, os.SEEK_SET)
+        except OSError as exc:
+            raise storage_error("prepare", paths.part, exc) from None
+        _fetch(conn, settings, entry, fd, offset, digest, counter, paths.part)
+        with remote_errors(f"re-check remote file {entry.name!r}", file_level=True):
+            after = stat_entry(conn, settings, entry.name)
+        if (after.size, after.mtime) != (entry.size, entry.mtime):
+            raise RemoteFileError(
+                f"remote file {entry.name!r} changed during the download"
+                f" (size {entry.size} -> {after.size}, mtime {entry.mtime} -> {after.mtime}); not recording it"
+            )
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise storage_error("write", paths.part, exc) from None
+    finally:
+        os.close(fd)
+
+    try:
+        if paths.part.stat().st_size != entry.size:
+            raise RemoteFileError(f"{entry.name}: downloaded size differs from the remote size {entry.size}")
+        os.utime(paths.part, (entry.mtime, entry.mtime))
+        replace_durably(paths.part, paths.final)
+        paths.meta.unlink(missing_ok=True)
+    except OSError as exc:
+        raise storage_error("finish", paths.final, exc) from None
+    seconds = time.monotonic() - started
+    return TransferResult(
+        name=entry.name,
+        size=entry.size,
+        mtime=entry.mtime,
+        sha256=digest.hexdigest(),
+        bytes_transferred=counter.value - received_before,
+        seconds=seconds,
+        resumed_from=offset,
+    )
+
+
+def _fetch(
+    conn: Connection,
+    settings: Settings,
+    entry: RemoteEntry,
+    fd: int,
+    offset: int,
+    digest: hashlib._Hash,
+    counter: Counter,
+    part: Path,
+) -> None:
+    if offset >= entry.size:
+        return
+    progress = Progress(entry.name, entry.size, offset)
+    position = offset
+    since_sync = 0
+    with (
+        remote_errors(f"download {entry.name!r}", file_level=True),
+        conn.sftp.open(remote_path(settings, entry.name), "rb") as remote,
+    ):
+        for chunk in read_range(
+            conn.sftp, remote.handle, offset, entry.size, settings.chunk_size, settings.pipeline_depth
+        ):
+            try:
+                write_all(fd, chunk)
+                since_sync += len(chunk)
+                if since_sync >= CHECKPOINT_BYTES:
+                    os.fsync(fd)
+                    since_sync = 0
+            except OSError as exc:
+                raise storage_error("write", part, exc) from None
+            digest.update(chunk)
+            position += len(chunk)
+            counter.value += len(chunk)
+            progress.update(position)

@@ -1,0 +1,178 @@
+"""Fixtures: a real OpenSSH sshd per test, a fault relay, and a runner for the job process."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from relay import Relay  # noqa: E402
+from sshd import Sshd, find_sshd, keygen  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+OLD = time.time() - 7200  # an mtime comfortably older than any MIN_FILE_AGE in the tests
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("keys")
+    return {"host": keygen(d / "host_ed25519"), "client": keygen(d / "client_ed25519")}
+
+
+@dataclass
+class Server:
+    """A running sshd and the directory it serves, plus the job's settings for it."""
+
+    sshd: Sshd
+    remote: Path
+    tmp: Path
+    client_key: Path
+
+    @property
+    def port(self) -> int:
+        return self.sshd.port
+
+    def put(self, name: str, data: bytes, mtime: float = OLD) -> Path:
+        path = self.remote / name
+        path.write_bytes(data)
+        os.utime(path, (mtime, mtime))
+        return path
+
+    def known_hosts(self, port: int | None = None) -> Path:
+        path = self.tmp / f"known_hosts_{port or self.port}"
+        path.write_text(self.sshd.known_hosts_line(port))
+        return path
+
+    def env(self, port: int | None = None, **overrides: object) -> dict[str, str]:
+        port = port or self.port
+        base: dict[str, object] = {
+            "SFTP_HOST": "127.0.0.1",
+            "SFTP_PORT": port,
+            "SFTP_USER": self.sshd.user,
+            "SFTP_KEY_FILE": self.client_key,
+            "SFTP_KNOWN_HOSTS": self.known_hosts(port),
+            "SFTP_DIR": self.remote,
+            "LOCAL_DIR": self.tmp / "local",
+            "SERVER_DIR": self.tmp / "server",
+            "LOG_FILE": self.tmp / "logs" / "job.log",
+            "LAST_FILE_RECORD": self.tmp / "state" / "last_file.txt",
+            "MIN_FILE_AGE": 0,
+            "RETRY_BACKOFF_FACTOR": 0.05,
+            "CONNECT_TIMEOUT": 10,
+            "IO_TIMEOUT": 20,
+        }
+        base.update(overrides)
+        return {k: str(v) for k, v in base.items() if v is not None}
+
+    @property
+    def local(self) -> Path:
+        return self.tmp / "local"
+
+    @property
+    def served(self) -> Path:
+        return self.tmp / "server"
+
+    @property
+    def record(self) -> Path:
+        return self.tmp / "state" / "last_file.txt"
+
+    @property
+    def ledger(self) -> Path:
+        return self.tmp / "state" / "completed_files.jsonl"
+
+    @property
+    def log(self) -> Path:
+        return self.tmp / "logs" / "job.log"
+
+
+@pytest.fixture
+def server(tmp_path: Path, keys: dict[str, Path]) -> Iterator[Server]:
+    if find_sshd() is None:
+        pytest.fail("OpenSSH sshd is not installed; `make test` installs openssh-server")
+    work = tmp_path / "sshd"
+    work.mkdir()
+    authorized = work / "authorized_keys"
+    authorized.write_text(Path(str(keys["client"]) + ".pub").read_text())
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    sshd = Sshd(workdir=work, host_key=keys["host"], authorized_keys=authorized, user=getpass.getuser()).start()
+    try:
+        yield Server(sshd=sshd, remote=remote, tmp=tmp_path, client_key=keys["client"])
+    finally:
+        sshd.stop()
+
+
+@pytest.fixture
+def relay(server: Server) -> Iterator[Relay]:
+    r = Relay(server.port)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def job_env(settings: dict[str, str], home: Path) -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": str(REPO),
+    }
+    env.update(settings)
+    return env
+
+
+def start_job(settings: dict[str, str], cwd: Path, *args: str) -> subprocess.Popen[str]:
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "app", *args],
+        cwd=cwd,
+        env=job_env(settings, cwd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run_job(settings: dict[str, str], cwd: Path, *args: str, timeout: float = 120) -> Result:
+    """Run ``python -m app`` as a real process, as an operator would."""
+    proc = start_job(settings, cwd, *args)
+    out, err = proc.communicate(timeout=timeout)
+    return Result(proc.returncode, out, err)
+
+
+@pytest.fixture
+def run(server: Server) -> object:
+    def _run(*args: str, timeout: float = 120, **overrides: object) -> Result:
+        return run_job(server.env(**overrides), server.tmp / "cwd", *args, timeout=timeout)
+
+    return _run

@@ -1,0 +1,129 @@
+"""A TCP relay between the job and sshd that injects network faults for real.
+
+* cut: after N bytes from the server on a connection, close both sides.
+* stall: after N bytes, stop forwarding but keep both sockets open, as a dead
+  NAT mapping or a pulled cable does (no FIN, no RST).
+* delay: hold every chunk for a fixed time in each direction (a long link).
+
+The first ``faulty_connections`` connections get the fault; later ones pass
+through cleanly, which is how a test lets the job recover.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+_BUF = 256 * 1024
+
+
+@dataclass
+class Fault:
+    cut_after: int | None = None
+    stall_after: int | None = None
+    faulty_connections: int = 1
+
+
+class Relay:
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.fault = Fault()
+        self.delay = 0.0
+        self.bytes_down = 0  # server -> client, all connections
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = int(self.listener.getsockname()[1])
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    def set_fault(self, *, cut_after: int | None = None, stall_after: int | None = None, connections: int = 1) -> None:
+        with self._lock:
+            self.fault = Fault(cut_after, stall_after, connections)
+            self.connections = 0
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self.bytes_down = 0
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                faulty = self.connections <= self.fault.faulty_connections
+                fault = self.fault if faulty else Fault()
+            try:
+                server = socket.create_connection(self.target, timeout=10)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, fault), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, fault: Fault | None) -> None:
+        """Copy src -> dst; ``fault`` is set on the server -> client direction only."""
+        forwarded = 0
+        try:
+            while not self._stop.is_set():
+                data = src.recv(_BUF)
+                if not data:
+                    break
+                if self.delay:
+                    time.sleep(self.delay)
+                if fault is not None:
+                    limit = fault.cut_after if fault.cut_after is not None else fault.stall_after
+                    if limit is not None and forwarded + len(data) >= limit:
+                        data = data[: max(0, limit - forwarded)]
+                        self._send(dst, data)
+                        if fault.cut_after is not None:
+                            self._close_pair(src, dst)
+                        else:
+                            self._stop.wait()  # hold both sockets open, forward nothing
+                        return
+                    forwarded += len(data)
+                self._send(dst, data)
+        except OSError:
+            pass
+        self._close_pair(src, dst)
+
+    def _send(self, dst: socket.socket, data: bytes) -> None:
+        if data:
+            dst.sendall(data)
+            if dst is not None and self._is_client_side(dst):
+                with self._lock:
+                    self.bytes_down += len(data)
+
+    def _is_client_side(self, sock: socket.socket) -> bool:
+        with contextlib.suppress(OSError):
+            return bool(sock.getsockname()[1] == self.port)
+        return False
+
+    @staticmethod
+    def _close_pair(a: socket.socket, b: socket.socket) -> None:
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        for s in self._sockets:
+            with contextlib.suppress(OSError):
+                s.close()

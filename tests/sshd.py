@@ -1,0 +1,136 @@
+"""A private OpenSSH sshd for tests and the demo: its own config, host key and port.
+
+Runs as whoever starts it. As root it also allows password logins (for a
+dedicated test user); as an ordinary user only key logins for that user work,
+which is all sshd can offer without root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/bin/sshd", "/usr/local/sbin/sshd")
+
+
+def find_sshd() -> str | None:
+    for candidate in SSHD_CANDIDATES:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("sshd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def keygen(path: Path, key_type: str = "ed25519", passphrase: str = "", bits: int | None = None) -> Path:
+    """Create an OpenSSH key pair at ``path`` / ``path.pub``."""
+    cmd = ["ssh-keygen", "-q", "-t", key_type, "-N", passphrase, "-f", str(path), "-C", "sftp-ipi-test"]
+    if bits:
+        cmd += ["-b", str(bits)]
+    subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
+    return path
+
+
+@dataclass
+class Sshd:
+    """A running sshd; stop() kills it by PID."""
+
+    workdir: Path
+    host_key: Path
+    authorized_keys: Path
+    user: str
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    extra_config: list[str] = field(default_factory=list)
+
+    @property
+    def host_public_key(self) -> str:
+        """``type base64`` of the host key."""
+        parts = Path(str(self.host_key) + ".pub").read_text().split()
+        return f"{parts[0]} {parts[1]}"
+
+    def known_hosts_line(self, port: int | None = None) -> str:
+        p = self.port if port is None else port
+        name = "127.0.0.1" if p == 22 else f"[127.0.0.1]:{p}"
+        return f"{name} {self.host_public_key}\n"
+
+    def _config(self) -> Path:
+        lines = [
+            f"Port {self.port}",
+            "ListenAddress 127.0.0.1",
+            f"HostKey {self.host_key}",
+            f"PidFile {self.workdir / 'sshd.pid'}",
+            f"AuthorizedKeysFile {self.authorized_keys}",
+            "StrictModes no",
+            "UsePAM no",
+            "PubkeyAuthentication yes",
+            f"PasswordAuthentication {'yes' if os.geteuid() == 0 else 'no'}",
+            "KbdInteractiveAuthentication no",
+            "PermitRootLogin yes",
+            "Subsystem sftp internal-sftp",
+            "LogLevel VERBOSE",
+            "MaxStartups 100",
+            *self.extra_config,
+        ]
+        path = self.workdir / "sshd_config"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start(self, attempts: int = 5) -> Sshd:
+        sshd = find_sshd()
+        if sshd is None:
+            raise RuntimeError("sshd not found: install openssh-server (make test does)")
+        if os.geteuid() == 0:
+            # Privilege separation needs this directory when sshd runs as root.
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        last_error = ""
+        for _ in range(attempts):
+            self.port = free_port()
+            config = self._config()
+            log = open(self.workdir / "sshd.log", "ab")  # noqa: SIM115 - handed to the process
+            self.process = subprocess.Popen(
+                [sshd, "-D", "-e", "-f", str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
+            log.close()
+            if self._wait_ready():
+                return self
+            self.stop()
+            last_error = (self.workdir / "sshd.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"sshd did not start: {last_error}")
+
+    def _wait_ready(self, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                return False
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                if s.recv(4).startswith(b"SSH-"):
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+        self.process = None
+
+    def log_text(self) -> str:
+        return (self.workdir / "sshd.log").read_text(errors="replace")
