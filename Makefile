@@ -8,7 +8,7 @@ SSHD := $(firstword $(wildcard /usr/sbin/sshd /usr/bin/sshd))
 # Parallel test workers: one per core is what the 2-core CI machine handles best.
 PYTEST_WORKERS ?= auto
 
-.PHONY: help venv sshd test lint demo bench clean
+.PHONY: help venv sshd test lint demo bench clean env-example
 
 help:
 	@echo "make demo   - run the job against a private local sshd with sample IPI files"
@@ -49,3 +49,6 @@ demo: venv sshd
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+env-example: venv
+	$(PY) tools/env_example.py > .env.example

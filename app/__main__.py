@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 
 from loguru import logger
 
-from app import __version__
+from app import __version__, interrupt
 from app.config import load_settings, read_environment, setting_docs
-from app.errors import EXIT_SIGINT, EXIT_SIGTERM, EXIT_STORAGE, Interrupted, JobError
+from app.errors import EXIT_STORAGE, Interrupted, JobError
 from app.job import Job, summary_line
 from app.logs import setup, setup_bootstrap
 
@@ -50,31 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class _SignalGuard:
-    """Turn the first SIGINT/SIGTERM into an Interrupted exception in the main thread.
-
-    Python as PID 1 in a container has no SIGTERM handler, so without this a
-    pod eviction would kill the job with no chance to stop cleanly. Raising is
-    safe anywhere: the partial is always a valid prefix of the remote file.
-    """
-
-    def __init__(self) -> None:
-        self.fired = False
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if self.fired:
-            return
-        self.fired = True
-        raise Interrupted(signum, EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT)
-
-    def install(self) -> None:
-        signal.signal(signal.SIGTERM, self)
-        signal.signal(signal.SIGINT, self)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _SignalGuard().install()
+    interrupt.install()
     os.umask(DEFAULT_UMASK)
     setup_bootstrap()
     started = time.monotonic()

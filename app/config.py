@@ -44,8 +44,8 @@ def _required(doc: str) -> Any:
 class Settings:
     """Everything the job needs to know, validated. Secrets are left out of ``repr``."""
 
-    sftp_host: str = _required("SFTP server host name or address (required).")
-    sftp_user: str = _required("Login user name (required).")
+    sftp_host: str = _required("SFTP server host name or address.")
+    sftp_user: str = _required("Login user name.")
     sftp_port: int = _setting(22, "SFTP server TCP port.")
     sftp_pass: str | None = _setting(None, "Password (prefer SFTP_PASS_FILE).", secret=True)
     sftp_pass_file: Path | None = _setting(
@@ -283,7 +283,9 @@ def read_environment(env_file: Path | None, environ: Mapping[str, str]) -> dict[
 
 def _read_secret_file(name: str, path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        # newline="" keeps a password's own carriage returns as they are.
+        with open(path, encoding="utf-8", newline="") as fh:
+            text = fh.read()
     except FileNotFoundError:
         raise ConfigError(f"{name}={path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:

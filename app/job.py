@@ -11,6 +11,7 @@ from typing import TextIO
 import paramiko
 from loguru import logger
 
+from app import interrupt
 from app.config import Settings
 from app.errors import (
     EXIT_MEANINGS,
@@ -71,7 +72,7 @@ class Job:
         *,
         dry_run: bool = False,
         out: TextIO | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = interrupt.sleep,
     ) -> None:
         self.s = settings
         self.dry_run = dry_run
@@ -111,10 +112,13 @@ class Job:
         policy = RetryPolicy(self.s.retry_max_tries, self.s.retry_max_time, self.s.retry_backoff_factor, time.monotonic)
         number = 1
         while True:
+            interrupt.check()
             mark = self._progress()
             try:
                 return attempt()
             except TransientError as exc:
+                # A stop request shows up as a dropped connection: report it as what it is.
+                interrupt.check()
                 if self._progress() != mark:
                     policy.progressed()
                 delay = policy.next_delay()
@@ -136,6 +140,10 @@ class Job:
         target = f"{self.s.sftp_host}:{self.s.sftp_port}"
         logger.info("connecting to {} as {}", target, self.s.sftp_user)
         conn = connect(self.s, key, verifier)
+        with interrupt.on_interrupt(conn.abort):
+            return self._session(conn, target)
+
+    def _session(self, conn: Connection, target: str) -> int:
         try:
             logger.info("connected to {}", target)
             snap = self._snapshot(conn)
@@ -148,9 +156,11 @@ class Job:
                 self._print_plan(plan, snap)
                 return EXIT_OK
             for entry in plan.due:
+                interrupt.check()
                 try:
                     snap = self._process(conn, entry, snap)
                 except RemoteFileError as exc:
+                    interrupt.check()
                     self.summary.failed[entry.name] = str(exc)
                     logger.bind(file=entry.name).error("{}: {}", entry.name, exc)
                     if self.s.select_mode != "all":
@@ -230,8 +240,8 @@ class Job:
 
     def _log_plan(self, plan: Plan, snap: _Snapshot) -> None:
         for skip in plan.skipped:
-            if skip.reason in (SkipReason.NO_DATE, SkipReason.TOO_YOUNG):
-                logger.bind(file=skip.name).warning("{}: skipped, {}", skip.name, skip.reason.value)
+            if skip.reason in (SkipReason.NO_DATE, SkipReason.TOO_YOUNG, SkipReason.UNSAFE_NAME):
+                logger.bind(file=repr(skip.name)).warning("{!r}: skipped, {}", skip.name, skip.reason.value)
         logger.bind(due=[e.name for e in plan.due]).info(
             "plan: {} due ({}); last completed: {}; {} listed, {} skipped, {} not matching {}",
             len(plan.due),

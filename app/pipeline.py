@@ -87,7 +87,13 @@ def read_range(
             if len(data) < length:
                 if probing:
                     size = len(data)
-                send(offset + len(data), length - len(data))
+                # Ask for the rest at once, in pieces the server serves whole, so the
+                # write position is not left waiting behind the whole window.
+                rest = offset + len(data)
+                while rest < offset + length:
+                    piece = min(size, offset + length - rest)
+                    send(rest, piece)
+                    rest += piece
             probing = False
             ready[offset] = data
         while position in ready:

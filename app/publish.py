@@ -12,6 +12,7 @@ import os
 import stat
 from pathlib import Path
 
+from app import interrupt
 from app.errors import LocalStorageError
 from app.fsutil import open_exclusive, replace_durably, storage_error, temp_path
 from app.transfer import hash_file
@@ -33,6 +34,7 @@ def already_published(final: Path, size: int, sha256: str) -> bool:
 def _copy(src_fd: int, dst_fd: int, size: int) -> None:
     copied = 0
     while copied < size:
+        interrupt.check()
         try:
             n = os.copy_file_range(src_fd, dst_fd, min(_COPY_BLOCK, size - copied))
         except OSError:

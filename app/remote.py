@@ -89,9 +89,15 @@ def load_private_key(settings: Settings) -> paramiko.PKey | None:
     path = settings.sftp_key_file
     if path is None:
         return None
+    passphrase = settings.sftp_key_passphrase
     try:
-        return paramiko.PKey.from_path(str(path), settings.sftp_key_passphrase)
+        return paramiko.PKey.from_path(str(path), passphrase.encode("utf-8") if passphrase else None)
     except paramiko.PasswordRequiredException:
+        raise ConfigError(f"SFTP_KEY_FILE={path} is encrypted: set SFTP_KEY_PASSPHRASE") from None
+    except TypeError:
+        # cryptography's way of saying a passphrase is needed (or is not).
+        if passphrase:
+            raise ConfigError(f"SFTP_KEY_FILE={path} is not encrypted: unset SFTP_KEY_PASSPHRASE") from None
         raise ConfigError(f"SFTP_KEY_FILE={path} is encrypted: set SFTP_KEY_PASSPHRASE") from None
     except paramiko.SSHException as exc:
         hint = "wrong SFTP_KEY_PASSPHRASE, or " if settings.sftp_key_passphrase else ""
@@ -167,6 +173,12 @@ class HostKeyVerifier:
 class Connection:
     transport: paramiko.Transport
     sftp: paramiko.SFTPClient
+
+    def abort(self) -> None:
+        """Cut the TCP connection under a blocked read; safe inside a signal handler."""
+        sock = self.transport.sock
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

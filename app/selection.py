@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from fnmatch import fnmatchcase
 
+from app.names import invalid_name_reason
+
 OrderKey = tuple[int, str]
 
 # A YYYYMMDD date not embedded in a longer run of digits ("x120250428" is not one).
@@ -37,6 +39,7 @@ class RemoteEntry:
 
 
 class SkipReason(Enum):
+    UNSAFE_NAME = "unsafe file name from the server"
     NOT_REGULAR = "not a regular file"
     NO_DATE = "no YYYYMMDD date in the name"
     NOT_AFTER_RECORD = "at or before the last completed file"
@@ -127,6 +130,11 @@ def _candidates(
     for entry in entries:
         if not fnmatchcase(entry.name, criteria.pattern):
             unmatched += 1
+            continue
+        if invalid_name_reason(entry.name) is not None:
+            # Never used to build a local path; and out of the order entirely, so
+            # that it can never hold the watermark back either.
+            skipped.append(Skip(entry.name, SkipReason.UNSAFE_NAME))
             continue
         if not entry.is_regular:
             skipped.append(Skip(entry.name, SkipReason.NOT_REGULAR))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from loguru import logger
 
+from app import interrupt
 from app.config import Settings
 from app.errors import RemoteFileError
 from app.fsutil import atomic_write, open_exclusive, replace_durably, storage_error, write_all
@@ -74,6 +75,7 @@ def hash_file(path: Path, limit: int | None = None) -> hashlib._Hash:
     remaining = limit
     with open(path, "rb") as fh:
         while remaining is None or remaining > 0:
+            interrupt.check()
             block = fh.read(HASH_BLOCK if remaining is None else min(HASH_BLOCK, remaining))
             if not block:
                 break
@@ -311,6 +313,7 @@ def _fetch(
         for chunk in read_range(
             conn.sftp, remote.handle, offset, entry.size, settings.chunk_size, settings.pipeline_depth
         ):
+            interrupt.check()
             try:
                 write_all(fd, chunk)
                 since_sync += len(chunk)

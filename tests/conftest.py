@@ -5,19 +5,22 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from relay import Relay  # noqa: E402
-from sshd import Sshd, find_sshd, keygen  # noqa: E402
+from relay import Relay
+from sshd import Sshd, find_sshd, keygen
 
 REPO = Path(__file__).resolve().parent.parent
 OLD = time.time() - 7200  # an mtime comfortably older than any MIN_FILE_AGE in the tests
@@ -103,21 +106,62 @@ class Server:
         return self.tmp / "logs" / "job.log"
 
 
-@pytest.fixture
-def server(tmp_path: Path, keys: dict[str, Path]) -> Iterator[Server]:
+def _start_server(tmp: Path, keys: dict[str, Path], user: str, base: Path) -> Server:
     if find_sshd() is None:
         pytest.fail("OpenSSH sshd is not installed; `make test` installs openssh-server")
-    work = tmp_path / "sshd"
+    work = tmp / "sshd"
     work.mkdir()
-    authorized = work / "authorized_keys"
+    # sshd reads authorized_keys as the login user, so it lives in ``base``, which that user can read.
+    authorized = base / "authorized_keys"
     authorized.write_text(Path(str(keys["client"]) + ".pub").read_text())
-    remote = tmp_path / "remote"
+    authorized.chmod(0o644)
+    remote = base / "remote"
     remote.mkdir()
-    sshd = Sshd(workdir=work, host_key=keys["host"], authorized_keys=authorized, user=getpass.getuser()).start()
+    sshd = Sshd(workdir=work, host_key=keys["host"], authorized_keys=authorized, user=user).start()
+    return Server(sshd=sshd, remote=remote, tmp=tmp, client_key=keys["client"])
+
+
+@pytest.fixture
+def server(tmp_path: Path, keys: dict[str, Path]) -> Iterator[Server]:
+    """sshd serving a directory to the user running the tests."""
+    srv = _start_server(tmp_path, keys, getpass.getuser(), tmp_path)
     try:
-        yield Server(sshd=sshd, remote=remote, tmp=tmp_path, client_key=keys["client"])
+        yield srv
     finally:
-        sshd.stop()
+        srv.sshd.stop()
+
+
+TEST_USER = "sftpipitest"
+TEST_PASSWORD = "Corr3ct-h0rse-battery-staple"
+
+
+def _ensure_test_user() -> None:
+    if subprocess.run(["id", TEST_USER], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", TEST_USER], check=True)
+    subprocess.run(["chpasswd"], input=f"{TEST_USER}:{TEST_PASSWORD}\n", text=True, check=True)
+
+
+@pytest.fixture
+def unprivileged_server(tmp_path: Path, keys: dict[str, Path]) -> Iterator[Server]:
+    """sshd whose SFTP sessions run without root, so file permissions apply on the server.
+
+    As root: a dedicated test account (with TEST_PASSWORD) and a directory it owns.
+    As an ordinary user: that user, as in ``server``.
+    """
+    if os.geteuid() != 0:
+        srv = _start_server(tmp_path, keys, getpass.getuser(), tmp_path)
+    else:
+        _ensure_test_user()
+        base = Path(tempfile.mkdtemp(prefix="sftp-ipi-test-"))
+        base.chmod(0o755)
+        srv = _start_server(tmp_path, keys, TEST_USER, base)
+        shutil.chown(srv.remote, TEST_USER, TEST_USER)
+    try:
+        yield srv
+    finally:
+        srv.sshd.stop()
+        if os.geteuid() == 0:
+            shutil.rmtree(srv.remote.parent, ignore_errors=True)
 
 
 @pytest.fixture
@@ -170,8 +214,14 @@ def run_job(settings: dict[str, str], cwd: Path, *args: str, timeout: float = 12
     return Result(proc.returncode, out, err)
 
 
+class Runner(Protocol):
+    def __call__(self, *args: str, timeout: float = 120, **overrides: object) -> Result: ...
+
+
 @pytest.fixture
-def run(server: Server) -> object:
+def run(server: Server) -> Runner:
+    """Run the job against ``server`` with its default settings plus ``overrides``."""
+
     def _run(*args: str, timeout: float = 120, **overrides: object) -> Result:
         return run_job(server.env(**overrides), server.tmp / "cwd", *args, timeout=timeout)
 

@@ -90,7 +90,7 @@ class Relay:
                         data = data[: max(0, limit - forwarded)]
                         self._send(dst, data)
                         if fault.cut_after is not None:
-                            self._close_pair(src, dst)
+                            self._cut(server=src, client=dst)
                         else:
                             self._stop.wait()  # hold both sockets open, forward nothing
                         return
@@ -111,6 +111,24 @@ class Relay:
         with contextlib.suppress(OSError):
             return bool(sock.getsockname()[1] == self.port)
         return False
+
+    @staticmethod
+    def _cut(server: socket.socket, client: socket.socket) -> None:
+        """End the client's connection with a FIN after everything forwarded so far.
+
+        Closing a socket with unread data sends an RST, and an RST makes the
+        client's kernel discard data it already received; draining first keeps
+        the count of bytes delivered exact.
+        """
+        with contextlib.suppress(OSError):
+            server.close()
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_WR)
+            client.settimeout(10)
+            while client.recv(_BUF):
+                pass
+        with contextlib.suppress(OSError):
+            client.close()
 
     @staticmethod
     def _close_pair(a: socket.socket, b: socket.socket) -> None:

@@ -1,0 +1,37 @@
+""".env.example documents every setting, with its default, and stays in step with the code."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from app.config import load_settings, setting_docs
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+
+from env_example import render  # noqa: E402
+
+
+def test_env_example_matches_the_settings() -> None:
+    assert (REPO / ".env.example").read_text() == render(), "run `make env-example` and commit the result"
+
+
+def test_env_example_names_every_setting_with_its_default() -> None:
+    text = (REPO / ".env.example").read_text()
+    for doc in setting_docs():
+        assert f"{doc.env}=" in text
+        if doc.default and not doc.required:
+            assert doc.default in text
+
+
+def test_env_example_loads_as_valid_settings(tmp_path: Path) -> None:
+    values = {k: v for k, v in dotenv_values(REPO / ".env.example").items() if v is not None}
+    secret = tmp_path / "password"
+    secret.write_text("pw\n")
+    values["SFTP_PASS_FILE"] = str(secret)
+    settings = load_settings(values)
+    assert settings.sftp_host == "sftp.example.com"
+    assert settings.sftp_pass == "pw"

@@ -1,0 +1,241 @@
+"""Every documented exit code, each with one clear line and no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Result, Server, run_job
+from sshd import free_port, keygen
+
+
+def last_line(result: Result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "| ERROR" in line]
+    return errors[-1] if errors else (lines[-1] if lines else "")
+
+
+def assert_clean_failure(result: Result, code: int, *culprits: str) -> None:
+    assert result.code == code, result.output
+    assert "Traceback" not in result.output
+    line = last_line(result)
+    for culprit in culprits:
+        assert culprit in line, f"{culprit!r} not named in: {line}"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "culprit"),
+    [
+        ({"SFTP_HOST": None}, "SFTP_HOST"),
+        ({"SFTP_USER": None}, "SFTP_USER"),
+        ({"SFTP_PORT": "twenty-two"}, "SFTP_PORT"),
+        ({"SFTP_PORT": "0"}, "SFTP_PORT"),
+        ({"SELECT_MODE": "everything"}, "SELECT_MODE"),
+        ({"ORDER_BY": "size"}, "ORDER_BY"),
+        ({"SFTP_HOST_KEY_POLICY": "yes"}, "SFTP_HOST_KEY_POLICY"),
+        ({"MIN_FILE_AGE": "-1"}, "MIN_FILE_AGE"),
+        ({"CHUNK_SIZE": "12"}, "CHUNK_SIZE"),
+        ({"RETRY_MAX_TRIES": "0"}, "RETRY_MAX_TRIES"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"SFTP_KEY_FILE": "/nonexistent/key"}, "SFTP_KEY_FILE"),
+        ({"SFTP_KEY_FILE": None}, "SFTP_PASS"),
+    ],
+)
+def test_bad_setting_exits_2_naming_it(server: Server, overrides: dict[str, str | None], culprit: str) -> None:
+    env = server.env()
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+
+    result = run_job(env, server.tmp / "cwd")
+
+    assert_clean_failure(result, 2, culprit)
+    assert not server.local.exists(), "nothing touches the disk before the settings are valid"
+
+
+def test_unset_port_defaults_to_22_instead_of_crashing(tmp_path: Path) -> None:
+    env = {"SFTP_HOST": "127.0.0.1", "SFTP_USER": "x", "SFTP_PASS": "y", "RETRY_MAX_TRIES": "1"}
+
+    result = run_job(env, tmp_path)
+
+    # Nothing of ours listens on port 22 here; whatever answers, the job names it and exits cleanly.
+    assert result.code in (1, 3), result.output
+    assert "Traceback" not in result.output
+    assert "127.0.0.1:22" in last_line(result) or "127.0.0.1" in last_line(result)
+
+
+def test_env_file_is_read_and_environment_wins(server: Server) -> None:
+    env = server.env()
+    env_file = server.tmp / "job.env"
+    env_file.write_text(f"SFTP_HOST=127.0.0.1\nSFTP_PORT={env.pop('SFTP_PORT')}\nSELECT_MODE=bogus\n")
+    env.pop("SFTP_HOST")
+    env["SELECT_MODE"] = "next"
+    server.put("20250428.IPI", b"z" * 100)
+
+    result = run_job(env, server.tmp / "cwd", "--env-file", str(env_file))
+
+    assert result.code == 0, result.output
+    assert (server.served / "20250428.IPI").read_bytes() == b"z" * 100
+
+
+def test_dotenv_in_working_directory_is_read(server: Server) -> None:
+    env = server.env()
+    cwd = server.tmp / "cwd"
+    cwd.mkdir()
+    (cwd / ".env").write_text(f"SFTP_PORT={env.pop('SFTP_PORT')}\n")
+    server.put("20250428.IPI", b"q" * 100)
+
+    result = run_job(env, cwd)
+
+    assert result.code == 0, result.output
+
+
+def test_missing_env_file_exits_2(server: Server) -> None:
+    result = run_job(server.env(), server.tmp / "cwd", "--env-file", str(server.tmp / "nope.env"))
+    assert_clean_failure(result, 2, "nope.env")
+
+
+def test_unreachable_server_exits_1_after_retries_naming_host(server: Server) -> None:
+    port = free_port()  # nothing listens here
+    result = run_job(server.env(port=port, RETRY_MAX_TRIES=3), server.tmp / "cwd")
+
+    assert_clean_failure(result, 1, f"127.0.0.1:{port}", "giving up after 3 attempt")
+    assert result.stderr.count("retrying in") == 2
+
+
+def test_unknown_host_key_exits_3_showing_fingerprint(server: Server) -> None:
+    empty = server.tmp / "empty_known_hosts"
+    empty.write_text("")
+    server.put("20250428.IPI", b"x")
+    expected = subprocess.run(
+        ["ssh-keygen", "-lf", f"{server.sshd.host_key}.pub"], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+
+    result = run_job(server.env(SFTP_KNOWN_HOSTS=empty), server.tmp / "cwd")
+
+    assert_clean_failure(result, 3, "not in", expected, "ssh-ed25519")
+    assert "retrying" not in result.stderr, "host-key failures are never retried"
+    assert not (server.local / "20250428.IPI").exists()
+
+
+def test_changed_host_key_exits_3_even_with_accept_new(server: Server) -> None:
+    other = keygen(server.tmp / "other_host_key")
+    parts = Path(f"{other}.pub").read_text().split()
+    known = server.tmp / "stale_known_hosts"
+    known.write_text(f"[127.0.0.1]:{server.port} {parts[0]} {parts[1]}\n")
+
+    result = run_job(server.env(SFTP_KNOWN_HOSTS=known, SFTP_HOST_KEY_POLICY="accept-new"), server.tmp / "cwd")
+
+    assert_clean_failure(result, 3, "does not match")
+
+
+def test_accept_new_records_key_then_checks_it(server: Server) -> None:
+    known = server.tmp / "ssh" / "known_hosts"
+    server.put("20250428.IPI", b"x" * 10)
+
+    first = run_job(server.env(SFTP_KNOWN_HOSTS=known, SFTP_HOST_KEY_POLICY="accept-new"), server.tmp / "cwd")
+
+    assert first.code == 0, first.output
+    assert known.read_text() == server.sshd.known_hosts_line()
+    second = run_job(server.env(SFTP_KNOWN_HOSTS=known), server.tmp / "cwd")  # strict from now on
+    assert second.code == 0, second.output
+
+
+def test_hashed_known_hosts_entry_is_honoured(server: Server) -> None:
+    known = server.known_hosts()
+    subprocess.run(["ssh-keygen", "-H", "-f", str(known)], check=True, capture_output=True)
+    assert "|1|" in known.read_text()
+    server.put("20250428.IPI", b"h" * 10)
+
+    result = run_job(server.env(SFTP_KNOWN_HOSTS=known), server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+
+
+def test_wrong_key_exits_3_without_retrying(server: Server) -> None:
+    stranger = keygen(server.tmp / "stranger")
+    result = run_job(server.env(SFTP_KEY_FILE=stranger), server.tmp / "cwd")
+
+    assert_clean_failure(result, 3, "authentication failed")
+    assert "retrying" not in result.stderr
+
+
+def test_encrypted_key_without_passphrase_exits_2(server: Server) -> None:
+    locked = keygen(server.tmp / "locked", passphrase="s3cret-phrase")
+    result = run_job(server.env(SFTP_KEY_FILE=locked), server.tmp / "cwd")
+    assert_clean_failure(result, 2, "SFTP_KEY_PASSPHRASE")
+
+
+def test_encrypted_key_with_passphrase_logs_in(server: Server) -> None:
+    locked = keygen(server.tmp / "locked", passphrase="s3cret-phrase")
+    server.sshd.authorized_keys.write_text(Path(f"{locked}.pub").read_text())
+    server.put("20250428.IPI", b"k" * 10)
+
+    result = run_job(server.env(SFTP_KEY_FILE=locked, SFTP_KEY_PASSPHRASE="s3cret-phrase"), server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    assert "s3cret-phrase" not in result.output + server.log.read_text()
+
+
+def test_second_run_exits_4_while_first_holds_lock(server: Server) -> None:
+    server.record.parent.mkdir(parents=True)
+    lock = server.record.with_name("last_file.txt.lock")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        result = run_job(server.env(), server.tmp / "cwd")
+        assert_clean_failure(result, 4, "another run is in progress", str(lock))
+        assert time.monotonic() - started < 10
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_job(server.env(), server.tmp / "cwd").code == 0, "the lock dies with its holder"
+
+
+def test_unwritable_server_dir_exits_5_naming_it(server: Server) -> None:
+    blocker = server.tmp / "not-a-dir"
+    blocker.write_text("a file where a directory is needed")
+    server.put("20250428.IPI", b"s" * 10)
+
+    result = run_job(server.env(SERVER_DIR=blocker / "server"), server.tmp / "cwd")
+
+    assert_clean_failure(result, 5, "SERVER_DIR", str(blocker / "server"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
+def test_read_only_local_dir_exits_5(server: Server) -> None:
+    server.local.mkdir()
+    server.local.chmod(0o500)
+    try:
+        result = run_job(server.env(), server.tmp / "cwd")
+    finally:
+        server.local.chmod(0o700)
+    assert_clean_failure(result, 5, "LOCAL_DIR")
+
+
+def test_version_and_help(tmp_path: Path) -> None:
+    version = run_job({}, tmp_path, "--version")
+    assert version.code == 0
+    assert version.stdout.startswith("sftp-ipi ")
+    shown = run_job({"SFTP_PASS": "do-not-show-me"}, tmp_path, "--help")
+    assert shown.code == 0
+    for name in ("SFTP_HOST", "SFTP_PASS_FILE", "SELECT_MODE", "MIN_FILE_AGE", "LOG_FORMAT"):
+        assert name in shown.stdout
+    assert "do-not-show-me" not in shown.stdout

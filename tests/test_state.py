@@ -1,0 +1,266 @@
+"""Local state: LAST_FILE_RECORD, the JSON-lines ledger and the run lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from app.errors import ConfigError, LockedError
+from app.state import Ledger, LedgerEntry, RunLock, append_ledger, read_ledger, read_record, write_record
+
+
+def ledger_entry(name: str, mtime: int = 1_745_800_000) -> LedgerEntry:
+    return LedgerEntry(
+        name=name,
+        size=1234,
+        mtime=mtime,
+        sha256="ab" * 32,
+        bytes_transferred=1234,
+        seconds=0.5,
+        completed_at="2025-04-29T00:00:00+00:00",
+    )
+
+
+# -- LAST_FILE_RECORD ------------------------------------------------------------
+
+
+def test_missing_record_reads_as_none(tmp_path: Path) -> None:
+    assert read_record(tmp_path / "last_file.txt") is None
+
+
+@pytest.mark.parametrize("content", ["", "\n", "  \n\n", "\t"])
+def test_blank_record_reads_as_none(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "last_file.txt"
+    path.write_text(content)
+    assert read_record(path) is None
+
+
+@pytest.mark.parametrize("content", ["20250428.IPI\n", "20250428.IPI", "  20250428.IPI \r\n\n"])
+def test_record_reads_the_bare_name(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "last_file.txt"
+    path.write_text(content)
+    assert read_record(path) == "20250428.IPI"
+
+
+@pytest.mark.parametrize("content", ["a/b\n", "../20250428.IPI\n", "..\n", "20250428.IPI\n20250429.IPI\n"])
+def test_record_that_is_not_a_file_name_is_a_config_error(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "last_file.txt"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match="LAST_FILE_RECORD"):
+        read_record(path)
+
+
+def test_unreadable_record_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "last_file.txt"
+    path.write_bytes(b"\xff\xfe2025\n")
+    with pytest.raises(ConfigError, match="LAST_FILE_RECORD"):
+        read_record(path)
+
+
+def test_write_record_round_trips_in_the_original_format(tmp_path: Path) -> None:
+    path = tmp_path / "last_file.txt"
+    write_record(path, "20250428.IPI")
+    assert path.read_bytes() == b"20250428.IPI\n"
+    assert read_record(path) == "20250428.IPI"
+
+
+def test_write_record_replaces_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    path = tmp_path / "last_file.txt"
+    write_record(path, "20250428.IPI")
+    write_record(path, "20250429.IPI")
+    assert read_record(path) == "20250429.IPI"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_file.txt"]
+
+
+# -- ledger ----------------------------------------------------------------------
+
+
+def test_missing_ledger_reads_as_empty(tmp_path: Path) -> None:
+    ledger = read_ledger(tmp_path / "completed_files.jsonl")
+    assert ledger.entries == ()
+    assert ledger.damaged_lines == 0
+    assert ledger.names == frozenset()
+
+
+def test_ledger_round_trips_entries_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    first, second = ledger_entry("20250428.IPI", 100), ledger_entry("20250429.IPI", 200)
+    append_ledger(path, first)
+    append_ledger(path, second)
+    ledger = read_ledger(path)
+    assert ledger.entries == (first, second)
+    assert ledger.damaged_lines == 0
+    assert ledger.names == frozenset({"20250428.IPI", "20250429.IPI"})
+    assert ledger.mtimes == {"20250428.IPI": 100, "20250429.IPI": 200}
+
+
+def test_ledger_is_one_json_object_per_line(tmp_path: Path) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    append_ledger(path, ledger_entry("20250428.IPI"))
+    append_ledger(path, ledger_entry("20250429.IPI"))
+    raw = path.read_bytes()
+    assert raw.endswith(b"\n")
+    lines = raw.splitlines()
+    assert [json.loads(line)["name"] for line in lines] == ["20250428.IPI", "20250429.IPI"]
+
+
+def test_torn_last_line_is_counted_as_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    first = ledger_entry("20250428.IPI")
+    append_ledger(path, first)
+    with path.open("ab") as f:
+        f.write(b'{"name": "20250429.IPI", "size": 12')  # a crash mid-append: no newline
+    ledger = read_ledger(path)
+    assert ledger.entries == (first,)
+    assert ledger.damaged_lines == 1
+
+
+def test_append_after_a_torn_line_is_not_fused_with_it(tmp_path: Path) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    first, third = ledger_entry("20250428.IPI"), ledger_entry("20250430.IPI")
+    append_ledger(path, first)
+    with path.open("ab") as f:
+        f.write(b'{"name": "20250429.IPI", "size": 12')
+    append_ledger(path, third)
+    ledger = read_ledger(path)
+    assert ledger.entries == (first, third)
+    assert ledger.damaged_lines == 1
+    assert path.read_bytes().endswith(b"\n")
+
+
+def test_append_to_a_ledger_torn_as_its_only_content(tmp_path: Path) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    path.write_bytes(b'{"na')
+    entry = ledger_entry("20250428.IPI")
+    append_ledger(path, entry)
+    ledger = read_ledger(path)
+    assert ledger.entries == (entry,)
+    assert ledger.damaged_lines == 1
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"not json",
+        b"[1, 2]",
+        b"42",
+        b'{"name": "x"}',  # missing fields
+        b'{"name": "x", "bogus": 1}',
+        b"\xff\xfe",
+    ],
+)
+def test_lines_that_are_not_ledger_entries_are_damaged_not_fatal(tmp_path: Path, line: bytes) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    entry = ledger_entry("20250428.IPI")
+    path.write_bytes(line + b"\n")
+    append_ledger(path, entry)
+    ledger = read_ledger(path)
+    assert ledger.entries == (entry,)
+    assert ledger.damaged_lines == 1
+
+
+def test_blank_lines_in_the_ledger_are_not_damage(tmp_path: Path) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    path.write_bytes(b"\n\n   \n")
+    entry = ledger_entry("20250428.IPI")
+    append_ledger(path, entry)
+    assert read_ledger(path) == Ledger(entries=(entry,), damaged_lines=0)
+
+
+# -- run lock --------------------------------------------------------------------
+
+_TRY_LOCK = textwrap.dedent(
+    """
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(1)
+    sys.exit(0)
+    """
+)
+
+_HOLD_LOCK = textwrap.dedent(
+    """
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    print("locked", flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def other_process_can_lock(path: Path) -> bool:
+    result = subprocess.run([sys.executable, "-c", _TRY_LOCK, str(path)], timeout=30, check=False)
+    assert result.returncode in (0, 1)
+    return result.returncode == 0
+
+
+def test_held_lock_blocks_another_process_until_released(tmp_path: Path) -> None:
+    path = tmp_path / "last_file.txt.lock"
+    lock = RunLock(path)
+    lock.acquire()
+    try:
+        assert not other_process_can_lock(path)
+    finally:
+        lock.release()
+    assert other_process_can_lock(path)
+
+
+def test_lock_held_by_another_process_raises_locked_error(tmp_path: Path) -> None:
+    path = tmp_path / "last_file.txt.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(LockedError, match="another run is in progress"):
+            RunLock(path).acquire()
+    finally:
+        holder.communicate("", timeout=30)  # closes stdin: the holder exits and the kernel drops its lock
+    with RunLock(path):
+        pass
+
+
+def test_second_lock_in_the_same_process_raises_locked_error(tmp_path: Path) -> None:
+    path = tmp_path / "last_file.txt.lock"
+    with RunLock(path), pytest.raises(LockedError):
+        RunLock(path).acquire()
+    # Released on exit: the path can be locked again.
+    with RunLock(path) as again:
+        assert again.path == path
+
+
+def test_failed_acquire_does_not_disturb_the_holder(tmp_path: Path) -> None:
+    path = tmp_path / "last_file.txt.lock"
+    with RunLock(path):
+        with pytest.raises(LockedError):
+            RunLock(path).acquire()
+        assert path.read_text() == f"{os.getpid()}\n"
+        assert not other_process_can_lock(path)
+
+
+def test_lock_file_records_the_holder_pid_and_survives_release(tmp_path: Path) -> None:
+    path = tmp_path / "last_file.txt.lock"
+    path.write_text("99999999\nstale content from a crashed run\n")
+    with RunLock(path):
+        assert path.read_text() == f"{os.getpid()}\n"
+    assert path.exists()
+
+
+def test_release_without_acquire_is_harmless(tmp_path: Path) -> None:
+    lock = RunLock(tmp_path / "x.lock")
+    lock.release()
+    lock.acquire()
+    lock.release()
+    lock.release()
+    assert other_process_can_lock(tmp_path / "x.lock")
