@@ -95,6 +95,9 @@ class Settings:
     ssh_window_size: int = _setting(
         16 * MiB, "SSH channel window in bytes; caps throughput near window / round-trip time."
     )
+    ssh_rekey_bytes: int = _setting(
+        512 * MiB, "Bytes after which SSH keys are renegotiated during a long transfer (paramiko's default)."
+    )
     connect_timeout: int = _setting(30, "Seconds allowed for TCP connect, SSH handshake and login.")
     io_timeout: int = _setting(
         60, "Seconds without any transfer progress before the connection is dropped and resumed."
@@ -250,6 +253,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "pipeline_depth": _int(1, 1024),
     # paramiko clamps windows below 32 KiB; above 1 GiB nothing is gained on any real link.
     "ssh_window_size": _int(32 * 1024, 1024 * MiB),
+    # Below 64 KiB the connection would spend its time renegotiating keys.
+    "ssh_rekey_bytes": _int(64 * 1024),
     "connect_timeout": _int(1, 3600),
     "io_timeout": _int(1, 86400),
     "keepalive_interval": _int(0, 86400),

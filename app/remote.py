@@ -235,6 +235,8 @@ def connect(settings: Settings, key: paramiko.PKey | None, verifier: HostKeyVeri
             transport.banner_timeout = settings.connect_timeout
             transport.handshake_timeout = settings.connect_timeout
             transport.auth_timeout = settings.connect_timeout
+            # paramiko reads these per instance; lowering them rekeys more often on long transfers.
+            transport.packetizer.REKEY_BYTES = settings.ssh_rekey_bytes
             options = transport.get_security_options()
             options.key_types = verifier.preferred_algorithms(tuple(options.key_types))
             transport.start_client(timeout=settings.connect_timeout)

@@ -4,6 +4,7 @@
 * stall: after N bytes, stop forwarding but keep both sockets open, as a dead
   NAT mapping or a pulled cable does (no FIN, no RST).
 * delay: hold every chunk for a fixed time in each direction (a long link).
+* rate: limit server -> client throughput to this many bytes per second.
 
 The first ``faulty_connections`` connections get the fault; later ones pass
 through cleanly, which is how a test lets the job recover.
@@ -32,6 +33,7 @@ class Relay:
         self.target = (target_host, target_port)
         self.fault = Fault()
         self.delay = 0.0
+        self.rate: float | None = None
         self.bytes_down = 0  # server -> client, all connections
         self.connections = 0
         self._lock = threading.Lock()
@@ -79,11 +81,15 @@ class Relay:
         forwarded = 0
         try:
             while not self._stop.is_set():
-                data = src.recv(_BUF)
+                rate = self.rate if fault is not None else None
+                # Small reads under a rate limit keep the flow smooth rather than bursty.
+                data = src.recv(_BUF if rate is None else 16 * 1024)
                 if not data:
                     break
                 if self.delay:
                     time.sleep(self.delay)
+                if rate:
+                    time.sleep(len(data) / rate)
                 if fault is not None:
                     limit = fault.cut_after if fault.cut_after is not None else fault.stall_after
                     if limit is not None and forwarded + len(data) >= limit:

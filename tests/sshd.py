@@ -66,7 +66,9 @@ class Sshd:
         return f"{name} {self.host_public_key}\n"
 
     def _config(self) -> Path:
+        # sshd keeps the first value it reads for a keyword, so extra lines go first.
         lines = [
+            *self.extra_config,
             f"Port {self.port}",
             "ListenAddress 127.0.0.1",
             f"HostKey {self.host_key}",
@@ -81,7 +83,6 @@ class Sshd:
             "Subsystem sftp internal-sftp",
             "LogLevel VERBOSE",
             "MaxStartups 100",
-            *self.extra_config,
         ]
         path = self.workdir / "sshd_config"
         path.write_text("\n".join(lines) + "\n")

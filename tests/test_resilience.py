@@ -1,0 +1,259 @@
+"""Faults injected for real: dead links, repeated cuts, rekeys, full disks, growing files, kill -9."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Server, file_sha256, job_env, run_job, sha256, start_job
+from relay import Relay
+
+from app.state import read_ledger
+
+MiB = 1024 * 1024
+VERIFY_WINDOW = MiB
+OVERHEAD = 256 * 1024
+
+
+def clean_state(server: Server) -> list[str]:
+    """Names of stray temp or partial files anywhere the job writes."""
+    stray: list[str] = []
+    for directory in (server.local, server.served, server.record.parent):
+        if directory.exists():
+            stray += [p.name for p in directory.iterdir() if p.name.startswith(".") or ".part" in p.name]
+    return stray
+
+
+def test_dead_link_without_reset_is_dropped_after_io_timeout(server: Server, relay: Relay) -> None:
+    data = os.urandom(8 * MiB)
+    server.put("20250428.IPI", data)
+    relay.set_fault(stall_after=3 * MiB)  # forwards nothing more, but never closes
+    started = time.monotonic()
+
+    result = run_job(server.env(port=relay.port, IO_TIMEOUT=5, KEEPALIVE_INTERVAL=2), server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    assert time.monotonic() - started < 60
+    assert file_sha256(server.served / "20250428.IPI") == sha256(data)
+    assert "timed out" in result.stderr
+    assert relay.connections == 2
+
+
+def test_repeated_cuts_in_one_run_still_complete_with_little_waste(server: Server, relay: Relay) -> None:
+    data = os.urandom(12 * MiB)
+    server.put("20250428.IPI", data)
+    relay.set_fault(cut_after=3 * MiB, connections=3)
+
+    result = run_job(server.env(port=relay.port), server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    assert relay.connections == 4
+    assert file_sha256(server.served / "20250428.IPI") == sha256(data)
+    assert relay.bytes_down <= len(data) + 3 * (VERIFY_WINDOW + 2 * OVERHEAD) + OVERHEAD
+    assert result.stderr.count("resuming at byte") == 3
+
+
+def test_download_survives_many_rekeys(server: Server) -> None:
+    server.sshd.stop()
+    server.sshd.extra_config.append("LogLevel DEBUG1")
+    server.sshd.start()
+    data = os.urandom(12 * MiB)
+    server.put("20250428.IPI", data)
+
+    result = run_job(server.env(SSH_REKEY_BYTES=MiB), server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    assert file_sha256(server.served / "20250428.IPI") == sha256(data)
+    kex = server.sshd.log_text().count("SSH2_MSG_KEXINIT received")
+    assert kex >= 4, f"expected the first key exchange and at least 3 rekeys, sshd saw {kex}"
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: int) -> Iterator[bool]:
+    """A real tmpfs of ``size`` bytes at ``path`` as root; yields False where mounting is impossible."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        yield False
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def grow(path: Path, size: int) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+
+def run_with_file_limit(env: dict[str, str], cwd: Path, limit: int) -> tuple[int, str]:
+    """Stand-in for a full disk without root: writes past ``limit`` bytes fail with EFBIG."""
+
+    def limit_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    cwd.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "app"],
+        cwd=cwd,
+        env=job_env(env, cwd),
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_files,
+        timeout=120,
+    )
+    return proc.returncode, proc.stderr
+
+
+def test_full_local_dir_exits_5_and_keeps_a_valid_partial(server: Server) -> None:
+    data = os.urandom(8 * MiB)
+    server.put("20250428.IPI", data)
+    env = server.env()
+    with small_filesystem(server.local, 3 * MiB) as mounted:
+        if mounted:
+            result = run_job(env, server.tmp / "cwd")
+            code, err = result.code, result.stderr
+        else:
+            code, err = run_with_file_limit(env, server.tmp / "cwd", 3 * MiB)
+
+        assert code == 5, err
+        assert "Traceback" not in err
+        assert str(server.local) in err.splitlines()[-2] or str(server.local) in err
+        part = server.local / "20250428.IPI.part"
+        kept = part.stat().st_size
+        assert 0 < kept < len(data)
+        assert part.read_bytes() == data[:kept]
+        assert not (server.served / "20250428.IPI").exists()
+
+        if mounted:
+            grow(server.local, 32 * MiB)
+        result = run_job(env, server.tmp / "cwd")
+        assert result.code == 0, result.output
+        assert f"resuming at byte {kept}" in result.stderr
+        assert file_sha256(server.served / "20250428.IPI") == sha256(data)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a small mounted file system for SERVER_DIR")
+def test_full_server_dir_exits_5_and_never_shows_a_truncated_file(server: Server, relay: Relay) -> None:
+    data = os.urandom(6 * MiB)
+    server.put("20250428.IPI", data)
+    env = server.env(port=relay.port)
+    with small_filesystem(server.served, 2 * MiB) as mounted:
+        assert mounted
+        result = run_job(env, server.tmp / "cwd")
+
+        assert result.code == 5, result.output
+        assert "SERVER_DIR" in result.stderr or str(server.served) in result.stderr
+        assert list(server.served.iterdir()) == [], "no final file and no temp file left behind"
+        assert file_sha256(server.local / "20250428.IPI") == sha256(data)
+        assert not server.record.exists()
+
+        grow(server.served, 32 * MiB)
+        relay.reset_counters()
+        result = run_job(env, server.tmp / "cwd")
+
+        assert result.code == 0, result.output
+        assert relay.bytes_down < OVERHEAD, "the verified local file is published, not fetched again"
+        assert file_sha256(server.served / "20250428.IPI") == sha256(data)
+
+
+def test_file_growing_during_download_is_not_recorded(server: Server, relay: Relay) -> None:
+    path = server.put("20250428.IPI", os.urandom(8 * MiB))
+    relay.delay = 0.002
+    env = server.env(port=relay.port)
+    part = server.local / "20250428.IPI.part"
+
+    def append_when_started() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not part.exists() or part.stat().st_size < MiB):
+            time.sleep(0.02)
+        with open(path, "ab") as fh:
+            fh.write(b"more data arriving")
+
+    writer = threading.Thread(target=append_when_started)
+    writer.start()
+    result = run_job(env, server.tmp / "cwd")
+    writer.join()
+
+    assert result.code == 1, result.output
+    assert "changed during the download" in result.stderr
+    assert not (server.local / "20250428.IPI").exists()
+    assert not (server.served / "20250428.IPI").exists()
+    assert not server.record.exists()
+
+    relay.delay = 0.0
+    again = run_job(env, server.tmp / "cwd")
+    assert again.code == 0, again.output
+    assert file_sha256(server.served / "20250428.IPI") == file_sha256(path)
+
+
+def test_remote_file_vanishing_before_download_fails_alone_in_all_mode(server: Server, relay: Relay) -> None:
+    server.put("20250401.IPI", os.urandom(4 * MiB))
+    doomed = server.put("20250402.IPI", b"gone soon")
+    server.put("20250403.IPI", b"third")
+    relay.delay = 0.003
+    env = server.env(port=relay.port, SELECT_MODE="all")
+    first_part = server.local / "20250401.IPI.part"
+
+    def remove_when_started() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not first_part.exists():
+            time.sleep(0.01)
+        doomed.unlink()
+
+    remover = threading.Thread(target=remove_when_started)
+    remover.start()
+    result = run_job(env, server.tmp / "cwd")
+    remover.join()
+
+    assert result.code == 1, result.output
+    assert "20250402.IPI" in result.stderr and "No such file" in result.stderr
+    assert (server.served / "20250401.IPI").exists()
+    assert (server.served / "20250403.IPI").read_bytes() == b"third"
+    assert server.record.read_text().strip() == "20250401.IPI"
+
+
+def test_kill_9_campaign_never_loses_or_duplicates_a_file(server: Server, relay: Relay) -> None:
+    seed = int(os.environ.get("KILL_SEED", random.randrange(1 << 30)))
+    print(f"kill campaign seed: KILL_SEED={seed}")
+    rng = random.Random(seed)
+    files = {f"202504{day:02d}.IPI": rng.randbytes(rng.randint(1 * MiB, 4 * MiB)) for day in range(1, 6)}
+    for name, data in files.items():
+        server.put(name, data)
+    relay.rate = 3 * MiB  # slow enough that kills land mid-file, mid-publish and mid-record
+    env = server.env(port=relay.port, SELECT_MODE="all")
+    kills = 0
+    for _ in range(14):
+        proc = start_job(env, server.tmp / "cwd")
+        time.sleep(rng.uniform(0.1, 1.5))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=60)
+    assert kills >= 10, f"seed {seed}: only {kills} runs were killed"
+
+    relay.rate = None
+    final = run_job(env, server.tmp / "cwd")
+
+    assert final.code == 0, f"seed {seed}: {final.output}"
+    for name, data in files.items():
+        assert file_sha256(server.local / name) == sha256(data), f"seed {seed}: {name} in LOCAL_DIR"
+        assert file_sha256(server.served / name) == sha256(data), f"seed {seed}: {name} in SERVER_DIR"
+    names = [entry.name for entry in read_ledger(server.ledger).entries]
+    assert sorted(names) == sorted(files), f"seed {seed}: ledger {names}"
+    assert server.record.read_text().strip() == max(files)
+    assert clean_state(server) == [], f"seed {seed}: stray files {clean_state(server)}"
+    total = sum(len(d) for d in files.values())
+    assert relay.bytes_down <= total + kills * (VERIFY_WINDOW + 4 * MiB), f"seed {seed}: too much re-fetched"
