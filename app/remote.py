@@ -14,6 +14,7 @@ import os
 import posixpath
 import socket
 import stat
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -37,6 +38,10 @@ MAX_PACKET_SIZE = 32 * 1024
 _TCP_KEEPIDLE = 30
 _TCP_KEEPINTVL = 10
 _TCP_KEEPCNT = 3
+
+# Handshake, login and opening the sftp channel each get CONNECT_TIMEOUT from
+# paramiko; the watchdog allows the whole sequence a few of those.
+_CONNECT_BUDGET = 3
 
 # SFTP status errors arrive as OSError with these errno values (or none at all);
 # they concern one file, not the connection.
@@ -176,9 +181,7 @@ class Connection:
 
     def abort(self) -> None:
         """Cut the TCP connection under a blocked read; safe inside a signal handler."""
-        sock = self.transport.sock
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+        _shutdown(self.transport.sock)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -230,6 +233,18 @@ def connect(settings: Settings, key: paramiko.PKey | None, verifier: HostKeyVeri
             default_window_size=settings.ssh_window_size,
             default_max_packet_size=MAX_PACKET_SIZE,
         )
+    # paramiko waits up to an hour to open a channel and without any limit for the
+    # sftp subsystem's reply; a link that stalls there would hang the run. The
+    # watchdog cuts the socket if the whole sequence overruns its budget.
+    overran = threading.Event()
+
+    def cut() -> None:
+        overran.set()
+        _shutdown(sock)
+
+    watchdog = threading.Timer(_CONNECT_BUDGET * settings.connect_timeout, cut)
+    watchdog.daemon = True
+    watchdog.start()
     try:
         with remote_errors(f"SSH handshake with {target}"):
             transport.banner_timeout = settings.connect_timeout
@@ -252,10 +267,20 @@ def connect(settings: Settings, key: paramiko.PKey | None, verifier: HostKeyVeri
             # A read that waits this long without data means the link is dead,
             # even if TCP has not noticed: give up and let the job reconnect.
             sftp.get_channel().settimeout(settings.io_timeout)
-    except BaseException:
+    except BaseException as exc:
         transport.close()
+        if overran.is_set() and isinstance(exc, TransientError):
+            budget = _CONNECT_BUDGET * settings.connect_timeout
+            raise TransientError(f"connect to {target}: no SFTP session within {budget} s") from None
         raise
+    finally:
+        watchdog.cancel()
     return Connection(transport=transport, sftp=sftp)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def remote_path(settings: Settings, name: str) -> str:

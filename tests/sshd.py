@@ -53,6 +53,7 @@ class Sshd:
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     extra_config: list[str] = field(default_factory=list)
+    subsystem: str = "internal-sftp"
 
     @property
     def host_public_key(self) -> str:
@@ -80,7 +81,7 @@ class Sshd:
             f"PasswordAuthentication {'yes' if os.geteuid() == 0 else 'no'}",
             "KbdInteractiveAuthentication no",
             "PermitRootLogin yes",
-            "Subsystem sftp internal-sftp",
+            f"Subsystem sftp {self.subsystem}",
             "LogLevel VERBOSE",
             "MaxStartups 100",
         ]

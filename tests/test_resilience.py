@@ -229,13 +229,14 @@ def test_kill_9_campaign_never_loses_or_duplicates_a_file(server: Server, relay:
     seed = int(os.environ.get("KILL_SEED", random.randrange(1 << 30)))
     print(f"kill campaign seed: KILL_SEED={seed}")
     rng = random.Random(seed)
-    files = {f"202504{day:02d}.IPI": rng.randbytes(rng.randint(1 * MiB, 4 * MiB)) for day in range(1, 6)}
+    files = {f"202504{day:02d}.IPI": rng.randbytes(rng.randint(2 * MiB, 5 * MiB)) for day in range(1, 7)}
     for name, data in files.items():
         server.put(name, data)
-    relay.rate = 3 * MiB  # slow enough that kills land mid-file, mid-publish and mid-record
+    relay.rate = 2 * MiB  # slow enough that kills land mid-file, mid-publish and mid-record
     env = server.env(port=relay.port, SELECT_MODE="all")
-    kills = 0
-    for _ in range(14):
+    kills = runs = 0
+    while kills < 12 and runs < 40:
+        runs += 1
         proc = start_job(env, server.tmp / "cwd")
         time.sleep(rng.uniform(0.1, 1.5))
         if proc.poll() is None:
@@ -257,3 +258,16 @@ def test_kill_9_campaign_never_loses_or_duplicates_a_file(server: Server, relay:
     assert clean_state(server) == [], f"seed {seed}: stray files {clean_state(server)}"
     total = sum(len(d) for d in files.values())
     assert relay.bytes_down <= total + kills * (VERIFY_WINDOW + 4 * MiB), f"seed {seed}: too much re-fetched"
+
+
+def test_server_that_never_starts_sftp_cannot_hang_the_run(server: Server) -> None:
+    server.sshd.stop()
+    server.sshd.subsystem = "/bin/sleep 600"  # accepts the subsystem request, then never speaks SFTP
+    server.sshd.start()
+    started = time.monotonic()
+
+    result = run_job(server.env(CONNECT_TIMEOUT=1, RETRY_MAX_TRIES=2), server.tmp / "cwd")
+
+    assert result.code == 1, result.output
+    assert time.monotonic() - started < 30
+    assert "no SFTP session within 3 s" in result.stderr
