@@ -47,6 +47,9 @@ lint: venv
 demo: venv sshd
 	$(PY) tools/demo.py
 
+bench: venv sshd
+	$(PY) bench/run.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
