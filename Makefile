@@ -25,7 +25,11 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # The tests and the demo start a private OpenSSH sshd; install it when missing.
+# As root the tests also mount a small XFS to prove copy-on-write publishing.
 sshd:
+	@if [ "$$(id -u)" = 0 ] && ! command -v mkfs.xfs >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xfsprogs >/dev/null || true; \
+	fi
 	@if [ -z "$(SSHD)" ] && ! command -v sshd >/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; \

@@ -21,6 +21,7 @@ HOST_KEY_POLICIES = ("strict", "accept-new")
 ORDERINGS = ("name-date", "mtime", "name")
 SELECT_MODES = ("next", "latest", "all")
 LOG_FORMATS = ("text", "json")
+PUBLISH_METHODS = ("auto", "copy", "reflink", "hardlink")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 MiB = 1024 * 1024
@@ -72,6 +73,11 @@ class Settings:
         None,
         "JSON-lines ledger of completed files.",
         example="completed_files.jsonl beside LAST_FILE_RECORD",
+    )
+    publish_method: str = _setting(
+        "auto",
+        "How files reach SERVER_DIR: auto (a copy-on-write clone where the file system can, else a copy),"
+        " copy, reflink, or hardlink (opt-in: both names share one inode).",
     )
     file_pattern: str = _setting("*IPI*", "Glob matched against remote file names.")
     order_by: str = _setting(
@@ -244,6 +250,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "log_file": _path,
     "last_file_record": _path,
     "ledger_file": _path,
+    "publish_method": _choice(PUBLISH_METHODS),
     "file_pattern": _pattern,
     "order_by": _choice(ORDERINGS),
     "select_mode": _choice(SELECT_MODES),
@@ -251,8 +258,9 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     # 4 KiB floor: smaller requests cost a round trip each for almost no data.
     "chunk_size": _int(4096, 64 * MiB),
     "pipeline_depth": _int(1, 1024),
-    # paramiko clamps windows below 32 KiB; above 1 GiB nothing is gained on any real link.
-    "ssh_window_size": _int(32 * 1024, 1024 * MiB),
+    # paramiko clamps windows below 32 KiB; the window is also memory the server
+    # may fill, so it is capped well below what would break the memory bound.
+    "ssh_window_size": _int(32 * 1024, 256 * MiB),
     # Below 64 KiB the connection would spend its time renegotiating keys.
     "ssh_rekey_bytes": _int(64 * 1024),
     "connect_timeout": _int(1, 3600),

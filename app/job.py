@@ -218,8 +218,18 @@ class Job:
         log.bind(sha256=result.sha256, size=result.size).info(
             "{}: verified {} bytes, sha256 {}", entry.name, result.size, result.sha256
         )
-        copied = publish(self.s.local_dir / entry.name, self.s.server_dir, result.size, result.mtime, result.sha256)
-        log.info("{}: {} SERVER_DIR", entry.name, "published to" if copied else "already identical in")
+        method = publish(
+            self.s.local_dir / entry.name,
+            self.s.server_dir,
+            result.size,
+            result.mtime,
+            result.sha256,
+            self.s.publish_method,
+        )
+        if method is None:
+            log.info("{}: already identical in SERVER_DIR", entry.name)
+        else:
+            log.bind(method=method).info("{}: published to SERVER_DIR ({})", entry.name, method)
         seconds = time.monotonic() - tally.started
         done = LedgerEntry(
             name=entry.name,

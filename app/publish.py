@@ -1,13 +1,24 @@
 """Atomic publication of a verified file into SERVER_DIR.
 
-Readers of SERVER_DIR see either no file or the complete one: the copy is made
-under a hidden temporary name, fsynced, read back and checked against the
-download's SHA-256, and only then renamed to its final name.
+Readers of SERVER_DIR see either no file or the complete one: the new file is
+made under a hidden temporary name, fsynced, and only then renamed to its final
+name. How the temporary file gets its data is PUBLISH_METHOD:
+
+* ``copy``: copy_file_range (sendfile where unsupported), then read back and
+  compare with the download's SHA-256.
+* ``reflink``: a copy-on-write clone (FICLONE) sharing the verified blocks: no
+  data is read or written, so there is nothing new to read back.
+* ``hardlink`` (opt-in): a second name for LOCAL_DIR's file. Both names share
+  one inode, so a consumer that edits the published file in place edits the
+  local copy too; that is why it is never chosen automatically.
+* ``auto``: reflink where the file system can clone, copy otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import stat
 from pathlib import Path
@@ -17,62 +28,108 @@ from app.errors import LocalStorageError
 from app.fsutil import open_exclusive, replace_durably, storage_error, temp_path
 from app.transfer import hash_file
 
-# Upper bound for one copy_file_range/sendfile call.
+# Upper bound for one copy_file_range/sendfile call, so an interrupt is seen between calls.
 _COPY_BLOCK = 64 * 1024 * 1024
+# linux/fs.h: _IOW(0x94, 9, int)
+FICLONE = 0x40049409
+# What a file system (or a pair of them) says when it cannot clone.
+_NO_CLONE = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS}
 
 
-def already_published(final: Path, size: int, sha256: str) -> bool:
+def already_published(final: Path, source: Path, size: int, sha256: str) -> bool:
     try:
         st = final.lstat()
     except FileNotFoundError:
         return False
     if not stat.S_ISREG(st.st_mode) or st.st_size != size:
         return False
+    src = source.stat()
+    if (st.st_dev, st.st_ino) == (src.st_dev, src.st_ino):
+        return True  # a hard link to the verified file
     return hash_file(final).hexdigest() == sha256
 
 
 def _copy(src_fd: int, dst_fd: int, size: int) -> None:
     copied = 0
+    use_sendfile = False
     while copied < size:
         interrupt.check()
-        try:
-            n = os.copy_file_range(src_fd, dst_fd, min(_COPY_BLOCK, size - copied))
-        except OSError:
-            # Not supported between these file systems: fall back to sendfile.
-            n = os.sendfile(dst_fd, src_fd, copied, min(_COPY_BLOCK, size - copied))
+        count = min(_COPY_BLOCK, size - copied)
+        if use_sendfile:
+            n = os.sendfile(dst_fd, src_fd, copied, count)
+        else:
+            try:
+                n = os.copy_file_range(src_fd, dst_fd, count, copied, copied)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                use_sendfile = True  # explicit offsets make the switch safe mid-file
+                continue
         if n == 0:
-            raise OSError("source file ended early")
+            raise OSError(errno.EIO, "source file ended early")
         copied += n
 
 
-def publish(source: Path, server_dir: Path, size: int, mtime: int, sha256: str) -> bool:
-    """Make SERVER_DIR/<name> an exact copy of ``source``. Returns False if it already was."""
+def _clone(src_fd: int, dst_fd: int) -> bool:
+    """Clone the whole file; False where the file system cannot."""
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+    except OSError as exc:
+        if exc.errno in _NO_CLONE:
+            return False
+        raise
+    return True
+
+
+def _fill(source: Path, tmp: Path, method: str, size: int, sha256: str) -> str:
+    """Give ``tmp`` the verified bytes of ``source``; returns the method used."""
+    if method == "hardlink":
+        os.link(source, tmp)
+        return "hardlink"
+    with open(source, "rb") as src:
+        dst_fd = open_exclusive(tmp)
+        try:
+            used = "reflink" if method in ("auto", "reflink") and _clone(src.fileno(), dst_fd) else "copy"
+            if used == "copy" and method == "reflink":
+                raise LocalStorageError(f"PUBLISH_METHOD=reflink: the file system of {tmp.parent} cannot clone files")
+            if used == "copy":
+                _copy(src.fileno(), dst_fd, size)
+            os.fsync(dst_fd)
+        finally:
+            os.close(dst_fd)
+    if used == "copy" and hash_file(tmp).hexdigest() != sha256:
+        raise LocalStorageError(f"the copy {tmp} in SERVER_DIR does not match the verified download")
+    return used
+
+
+def publish(source: Path, server_dir: Path, size: int, mtime: int, sha256: str, method: str = "auto") -> str | None:
+    """Make SERVER_DIR/<name> hold exactly ``source``'s verified bytes.
+
+    Returns the method used, or None if an identical file was already there.
+    """
     final = server_dir / source.name
     try:
-        if already_published(final, size, sha256):
-            return False
+        if already_published(final, source, size, sha256):
+            return None
     except OSError as exc:
         raise storage_error("inspect", final, exc) from None
 
     tmp = temp_path(final)
     try:
-        with open(source, "rb") as src:
-            dst_fd = open_exclusive(tmp)
-            try:
-                _copy(src.fileno(), dst_fd, size)
-                os.fsync(dst_fd)
-            finally:
-                os.close(dst_fd)
-        if hash_file(tmp).hexdigest() != sha256:
-            raise LocalStorageError(f"the copy in SERVER_DIR {tmp} does not match the verified download")
-        os.utime(tmp, (mtime, mtime))
+        used = _fill(source, tmp, method, size, sha256)
+        if used != "hardlink":
+            os.utime(tmp, (mtime, mtime))
         replace_durably(tmp, final)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if method == "hardlink" and exc.errno == errno.EXDEV:
+            raise LocalStorageError(
+                "PUBLISH_METHOD=hardlink: LOCAL_DIR and SERVER_DIR are on different file systems"
+            ) from None
         raise storage_error("publish", final, exc) from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    return True
+    return used

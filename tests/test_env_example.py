@@ -33,5 +33,5 @@ def test_env_example_loads_as_valid_settings(tmp_path: Path) -> None:
     secret.write_text("pw\n")
     values["SFTP_PASS_FILE"] = str(secret)
     settings = load_settings(values)
-    assert settings.sftp_host == "sftp.example.com"
+    assert settings.sftp_host == "sftp"
     assert settings.sftp_pass == "pw"

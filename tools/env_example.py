@@ -16,9 +16,11 @@ from app.config import setting_docs
 
 # Values that differ from the defaults in the example: the ones an operator must fill in.
 EXAMPLE_VALUES = {
-    "SFTP_HOST": "sftp.example.com",
+    "SFTP_HOST": "sftp",
     "SFTP_USER": "ipi",
     "SFTP_PASS_FILE": "/run/secrets/sftp_password",
+    "SFTP_KNOWN_HOSTS": "/etc/sftp-ipi/known_hosts",
+    "SFTP_DIR": "/upload",
 }
 
 HEADER = """\

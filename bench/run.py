@@ -1,0 +1,371 @@
+"""``make bench``: the job against OpenSSH ``sftp`` and the naive paramiko loop, side by side.
+
+Every client downloads the same file from the same private sshd, interleaved,
+several times; the table shows the median MB/s (file size over the whole
+client process's wall time, start-up and connect included), CPU seconds and
+peak RSS per client and scenario, and the ratios the targets are stated in.
+Latency comes from bench/delay_relay.py (this kernel has no netem).
+
+    python bench/run.py [--quick] [--reps N] [--only SCENARIO ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from sshd import Sshd, free_port, keygen  # noqa: E402
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class Sample:
+    seconds: float
+    cpu: float
+    rss_mib: float
+
+
+@dataclass
+class Env:
+    """The benchmark's sshd, keys and scratch space."""
+
+    tmp: Path
+    sshd: Sshd
+    client_key: Path
+    remote: Path
+
+    def known_hosts(self, port: int) -> Path:
+        path = self.tmp / f"known_hosts_{port}"
+        path.write_text(self.sshd.known_hosts_line(port))
+        return path
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Sample:
+    """Wall time, CPU (user+sys, children included) and peak RSS of one process."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if status != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({status}): {err[-1500:]}")
+    return Sample(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
+class DelayLine:
+    """bench/delay_relay.py in its own process, adding ``rtt_ms`` of round trip."""
+
+    def __init__(self, target_port: int, rtt_ms: float) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "delay_relay.py"), str(self.port), str(target_port), str(rtt_ms / 2)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+# -- clients ------------------------------------------------------------------
+
+
+def job_client(
+    env: Env, port: int, names: list[str], out: Path, *, mode: str = "next", extra: dict[str, str] | None = None
+) -> Sample:
+    settings = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(env.tmp),
+        "PYTHONPATH": str(REPO),
+        "SFTP_HOST": "127.0.0.1",
+        "SFTP_PORT": str(port),
+        "SFTP_USER": getpass.getuser(),
+        "SFTP_KEY_FILE": str(env.client_key),
+        "SFTP_KNOWN_HOSTS": str(env.known_hosts(port)),
+        "SFTP_DIR": str(env.remote),
+        "FILE_PATTERN": names[0] if len(names) == 1 else "*.IPI",
+        "SELECT_MODE": mode,
+        "MIN_FILE_AGE": "0",
+        "LOCAL_DIR": str(out / "local"),
+        "SERVER_DIR": str(out / "server"),
+        "LAST_FILE_RECORD": str(out / "state" / "last_file.txt"),
+        "LOG_FILE": str(out / "state" / "job.log"),
+        "LOG_LEVEL": "WARNING",
+        **(extra or {}),
+    }
+    return measure([sys.executable, "-m", "app"], env=settings, cwd=out)
+
+
+def sftp_client(env: Env, port: int, names: list[str], out: Path, *, fsync: bool = False) -> Sample:
+    out.mkdir(parents=True, exist_ok=True)
+    flag = "-f " if fsync else ""
+    batch = out / "batch"
+    if len(names) == 1:
+        batch.write_text(f"get {flag}{env.remote / names[0]} {out / names[0]}\n")
+    else:
+        batch.write_text(f"get {flag}{env.remote}/*.IPI {out}/\n")
+    cmd = [
+        "sftp",
+        "-q",
+        "-b",
+        str(batch),
+        "-P",
+        str(port),
+        "-i",
+        str(env.client_key),
+        "-o",
+        f"UserKnownHostsFile={env.known_hosts(port)}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        f"{getpass.getuser()}@127.0.0.1",
+    ]
+    return measure(cmd, cwd=out)
+
+
+def naive_client(env: Env, port: int, names: list[str], out: Path) -> Sample:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        str(REPO / "bench" / "naive.py"),
+        "127.0.0.1",
+        str(port),
+        getpass.getuser(),
+        str(env.client_key),
+        str(env.known_hosts(port)),
+        str(env.remote / names[0]),
+        str(out / names[0]),
+    ]
+    return measure(cmd)
+
+
+Client = Callable[[Env, int, list[str], Path], Sample]
+
+
+def run_interleaved(
+    env: Env, port: int, clients: dict[str, tuple[Client, list[str], int]], reps: int
+) -> dict[str, tuple[list[Sample], int]]:
+    """Each client ``reps`` times, in rotating order; returns samples and bytes per run."""
+    results: dict[str, list[Sample]] = {name: [] for name in clients}
+    order = list(clients)
+    for rep in range(reps):
+        for name in order[rep % len(order) :] + order[: rep % len(order)]:
+            client, names, _ = clients[name]
+            out = Path(tempfile.mkdtemp(dir=env.tmp, prefix="out-"))
+            try:
+                results[name].append(client(env, port, names, out))
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
+    return {name: (samples, clients[name][2]) for name, samples in results.items()}
+
+
+# -- reporting ----------------------------------------------------------------
+
+ROWS: list[str] = []
+
+
+def report(scenario: str, results: dict[str, tuple[list[Sample], int]]) -> dict[str, float]:
+    rates: dict[str, float] = {}
+    for name, (samples, size) in results.items():
+        mbps = statistics.median(size / s.seconds / 1e6 for s in samples)
+        cpu = statistics.median(s.cpu for s in samples)
+        rss = max(s.rss_mib for s in samples)
+        rates[name] = mbps
+        ROWS.append(f"| {scenario} | {name} | {mbps:8.1f} | {cpu:6.2f} | {rss:7.1f} | {len(samples)} |")
+        print(ROWS[-1], flush=True)
+    return rates
+
+
+def make_file(path: Path, size: int) -> None:
+    rng = random.Random(size)
+    with open(path, "wb") as fh:
+        left = size
+        while left:
+            block = min(left, 8 * MiB)
+            fh.write(rng.randbytes(block))
+            left -= block
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+
+
+# -- scenarios ----------------------------------------------------------------
+
+
+def scenario_transfer(env: Env, label: str, rtt_ms: float, size: int, naive_size: int, reps: int) -> dict[str, float]:
+    name, naive_name = f"2025010{len(label)}.IPI", f"2025020{len(label)}.IPI"
+    make_file(env.remote / name, size)
+    make_file(env.remote / naive_name, naive_size)
+    line = DelayLine(env.sshd.port, rtt_ms) if rtt_ms else None
+    port = line.port if line else env.sshd.port
+    clients: dict[str, tuple[Client, list[str], int]] = {
+        "job": (job_client, [name], size),
+        "sftp": (sftp_client, [name], size),
+        "naive": (naive_client, [naive_name], naive_size),
+    }
+    if not rtt_ms:
+        clients["sftp -f"] = (lambda e, p, n, o: sftp_client(e, p, n, o, fsync=True), [name], size)
+    try:
+        rates = report(label, run_interleaved(env, port, clients, reps))
+    finally:
+        if line:
+            line.close()
+        (env.remote / name).unlink()
+        (env.remote / naive_name).unlink()
+    return rates
+
+
+def scenario_relay_cost(env: Env, size: int, reps: int) -> dict[str, float]:
+    name = "20250301.IPI"
+    make_file(env.remote / name, size)
+    line = DelayLine(env.sshd.port, 0)
+    try:
+        direct = run_interleaved(env, env.sshd.port, {"job direct": (job_client, [name], size)}, reps)
+        relayed = run_interleaved(env, line.port, {"job via 0 ms relay": (job_client, [name], size)}, reps)
+        return report("relay cost", {**direct, **relayed})
+    finally:
+        line.close()
+        (env.remote / name).unlink()
+
+
+def scenario_memory(env: Env, size: int) -> float:
+    name = "20250401.IPI"
+    make_file(env.remote / name, size)
+    try:
+        results = run_interleaved(env, env.sshd.port, {f"job {size // MiB} MiB": (job_client, [name], size)}, 1)
+        report("memory", results)
+        return max(s.rss_mib for s in results[f"job {size // MiB} MiB"][0])
+    finally:
+        (env.remote / name).unlink()
+
+
+def scenario_catch_up(env: Env, count: int, size: int, reps: int) -> dict[str, float]:
+    catch = env.remote / "catch-up"
+    catch.mkdir()
+    for i in range(count):
+        make_file(catch / f"2024{1 + i // 28 % 12:02d}{1 + i % 28:02d}_{i:04d}.IPI", size)
+    saved = env.remote
+    env.remote = catch
+    names = sorted(p.name for p in catch.iterdir())
+    try:
+        clients: dict[str, tuple[Client, list[str], int]] = {
+            "job all": (lambda e, p, n, o: job_client(e, p, n, o, mode="all"), names, count * size),
+            "sftp mget": (sftp_client, names, count * size),
+        }
+        results = run_interleaved(env, env.sshd.port, clients, reps)
+        report(f"catch-up {count}x{size // 1024}K", results)
+        for name, (samples, _) in results.items():
+            print(f"    {name}: median {statistics.median(s.seconds for s in samples):.2f} s", flush=True)
+        return {name: statistics.median(s.seconds for s in samples) for name, (samples, _) in results.items()}
+    finally:
+        env.remote = saved
+        shutil.rmtree(catch)
+
+
+def scenario_listing(env: Env, count: int) -> float:
+    listing = env.remote / "listing"
+    listing.mkdir()
+    for i in range(count):
+        (listing / f"IPI_{i:06d}_x.dat").touch()
+    make_file(listing / "20250501.IPI", 1024)
+    saved = env.remote
+    env.remote = listing
+    try:
+        out = Path(tempfile.mkdtemp(dir=env.tmp))
+        sample = job_client(env, env.sshd.port, ["*IPI*"], out)
+        shutil.rmtree(out)
+        print(f"| listing {count} | job (list, select, fetch) | {sample.seconds:.2f} s |", flush=True)
+        ROWS.append(f"| listing {count} entries | job, whole run | {sample.seconds:.2f} s | | | 1 |")
+        return sample.seconds
+    finally:
+        env.remote = saved
+        shutil.rmtree(listing)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller files, fewer repetitions")
+    parser.add_argument("--reps", type=int, default=0)
+    parser.add_argument("--only", nargs="*", default=[])
+    args = parser.parse_args()
+    quick = args.quick
+    reps = args.reps or (2 if quick else 5)
+    want = set(args.only)
+
+    def on(name: str) -> bool:
+        return not want or name in want
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip())
+    print("| scenario | client | MB/s | CPU s | peak RSS MiB | runs |")
+    print("|---|---|---|---|---|---|", flush=True)
+    with tempfile.TemporaryDirectory(prefix="sftp-ipi-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        host_key, client_key = keygen(tmp / "host"), keygen(tmp / "client")
+        (tmp / "authorized_keys").write_text(Path(f"{client_key}.pub").read_text())
+        remote = tmp / "remote"
+        remote.mkdir()
+        sshd = Sshd(workdir=tmp, host_key=host_key, authorized_keys=tmp / "authorized_keys", user=getpass.getuser())
+        sshd.start()
+        env = Env(tmp=tmp, sshd=sshd, client_key=client_key, remote=remote)
+        verdicts: list[str] = []
+        try:
+            if on("loopback"):
+                r = scenario_transfer(
+                    env, "loopback", 0, (64 if quick else 256) * MiB, (32 if quick else 128) * MiB, reps
+                )
+                verdicts.append(target("loopback: job >= 0.6x sftp -f", r["job"] / r["sftp -f"], 0.6))
+            if on("rtt20"):
+                r = scenario_transfer(env, "20 ms RTT", 20, (32 if quick else 64) * MiB, 4 * MiB, reps)
+                verdicts.append(target("20 ms: job >= 1.5x sftp", r["job"] / r["sftp"], 1.5))
+                verdicts.append(target("20 ms: job >= 40x naive", r["job"] / r["naive"], 40))
+            if on("rtt100"):
+                r = scenario_transfer(env, "100 ms RTT", 100, (32 if quick else 64) * MiB, 2 * MiB, reps)
+                verdicts.append(target("100 ms: job >= 2x sftp", r["job"] / r["sftp"], 2.0))
+            if on("relay"):
+                scenario_relay_cost(env, (64 if quick else 256) * MiB, reps)
+            if on("memory"):
+                for size in (256 * MiB, 1024 * MiB):
+                    rss = scenario_memory(env, size)
+                    verdicts.append(
+                        target(f"peak RSS {size // MiB} MiB file <= 100 MiB", 100 / rss, 1.0, f"{rss:.0f} MiB")
+                    )
+            if on("catchup"):
+                t = scenario_catch_up(env, 500, 64 * 1024, min(reps, 3))
+                verdicts.append(target("catch-up 500x64K: job <= 2x sftp mget", 2 * t["sftp mget"] / t["job all"], 1.0))
+            if on("listing"):
+                seconds = scenario_listing(env, 50_000)
+                verdicts.append(target("listing 50,000 entries < 3 s", 3 / seconds, 1.0, f"{seconds:.2f} s"))
+        finally:
+            sshd.stop()
+    print("\ntargets:")
+    for line in verdicts:
+        print(line)
+    return 0
+
+
+def target(label: str, ratio: float, need: float, shown: str | None = None) -> str:
+    mark = "MET " if ratio >= need else "MISS"
+    return f"  {mark} {label}: {shown or f'{ratio:.2f}x'}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
