@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from loguru import logger
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     job: Job | None = None
     try:
         settings = load_settings(read_environment(args.env_file, os.environ))
+        os.umask(settings.umask)
         setup(settings.log_level, settings.log_format, settings.log_file, settings.secrets)
         job = Job(settings, dry_run=args.dry_run, out=sys.stdout)
         code = job.run()
@@ -72,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         code = EXIT_STORAGE
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
         logger.error("internal error: {}: {}", exc.__class__.__name__, exc)
-        logger.bind(_file_only=True).opt(exception=exc).error("traceback of the internal error")
+        # Formatted here, not by loguru, so that the secret redaction sees it too.
+        trace = "".join(traceback.format_exception(exc))
+        logger.bind(_file_only=True).error("traceback of the internal error:\n{}", trace)
         code = 1
     if job is not None and not args.dry_run:
         logger.info(summary_line(job.summary, code, time.monotonic() - started))

@@ -8,6 +8,7 @@ Each field carries its default and a one-line doc in its metadata; ``--help`` an
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -29,7 +30,12 @@ MiB = 1024 * 1024
 
 def _setting(default: Any, doc: str, *, secret: bool = False, example: str | None = None) -> Any:
     """A dataclass field that documents itself; ``example`` overrides the shown default."""
-    shown = example if example is not None else ("" if default is None else str(default))
+    if example is not None:
+        shown = example
+    elif isinstance(default, bool):
+        shown = str(default).lower()
+    else:
+        shown = "" if default is None else str(default)
     return field(
         default=default,
         repr=not secret,
@@ -62,6 +68,13 @@ class Settings:
         "strict: refuse unknown or mismatching host keys. accept-new: trust and record an unknown key"
         " on first use; a mismatch is still refused.",
     )
+    sftp_host_key_fingerprint: tuple[str, ...] = _setting(
+        (),
+        "Pin the server's key: SHA256:... as `ssh-keygen -lf` prints it (several, comma-separated, during a"
+        " key rotation). When set, the key must match it, known_hosts or not.",
+        example="",
+    )
+    sftp_use_agent: bool = _setting(False, "Also offer the keys of a running ssh-agent (SSH_AUTH_SOCK).")
     sftp_dir: str = _setting("", "Remote directory to pull from; empty means the login directory.")
     local_dir: Path = _setting(Path("./local_downloads"), "Where files are downloaded and verified.")
     server_dir: Path = _setting(Path("./synced_server"), "Where verified files are published atomically.")
@@ -80,6 +93,12 @@ class Settings:
         " copy, reflink, or hardlink (opt-in: both names share one inode).",
     )
     file_pattern: str = _setting("*IPI*", "Glob matched against remote file names.")
+    max_listing: int = _setting(
+        100_000, "Most directory entries read from the server; a longer listing is refused as hostile."
+    )
+    file_mode: int = _setting(
+        0o640, "Permissions (octal) of the files the job creates; directories get the matching 0750.", example="0640"
+    )
     order_by: str = _setting(
         "name-date",
         "name-date: the YYYYMMDD date in the name (names without one are skipped), ties by name;"
@@ -119,6 +138,12 @@ class Settings:
     )
     log_level: str = _setting("INFO", "Least severe level logged: DEBUG, INFO, WARNING, ERROR.")
     log_format: str = _setting("text", "text, or json (one JSON object per line, console and file).")
+
+    @property
+    def umask(self) -> int:
+        """The umask that gives files FILE_MODE and directories the same bits plus search."""
+        dir_mode = self.file_mode | ((self.file_mode & 0o444) >> 2)
+        return 0o777 & ~dir_mode
 
     @property
     def ledger_path(self) -> Path:
@@ -201,6 +226,39 @@ def _choice(choices: tuple[str, ...], *, upper: bool = False) -> Callable[[str, 
     return parse
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+# base64 of a 32-byte SHA-256 digest, without padding, as OpenSSH prints it.
+_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not one of: true, false")
+
+
+def _fingerprints(name: str, raw: str) -> tuple[str, ...]:
+    values = tuple(v.strip() for v in raw.split(",") if v.strip())
+    for value in values:
+        if not _FINGERPRINT.fullmatch(value):
+            raise ConfigError(f"{name}: {value!r} is not a SHA256:... fingerprint as ssh-keygen -lf prints it")
+    return values
+
+
+def _octal_mode(name: str, raw: str) -> int:
+    try:
+        value = int(raw.strip(), 8)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an octal mode such as 0640") from None
+    if not 0 <= value <= 0o777 or not value & 0o600 == 0o600:
+        raise ConfigError(f"{name}={raw!r} must be at most 0777 and let the owner read and write (0600)")
+    return value
+
+
 def _path(name: str, raw: str) -> Path:
     if "\x00" in raw:
         raise ConfigError(f"{name} contains a NUL byte")
@@ -244,6 +302,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "sftp_key_passphrase": _text,
     "sftp_known_hosts": _path,
     "sftp_host_key_policy": _choice(HOST_KEY_POLICIES),
+    "sftp_host_key_fingerprint": _fingerprints,
+    "sftp_use_agent": _bool,
     "sftp_dir": _text,
     "local_dir": _path,
     "server_dir": _path,
@@ -252,6 +312,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "ledger_file": _path,
     "publish_method": _choice(PUBLISH_METHODS),
     "file_pattern": _pattern,
+    "max_listing": _int(1, 10_000_000),
+    "file_mode": _octal_mode,
     "order_by": _choice(ORDERINGS),
     "select_mode": _choice(SELECT_MODES),
     "min_file_age": _int(0),
@@ -336,8 +398,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     key_file = values.get("sftp_key_file")
     if key_file is not None and not key_file.is_file():
         raise ConfigError(f"SFTP_KEY_FILE={key_file}: no such file")
-    if values.get("sftp_pass") is None and key_file is None:
-        raise ConfigError("no credentials: set SFTP_PASS, SFTP_PASS_FILE or SFTP_KEY_FILE")
+    if values.get("sftp_pass") is None and key_file is None and not values.get("sftp_use_agent"):
+        raise ConfigError("no credentials: set SFTP_PASS, SFTP_PASS_FILE, SFTP_KEY_FILE or SFTP_USE_AGENT=true")
     if values.get("sftp_key_passphrase") is not None and key_file is None:
         raise ConfigError("SFTP_KEY_PASSPHRASE is set but SFTP_KEY_FILE is not")
 

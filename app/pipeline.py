@@ -22,7 +22,18 @@ from collections.abc import Iterator
 
 import paramiko
 from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
-from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, SFTP_EOF, int64
+from paramiko.sftp import (
+    CMD_CLOSE,
+    CMD_DATA,
+    CMD_HANDLE,
+    CMD_NAME,
+    CMD_OPENDIR,
+    CMD_READ,
+    CMD_READDIR,
+    CMD_STATUS,
+    SFTP_EOF,
+    int64,
+)
 
 from app.errors import RemoteFileError
 
@@ -124,18 +135,23 @@ def open_sftp(transport: paramiko.Transport, window_size: int, max_packet_size: 
 
 
 class _Responses:
-    """Receives the replies paramiko routes to it; must be weak-referenceable."""
+    """Receives the replies paramiko routes to it; must be weak-referenceable.
 
-    def __init__(self) -> None:
-        self.data: dict[int, bytes | None] = {}  # None means end of file
+    ``expect`` is the reply type that carries data (DATA for reads, NAME for
+    directory listings); STATUS EOF is stored as None; anything else is an error.
+    """
+
+    def __init__(self, expect: int = CMD_DATA) -> None:
+        self.expect = expect
+        self.data: dict[int, paramiko.Message | None] = {}
         self.error: str | None = None
 
     def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
-        if t == CMD_DATA:
-            self.data[num] = msg.get_string()
+        if t == self.expect:
+            self.data[num] = msg
         elif t == CMD_STATUS:
             code = msg.get_int()
-            text = msg.get_text()
+            text = msg.get_string().decode("utf-8", "replace")
             if code == SFTP_EOF:
                 self.data[num] = None
             else:
@@ -151,6 +167,8 @@ def read_range(
     end: int,
     request_size: int,
     depth: int,
+    *,
+    check_end: bool = False,
 ) -> Iterator[bytes]:
     """Yield the bytes of ``[start, end)`` in order.
 
@@ -158,6 +176,11 @@ def read_range(
     255 KiB); the reader asks again for the rest and lowers its request size to
     what the server served, so later requests are not split. The first request
     goes out alone for that reason. Memory stays within ``depth`` requests.
+
+    With ``check_end``, ``end`` must be the end of the file: one more byte is
+    asked for at ``end`` (alongside the last requests, so it costs no extra
+    round trip) and must come back as end-of-file. A server that stats a file
+    shorter than it serves would otherwise get it silently truncated.
     """
     sink = _Responses()
     inflight: dict[int, tuple[int, int]] = {}
@@ -166,25 +189,36 @@ def read_range(
     position = start
     size = request_size
     probing = True  # until the first reply tells us the server's read limit
+    end_probe: int | None = None  # request number of the read at ``end``
+    end_confirmed = not check_end
 
-    def send(offset: int, length: int) -> None:
-        num = sftp._async_request(sink, CMD_READ, handle, int64(offset), int(length))
+    def send(offset: int, length: int) -> int:
+        num: int = sftp._async_request(sink, CMD_READ, handle, int64(offset), int(length))
         inflight[num] = (offset, length)
+        return num
 
-    while position < end:
+    while position < end or not end_confirmed:
         window = 1 if probing else depth
         ahead = min(depth * size, MAX_AHEAD)
         while len(inflight) < window and next_offset < end and next_offset - position < ahead:
             length = min(size, end - next_offset)
             send(next_offset, length)
             next_offset += length
+        if check_end and end_probe is None and next_offset >= end and not probing:
+            end_probe = send(end, 1)
 
         sftp._read_response()
         if sink.error is not None:
             raise RemoteFileError(f"server refused a read: {sink.error}")
+        if end_probe is not None and end_probe in sink.data:
+            inflight.pop(end_probe)
+            if sink.data.pop(end_probe) is not None:
+                raise RemoteFileError(f"the file is longer than its listed size of {end} bytes")
+            end_confirmed = True
         for num in [n for n in sink.data if n in inflight]:
             offset, length = inflight.pop(num)
-            data = sink.data.pop(num)
+            reply = sink.data.pop(num)
+            data = reply.get_string() if reply is not None else None
             if data is None or not data:
                 raise RemoteFileError(f"file ended at byte {offset}, before its listed size of {end}")
             if len(data) > length:
@@ -205,3 +239,49 @@ def read_range(
             chunk = ready.pop(position)
             position += len(chunk)
             yield chunk
+
+
+# READDIR requests kept in flight while listing; each reply carries a batch of names.
+LIST_READ_AHEAD = 16
+
+
+def list_directory(sftp: paramiko.SFTPClient, path: str, limit: int) -> list[tuple[str, paramiko.SFTPAttributes]]:
+    """Every entry of ``path`` (without . and ..), at most ``limit`` of them.
+
+    Names are decoded leniently (undecodable bytes become surrogates) so that one
+    hostile name cannot break the listing; callers validate names before use.
+    A listing longer than ``limit`` raises RemoteFileError rather than growing
+    without bound.
+    """
+    t, msg = sftp._request(CMD_OPENDIR, path)
+    if t != CMD_HANDLE:
+        raise RemoteFileError(f"server did not open directory {path!r}")
+    handle = msg.get_string()
+    sink = _Responses(expect=CMD_NAME)
+    pending: list[int] = []
+    entries: list[tuple[str, paramiko.SFTPAttributes]] = []
+    try:
+        at_end = False
+        while not at_end:
+            while len(pending) < LIST_READ_AHEAD:
+                pending.append(sftp._async_request(sink, CMD_READDIR, handle))
+            while pending[0] not in sink.data:
+                sftp._read_response()
+                if sink.error is not None:
+                    raise RemoteFileError(f"cannot list {path!r}: {sink.error}")
+            reply = sink.data.pop(pending.pop(0))
+            if reply is None:
+                at_end = True
+                continue
+            for _ in range(reply.get_int()):
+                name = reply.get_string().decode("utf-8", "surrogateescape")
+                reply.get_string()  # the ls -l style long name
+                attrs = paramiko.SFTPAttributes._from_msg(reply)
+                if name in (".", ".."):
+                    continue
+                entries.append((name, attrs))
+                if len(entries) > limit:
+                    raise RemoteFileError(f"listing of {path!r} has more than MAX_LISTING={limit} entries")
+    finally:
+        sftp._request(CMD_CLOSE, handle)
+    return entries

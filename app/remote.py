@@ -22,7 +22,7 @@ import paramiko
 
 from app.config import Settings
 from app.errors import AuthError, ConfigError, HostKeyError, RemoteFileError, TransientError
-from app.pipeline import open_sftp
+from app.pipeline import list_directory, open_sftp
 from app.selection import RemoteEntry
 
 # The host-key algorithms that can verify a known_hosts entry of each key type.
@@ -129,6 +129,7 @@ class HostKeyVerifier:
         self.path = settings.sftp_known_hosts
         self.policy = settings.sftp_host_key_policy
         self.name = known_hosts_name(settings.sftp_host, settings.sftp_port)
+        self.pins = settings.sftp_host_key_fingerprint
         self.keys = paramiko.HostKeys()
         if self.path.is_file():
             try:
@@ -149,6 +150,13 @@ class HostKeyVerifier:
 
     def verify(self, key: paramiko.PKey) -> None:
         offered = f"{key.get_name()} {fingerprint(key)}"
+        if self.pins:
+            # The pin is the operator's out-of-band word on the key: it decides alone.
+            if fingerprint(key) in self.pins:
+                return
+            raise HostKeyError(
+                f"host key for {self.name} does not match SFTP_HOST_KEY_FINGERPRINT: the server offered {offered}"
+            )
         known = self.known.get(key.get_name())
         if known is not None:
             if known.asbytes() == key.asbytes():
@@ -217,23 +225,30 @@ def _open_socket(settings: Settings) -> socket.socket:
 
 
 def _authenticate(transport: paramiko.Transport, settings: Settings, key: paramiko.PKey | None) -> None:
+    """Keys first (SFTP_KEY_FILE, then the agent's if allowed), then the password."""
     user = settings.sftp_user
     password = settings.sftp_pass
-    if key is not None:
-        try:
-            remaining = transport.auth_publickey(user, key)
-        except paramiko.AuthenticationException:
-            if password is None:
-                raise
-        else:
+    keys: list[paramiko.PKey] = [key] if key is not None else []
+    agent = paramiko.Agent() if settings.sftp_use_agent else None
+    try:
+        if agent is not None:
+            keys.extend(agent.get_keys())
+        for candidate in keys:
+            try:
+                remaining = transport.auth_publickey(user, candidate)
+            except paramiko.AuthenticationException:
+                continue
             # An empty list means fully authenticated; otherwise the server wants a
             # second factor (publickey,password), which the password may satisfy.
             if not remaining:
                 return
-            if password is None:
-                raise paramiko.AuthenticationException("server requires more than the key")
-    if password is not None:
-        transport.auth_password(user, password)
+            break
+    finally:
+        if agent is not None:
+            agent.close()
+    if password is None:
+        raise paramiko.AuthenticationException("no key or password was accepted")
+    transport.auth_password(user, password)
 
 
 def connect(settings: Settings, key: paramiko.PKey | None, verifier: HostKeyVerifier) -> Connection:
@@ -302,8 +317,8 @@ def remote_path(settings: Settings, name: str) -> str:
 def list_entries(conn: Connection, settings: Settings) -> list[RemoteEntry]:
     directory = settings.sftp_dir or "."
     with remote_errors(f"list remote directory {directory!r}", file_level=True):
-        attrs = conn.sftp.listdir_attr(directory)
-    return [_entry(a.filename, a) for a in attrs]
+        listed = list_directory(conn.sftp, directory, settings.max_listing)
+    return [_entry(name, attrs) for name, attrs in listed]
 
 
 def stat_entry(conn: Connection, settings: Settings, name: str) -> RemoteEntry:

@@ -30,6 +30,7 @@ from app import interrupt
 from app.config import Settings
 from app.errors import RemoteFileError
 from app.fsutil import atomic_write, open_exclusive, replace_durably, storage_error, write_all
+from app.names import invalid_name_reason
 from app.pipeline import read_range
 from app.remote import Connection, remote_errors, remote_path, stat_entry
 from app.selection import RemoteEntry
@@ -63,6 +64,10 @@ class Paths:
 
     @classmethod
     def for_name(cls, local_dir: Path, name: str) -> Paths:
+        # Planning already drops unsafe names; this keeps any other caller honest.
+        reason = invalid_name_reason(name)
+        if reason is not None:
+            raise RemoteFileError(f"refusing remote file name {name!r}: {reason}")
         return cls(
             final=local_dir / name,
             part=local_dir / f"{name}.part",
@@ -165,14 +170,18 @@ def _resume_offset(conn: Connection, settings: Settings, entry: RemoteEntry, pat
     """How much of the partial can be kept; 0 after discarding it."""
     meta = _read_meta(paths)
     try:
-        have = paths.part.stat().st_size
+        st = paths.part.lstat()
+        # Anything but a regular file (a planted symlink, say) is never written through.
+        have = st.st_size if stat.S_ISREG(st.st_mode) else -1
+        if have < 0:
+            meta = None
     except FileNotFoundError:
         have = -1
     except OSError as exc:
         raise storage_error("inspect", paths.part, exc) from None
     log = logger.bind(file=entry.name)
     if meta is None or have < 0:
-        if have >= 0 or meta is not None:
+        if have >= 0 or meta is not None or paths.part.is_symlink():
             log.warning("{}: partial download without its metadata; starting again", entry.name)
         _start_partial(paths, entry)
         return 0
@@ -311,7 +320,13 @@ def _fetch(
         conn.sftp.open(remote_path(settings, entry.name), "rb") as remote,
     ):
         for chunk in read_range(
-            conn.sftp, remote.handle, offset, entry.size, settings.chunk_size, settings.pipeline_depth
+            conn.sftp,
+            remote.handle,
+            offset,
+            entry.size,
+            settings.chunk_size,
+            settings.pipeline_depth,
+            check_end=True,
         ):
             interrupt.check()
             try:

@@ -73,14 +73,25 @@ class Relay:
                 client.close()
                 continue
             self._sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, fault), daemon=True).start()
+            cut = threading.Event()
+            threading.Thread(target=self._pump, args=(client, server, None, cut), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, fault, cut), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, fault: Fault | None) -> None:
-        """Copy src -> dst; ``fault`` is set on the server -> client direction only."""
+    def _pump(self, src: socket.socket, dst: socket.socket, fault: Fault | None, cut: threading.Event) -> None:
+        """Copy src -> dst; ``fault`` is set on the server -> client direction only.
+
+        After a cut, the client -> server direction keeps reading and discarding
+        until the client closes: closing a socket with unread data sends an RST,
+        and an RST makes the client's kernel drop data it already received, which
+        would make the relay's byte count lie.
+        """
         forwarded = 0
         try:
             while not self._stop.is_set():
+                if fault is None and cut.is_set():
+                    if not src.recv(_BUF):
+                        break
+                    continue
                 rate = self.rate if fault is not None else None
                 # Small reads under a rate limit keep the flow smooth rather than bursty.
                 data = src.recv(_BUF if rate is None else 16 * 1024)
@@ -96,14 +107,19 @@ class Relay:
                         data = data[: max(0, limit - forwarded)]
                         self._send(dst, data)
                         if fault.cut_after is not None:
+                            cut.set()
                             self._cut(server=src, client=dst)
+                            return
                         else:
                             self._stop.wait()  # hold both sockets open, forward nothing
                         return
                     forwarded += len(data)
                 self._send(dst, data)
         except OSError:
-            pass
+            if fault is None and cut.is_set():
+                with contextlib.suppress(OSError):
+                    while src.recv(_BUF):
+                        pass
         self._close_pair(src, dst)
 
     def _send(self, dst: socket.socket, data: bytes) -> None:
@@ -120,21 +136,12 @@ class Relay:
 
     @staticmethod
     def _cut(server: socket.socket, client: socket.socket) -> None:
-        """End the client's connection with a FIN after everything forwarded so far.
-
-        Closing a socket with unread data sends an RST, and an RST makes the
-        client's kernel discard data it already received; draining first keeps
-        the count of bytes delivered exact.
-        """
+        """End the client's connection with a FIN after everything forwarded so far;
+        the other direction's pump drains and closes the client side."""
         with contextlib.suppress(OSError):
             server.close()
         with contextlib.suppress(OSError):
             client.shutdown(socket.SHUT_WR)
-            client.settimeout(10)
-            while client.recv(_BUF):
-                pass
-        with contextlib.suppress(OSError):
-            client.close()
 
     @staticmethod
     def _close_pair(a: socket.socket, b: socket.socket) -> None:

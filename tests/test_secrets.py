@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+from pathlib import Path
 
 import pytest
 from conftest import TEST_PASSWORD, Server, run_job
+from loguru import logger
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="password logins need a test account, made as root")
 
@@ -69,3 +72,52 @@ def test_password_not_in_dry_run_or_failures(server: Server) -> None:
         assert secret not in outputs(server, result.stdout, result.stderr)
     # A secret typed into the wrong setting is a value we cannot know to hide; the others stay hidden.
     assert "SELECT_MODE" in bad_setting.stderr
+
+
+def test_crash_inside_the_ssh_library_leaks_no_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The last line of defence: an unexpected exception whose text carries the password."""
+    import app.__main__ as cli
+    import app.job as job
+
+    secret = "Leaky-secret-in-an-exception"
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(f"paramiko blew up while sending password {secret}")
+
+    monkeypatch.setattr(job, "connect", crash)
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "logs" / "job.log"
+    for key, value in {
+        "SFTP_HOST": "127.0.0.1",
+        "SFTP_USER": "u",
+        "SFTP_PASS": secret,
+        "LOCAL_DIR": str(tmp_path / "local"),
+        "SERVER_DIR": str(tmp_path / "server"),
+        "LAST_FILE_RECORD": str(tmp_path / "state" / "last_file.txt"),
+        "LOG_FILE": str(log),
+        "SFTP_KNOWN_HOSTS": str(tmp_path / "known_hosts"),
+    }.items():
+        monkeypatch.setenv(key, value)
+
+    # main() sets process-wide state (umask, signal handlers, log sinks): put it back.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = cli.main([])
+    finally:
+        os.umask(umask)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        logger.remove()
+
+    out, err = capfd.readouterr()
+    assert code == 1
+    assert "internal error: RuntimeError" in err
+    assert "Traceback" not in err, "the console gets one line"
+    written = log.read_text()
+    assert "Traceback" in written, "the log file keeps the traceback for diagnosis"
+    for sink in (out, err, written):
+        assert secret not in sink

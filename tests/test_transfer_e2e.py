@@ -109,7 +109,7 @@ def test_resume_across_runs_fetches_only_the_remainder(server: Server, relay: Re
     assert first.code == 1, first.output
     part = server.local / "20250428.IPI.part"
     kept = part.stat().st_size
-    assert 3 * MiB < kept < 6 * MiB
+    assert 3 * MiB < kept < 6 * MiB, first.output
     assert part.read_bytes() == data[:kept], "the partial is an exact prefix"
     assert not (server.local / "20250428.IPI").exists()
     assert not server.served.exists() or not any(server.served.iterdir())

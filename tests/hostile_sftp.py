@@ -1,0 +1,124 @@
+"""A real SFTP server (AsyncSSH) that lies: crafted names, wrong sizes, endless listings.
+
+OpenSSH's sshd cannot be made to lie, so security tests talk to this one. It
+runs in a background thread with its own event loop, on a free loopback port,
+with its own host key and the tests' client key authorised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+
+OLD = int(time.time()) - 7200
+
+
+@dataclass
+class Lies:
+    """What the server serves: ``files`` by name, and how it misreports them."""
+
+    files: dict[bytes, bytes] = field(default_factory=dict)
+    claimed_size: dict[bytes, int] = field(default_factory=dict)  # stat size, if not the real one
+    extra_per_read: int = 0  # bytes added to every READ reply beyond what was asked
+    endless: bool = False  # the listing never ends
+
+
+def _attrs(size: int) -> asyncssh.SFTPAttrs:
+    return asyncssh.SFTPAttrs(size=size, permissions=0o100644, mtime=OLD, atime=OLD, uid=0, gid=0)
+
+
+def _server_class(lies: Lies) -> type[asyncssh.SFTPServer]:
+    class HostileServer(asyncssh.SFTPServer):  # type: ignore[misc]
+        def _size(self, name: bytes) -> int:
+            return lies.claimed_size.get(name, len(lies.files.get(name, b"")))
+
+        async def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
+            for name in lies.files:
+                yield asyncssh.SFTPName(name, b"", _attrs(self._size(name)))
+            n = 0
+            while lies.endless:
+                n += 1
+                yield asyncssh.SFTPName(f"junk{n:012d}.IPI".encode(), b"", _attrs(1))
+
+        def _lookup(self, path: bytes) -> bytes:
+            name = path.rsplit(b"/", 1)[-1]
+            if name not in lies.files:
+                raise asyncssh.SFTPNoSuchFile("no such file")
+            return name
+
+        def stat(self, path: bytes) -> asyncssh.SFTPAttrs:
+            if path in (b".", b"/", b"") or path.endswith(b"/remote"):
+                return asyncssh.SFTPAttrs(permissions=0o040755, size=0, mtime=OLD)
+            return _attrs(self._size(self._lookup(path)))
+
+        lstat = stat
+
+        def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
+            return self._lookup(path)
+
+        def read(self, file_obj: object, offset: int, size: int) -> bytes:
+            data = lies.files[file_obj]  # type: ignore[index]
+            chunk = data[offset : offset + size]
+            if chunk and lies.extra_per_read:
+                chunk += b"\0" * lies.extra_per_read
+            return chunk
+
+        def close(self, file_obj: object) -> None:
+            return None
+
+    return HostileServer
+
+
+class HostileSftpServer:
+    def __init__(self, workdir: Path, client_public_key: Path, lies: Lies) -> None:
+        self.lies = lies
+        self.host_key = asyncssh.generate_private_key("ssh-ed25519")
+        self.client_public_key = client_public_key
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._server: asyncssh.SSHAcceptor | None = None
+        self.workdir = workdir
+
+    def known_hosts_line(self) -> str:
+        public = self.host_key.export_public_key().decode().split()
+        return f"[127.0.0.1]:{self.port} {public[0]} {public[1]}\n"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _start(self) -> None:
+        self._server = await asyncssh.listen(
+            "127.0.0.1",
+            0,
+            server_host_keys=[self.host_key],
+            authorized_client_keys=str(self.client_public_key),
+            sftp_factory=_server_class(self.lies),
+            allow_scp=False,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def start(self) -> HostileSftpServer:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the hostile SFTP server did not start")
+        return self
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
