@@ -8,13 +8,19 @@ SSHD := $(firstword $(wildcard /usr/sbin/sshd /usr/bin/sshd))
 # Parallel test workers: one per core is what the 2-core CI machine handles best.
 PYTEST_WORKERS ?= auto
 
-.PHONY: help venv sshd test lint demo bench clean env-example
+.PHONY: help venv sshd test lint demo bench clean env-example lock
+
+# Hash-pinned dependency locks used by the container build; `make lock` refreshes them.
+UV_VERSION ?= 0.13.9
+HADOLINT := $(VENV)/bin/hadolint
+DOCKERFILES := Dockerfile
 
 help:
 	@echo "make demo   - run the job against a private local sshd with sample IPI files"
 	@echo "make test   - run the test suite against a real OpenSSH sshd"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - throughput and memory benchmarks"
+	@echo "make lock   - refresh the hash-pinned lock files from pyproject.toml"
 
 venv: $(STAMP)
 
@@ -47,6 +53,10 @@ lint: venv
 	$(PY) -m ruff check app tests tools
 	$(PY) -m ruff format --check app tests tools
 	$(PY) -m mypy
+	$(PY) -m mypy tools/audit_deps.py
+	$(PY) -m bandit --quiet --configfile pyproject.toml --recursive app
+	$(HADOLINT) --failure-threshold error $(DOCKERFILES)
+	$(PY) tools/audit_deps.py
 
 demo: venv sshd
 	$(PY) tools/demo.py
@@ -59,3 +69,11 @@ clean:
 
 env-example: venv
 	$(PY) tools/env_example.py > .env.example
+
+lock: venv
+	$(PY) -m pip install --quiet 'uv==$(UV_VERSION)'
+	$(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --upgrade \
+		--quiet --custom-compile-command 'make lock' -o requirements.lock
+	$(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' \
+		| $(VENV)/bin/uv pip compile - --universal --python-version 3.11 --generate-hashes --upgrade \
+		--quiet --custom-compile-command 'make lock' -o requirements-build.lock
