@@ -8,7 +8,7 @@ SSHD := $(firstword $(wildcard /usr/sbin/sshd /usr/bin/sshd))
 # Parallel test workers: one per core is what the 2-core CI machine handles best.
 PYTEST_WORKERS ?= auto
 
-.PHONY: help venv sshd test lint demo bench clean env-example lock
+.PHONY: help venv sshd test lint demo bench clean env-example lock compose-cli compose-config compose-keys
 
 # Hash-pinned dependency locks used by the container build; `make lock` refreshes them.
 UV_VERSION ?= 0.13.9
@@ -20,6 +20,7 @@ help:
 	@echo "make test   - run the test suite against a real OpenSSH sshd"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - throughput and memory benchmarks"
+	@echo "make compose-keys   - one-time set-up for docker-compose.yml's test SFTP server"
 	@echo "make lock   - refresh the hash-pinned lock files from pyproject.toml"
 
 venv: $(STAMP)
@@ -49,14 +50,33 @@ sshd:
 test: venv sshd
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
 
-lint: venv
+lint: venv compose-cli
 	$(PY) -m ruff check app tests tools
 	$(PY) -m ruff format --check app tests tools
 	$(PY) -m mypy
 	$(PY) -m mypy tools/audit_deps.py
 	$(PY) -m bandit --quiet --configfile pyproject.toml --recursive app
 	$(HADOLINT) --failure-threshold error $(DOCKERFILES)
+	$(MAKE) --no-print-directory compose-config
 	$(PY) tools/audit_deps.py
+
+# Debian's docker-compose 1.29 validates docker-compose.yml without any engine.
+compose-cli:
+	@if ! command -v docker-compose >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; \
+		elif command -v sudo >/dev/null; then \
+			sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; \
+		else \
+			echo "docker-compose is missing and cannot be installed without root" >&2; exit 1; \
+		fi; \
+	fi
+
+# Checked as an operator starts: with .env copied from .env.example.
+compose-config: compose-cli
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+		cp docker-compose.yml "$$tmp/" && cp .env.example "$$tmp/.env" && \
+		cd "$$tmp" && docker-compose config -q && echo "docker-compose.yml: valid (docker-compose config)"
 
 demo: venv sshd
 	$(PY) tools/demo.py
@@ -77,3 +97,6 @@ lock: venv
 	$(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' \
 		| $(VENV)/bin/uv pip compile - --universal --python-version 3.11 --generate-hashes --upgrade \
 		--quiet --custom-compile-command 'make lock' -o requirements-build.lock
+
+compose-keys:
+	bash tools/compose_keys.sh
