@@ -8,18 +8,19 @@ SSHD := $(firstword $(wildcard /usr/sbin/sshd /usr/bin/sshd))
 # Parallel test workers: one per core is what the 2-core CI machine handles best.
 PYTEST_WORKERS ?= auto
 
-.PHONY: help venv sshd test lint demo bench clean env-example lock compose-cli compose-config compose-keys
+.PHONY: help venv sshd test lint demo bench clean env-example lock compose-cli compose-config compose-keys container-test
 
 # Hash-pinned dependency locks used by the container build; `make lock` refreshes them.
 UV_VERSION ?= 0.13.9
 HADOLINT := $(VENV)/bin/hadolint
-DOCKERFILES := Dockerfile
+DOCKERFILES := Dockerfile tests/containers/python/Dockerfile tests/containers/sftp/Dockerfile
 
 help:
 	@echo "make demo   - run the job against a private local sshd with sample IPI files"
 	@echo "make test   - run the test suite against a real OpenSSH sshd"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - throughput and memory benchmarks"
+	@echo "make container-test - build the image and run the Compose project for real (root, podman)"
 	@echo "make compose-keys   - one-time set-up for docker-compose.yml's test SFTP server"
 	@echo "make lock   - refresh the hash-pinned lock files from pyproject.toml"
 
@@ -101,3 +102,6 @@ lock: venv
 
 compose-keys:
 	bash tools/compose_keys.sh
+
+container-test:
+	bash tools/container_test.sh
