@@ -23,6 +23,7 @@ ORDERINGS = ("name-date", "mtime", "name")
 SELECT_MODES = ("next", "latest", "all")
 LOG_FORMATS = ("text", "json")
 PUBLISH_METHODS = ("auto", "copy", "reflink", "hardlink")
+NOTIFY_ON = ("failure", "always")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 MiB = 1024 * 1024
@@ -136,8 +137,35 @@ class Settings:
     retry_backoff_factor: float = _setting(
         5.0, "Seconds before the first retry; doubles per attempt, with full jitter."
     )
+    report_file: Path | None = _setting(
+        None, "JSON report of the last run, written atomically.", example="run_report.json beside LAST_FILE_RECORD"
+    )
+    metrics_pushgateway_url: str | None = _setting(
+        None, "Prometheus Pushgateway to push run metrics to after every run, e.g. http://pushgateway:9091."
+    )
+    metrics_instance: str | None = _setting(
+        None, "The 'instance' grouping label of pushed metrics; SFTP_HOST when unset."
+    )
+    metrics_textfile: Path | None = _setting(
+        None, "Also write the metrics here for node-exporter's textfile collector (a *.prom file)."
+    )
+    notify_webhook_url: str | None = _setting(
+        None,
+        "POST a JSON message (Slack- and Teams-compatible 'text') here when a run fails.",
+        secret=True,
+    )
+    notify_on: str = _setting("failure", "failure: notify on failed runs only; always: after every run.")
+    notify_timeout: int = _setting(10, "Seconds allowed for each notification.")
+    notify_smtp_host: str | None = _setting(None, "SMTP server for e-mail alerts (STARTTLS when offered).")
+    notify_smtp_port: int = _setting(587, "SMTP port; 465 means TLS from the start.")
+    notify_smtp_user: str | None = _setting(None, "SMTP login user, if the server wants one.")
+    notify_smtp_pass_file: Path | None = _setting(None, "File holding the SMTP password.")
+    notify_smtp_from: str | None = _setting(None, "Sender address of alert e-mails.")
+    notify_smtp_to: tuple[str, ...] = _setting((), "Recipients of alert e-mails, comma-separated.", example="")
     log_level: str = _setting("INFO", "Least severe level logged: DEBUG, INFO, WARNING, ERROR.")
     log_format: str = _setting("text", "text, or json (one JSON object per line, console and file).")
+    # Read from NOTIFY_SMTP_PASS_FILE during validation; not a setting of its own.
+    notify_smtp_pass: str | None = field(default=None, repr=False, metadata={"internal": True})
 
     @property
     def umask(self) -> int:
@@ -158,7 +186,14 @@ class Settings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in any output."""
-        return tuple(s for s in (self.sftp_pass, self.sftp_key_passphrase) if s)
+        candidates = (self.sftp_pass, self.sftp_key_passphrase, self.notify_webhook_url, self.notify_smtp_pass)
+        return tuple(s for s in candidates if s)
+
+    @property
+    def report_path(self) -> Path:
+        if self.report_file is not None:
+            return self.report_file
+        return self.last_file_record.parent / "run_report.json"
 
 
 def env_name(field_name: str) -> str:
@@ -185,6 +220,7 @@ def setting_docs() -> list[SettingDoc]:
             secret=f.metadata["secret"],
         )
         for f in fields(Settings)
+        if not f.metadata.get("internal")
     ]
 
 
@@ -257,6 +293,26 @@ def _octal_mode(name: str, raw: str) -> int:
     if not 0 <= value <= 0o777 or not value & 0o600 == 0o600:
         raise ConfigError(f"{name}={raw!r} must be at most 0777 and let the owner read and write (0600)")
     return value
+
+
+def _url(name: str, raw: str) -> str:
+    value = raw.strip()
+    scheme, _, rest = value.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest or any(c.isspace() for c in value):
+        # The value may hold a token (webhook URLs do): name the setting, not the value.
+        raise ConfigError(f"{name} must be an http:// or https:// URL")
+    return value
+
+
+def _address(name: str, raw: str) -> str:
+    value = raw.strip()
+    if "@" not in value or any(c.isspace() or ord(c) < 32 for c in value):
+        raise ConfigError(f"{name}={raw!r} is not an e-mail address")
+    return value
+
+
+def _addresses(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(_address(name, part) for part in raw.split(",") if part.strip())
 
 
 def _path(name: str, raw: str) -> Path:
@@ -332,6 +388,19 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "retry_max_tries": _int(1, 1000),
     "retry_max_time": _int(0),
     "retry_backoff_factor": _float(0.0),
+    "report_file": _path,
+    "metrics_pushgateway_url": _url,
+    "metrics_instance": _text,
+    "metrics_textfile": _path,
+    "notify_webhook_url": _url,
+    "notify_on": _choice(NOTIFY_ON),
+    "notify_timeout": _int(1, 300),
+    "notify_smtp_host": _host,
+    "notify_smtp_port": _int(1, 65535),
+    "notify_smtp_user": _text,
+    "notify_smtp_pass_file": _path,
+    "notify_smtp_from": _address,
+    "notify_smtp_to": _addresses,
     "log_level": _choice(LOG_LEVELS, upper=True),
     "log_format": _choice(LOG_FORMATS),
 }
@@ -382,6 +451,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     """
     values: dict[str, Any] = {}
     for f in fields(Settings):
+        if f.metadata.get("internal"):
+            continue
         name = env_name(f.name)
         raw = env.get(name)
         if raw is None or raw.strip() == "":
@@ -402,6 +473,12 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         raise ConfigError("no credentials: set SFTP_PASS, SFTP_PASS_FILE, SFTP_KEY_FILE or SFTP_USE_AGENT=true")
     if values.get("sftp_key_passphrase") is not None and key_file is None:
         raise ConfigError("SFTP_KEY_PASSPHRASE is set but SFTP_KEY_FILE is not")
+
+    smtp_pass_file = values.get("notify_smtp_pass_file")
+    if smtp_pass_file is not None:
+        values["notify_smtp_pass"] = _read_secret_file("NOTIFY_SMTP_PASS_FILE", smtp_pass_file)
+    if values.get("notify_smtp_host") and not (values.get("notify_smtp_from") and values.get("notify_smtp_to")):
+        raise ConfigError("NOTIFY_SMTP_HOST is set: set NOTIFY_SMTP_FROM and NOTIFY_SMTP_TO too")
 
     settings = Settings(**values)
     _check_paths(settings)

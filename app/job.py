@@ -24,6 +24,7 @@ from app.errors import (
 from app.fsutil import ensure_dir, remove_stale_temps
 from app.publish import publish
 from app.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
+from app.report import FileReport, RetryRecord, RunReport, iso, last_success, outcome, read_report
 from app.retry import RetryPolicy
 from app.selection import (
     Criteria,
@@ -52,7 +53,9 @@ class FileTally:
 class RunSummary:
     fetched: list[TransferResult] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
-    retries: list[str] = field(default_factory=list)
+    retries: list[RetryRecord] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # per file, across attempts
+    received: dict[str, int] = field(default_factory=dict)  # bytes per file, across attempts
 
 
 @dataclass
@@ -122,7 +125,7 @@ class Job:
                 if self._progress() != mark:
                     policy.progressed()
                 delay = policy.next_delay()
-                self.summary.retries.append(str(exc))
+                self.summary.retries.append(RetryRecord(number, str(exc), round(delay or 0.0, 3)))
                 if delay is None:
                     raise JobError(f"{exc}; giving up after {policy.failures} attempt(s) without progress") from None
                 logger.bind(attempt=number, delay=round(delay, 2)).warning(
@@ -241,6 +244,8 @@ class Job:
             completed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
         append_ledger(self.s.ledger_path, done)
+        self.summary.seconds[entry.name] = done.seconds
+        self.summary.received[entry.name] = done.bytes_transferred
         ledger = Ledger((*snap.ledger.entries, done), snap.ledger.damaged_lines)
         snap = _Snapshot(snap.entries, ledger, snap.record, snap.last_key)
         self.summary.fetched.append(result)
@@ -285,8 +290,57 @@ class Job:
             print(f"ignored: {plan.unmatched} entries not matching FILE_PATTERN={self.s.file_pattern}", file=out)
 
 
+def build_report(
+    settings: Settings,
+    summary: RunSummary,
+    exit_code: int,
+    error: str | None,
+    started: dt.datetime,
+    finished: dt.datetime,
+) -> RunReport:
+    """The run report, from the run's own results and the ledger."""
+    files = []
+    for result in summary.fetched:
+        seconds = summary.seconds.get(result.name, result.seconds)
+        received = summary.received.get(result.name, result.bytes_transferred)
+        files.append(
+            FileReport(
+                name=result.name,
+                size=result.size,
+                seconds=round(seconds, 3),
+                mb_per_s=round(received / seconds / 1e6, 3) if seconds > 0 else 0.0,
+                resumed_from=result.resumed_from,
+                sha256=result.sha256,
+                bytes_transferred=received,
+            )
+        )
+    try:
+        entries = read_ledger(settings.ledger_path).entries
+    except JobError:
+        entries = ()
+    newest = entries[-1] if entries else None
+    finished_at = iso(finished)
+    return RunReport(
+        started_at=iso(started),
+        finished_at=finished_at,
+        duration_seconds=round((finished - started).total_seconds(), 3),
+        exit_code=exit_code,
+        outcome=outcome(exit_code),
+        ok=exit_code == EXIT_OK,
+        sftp_host=settings.sftp_host,
+        files=files,
+        failed=dict(summary.failed),
+        retries=list(summary.retries),
+        error=error,
+        last_success_at=last_success(exit_code, finished_at, read_report(settings.report_path)),
+        last_completed_file=newest.name if newest else None,
+        last_completed_at=newest.completed_at if newest else None,
+        newest_completed_mtime=max((e.mtime for e in entries), default=None),
+    )
+
+
 def summary_line(summary: RunSummary, exit_code: int, seconds: float) -> str:
-    total = sum(r.bytes_transferred for r in summary.fetched)
+    total = sum(summary.received.get(r.name, r.bytes_transferred) for r in summary.fetched)
     rate = total / seconds / 1e6 if seconds > 0 else 0.0
     names = ", ".join(r.name for r in summary.fetched) or "none"
     meaning = EXIT_MEANINGS.get(exit_code, "unknown")

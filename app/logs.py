@@ -27,13 +27,16 @@ RETENTION = 10
 REDACTED = "***"
 
 
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
 def _redactor(secrets: tuple[str, ...]) -> Any:
     def patch(record: Record) -> None:
-        message = record["message"]
-        for secret in secrets:
-            if secret in message:
-                message = message.replace(secret, REDACTED)
-        record["message"] = message
+        record["message"] = redact(record["message"], secrets)
 
     return patch
 

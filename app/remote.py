@@ -31,8 +31,10 @@ _ALGORITHMS_FOR_KEY_TYPE = {
 }
 
 # paramiko's own default is 32 KiB. The server sends channel data in packets of at
-# most this size; fewer, larger packets mean less per-packet Python work.
-MAX_PACKET_SIZE = 262144
+# most this size, and paramiko pays a fixed Python cost per packet. Measured by
+# make bench against OpenSSH 9.2: 128 KiB beat 32 KiB and 256 KiB on loopback
+# and at 20 ms round trip alike (bench/RESULTS.md).
+MAX_PACKET_SIZE = 128 * 1024
 
 # TCP keepalive on the socket itself: notices a peer that vanished even while
 # the SSH layer is idle and the kernel would otherwise wait for hours.

@@ -20,7 +20,6 @@ import json
 import os
 import stat
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from app.errors import RemoteFileError
 from app.fsutil import atomic_write, open_exclusive, replace_durably, storage_error, write_all
 from app.names import invalid_name_reason
 from app.pipeline import read_range
+from app.progress import Progress
 from app.remote import Connection, remote_errors, remote_path, stat_entry
 from app.selection import RemoteEntry
 
@@ -40,7 +40,6 @@ from app.selection import RemoteEntry
 CHECKPOINT_BYTES = 64 * 1024 * 1024
 # Block size for hashing local files; large enough for sequential reads.
 HASH_BLOCK = 1024 * 1024
-PROGRESS_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -127,36 +126,6 @@ def _start_partial(paths: Paths, entry: RemoteEntry) -> None:
         os.close(open_exclusive(paths.part))
     except OSError as exc:
         raise storage_error("create", paths.part, exc) from None
-
-
-class Progress:
-    """Logs percent, bytes, rate and ETA every PROGRESS_INTERVAL seconds."""
-
-    def __init__(self, name: str, total: int, done: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.name = name
-        self.total = total
-        self.start_done = done
-        self.clock = clock
-        self.started = clock()
-        self.last_log = self.started
-
-    def update(self, done: int) -> None:
-        now = self.clock()
-        if now - self.last_log < PROGRESS_INTERVAL:
-            return
-        self.last_log = now
-        elapsed = max(now - self.started, 1e-9)
-        rate = (done - self.start_done) / elapsed
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        logger.bind(file=self.name, bytes=done, total=self.total).info(
-            "{}: {:.1f}% ({} of {} bytes) at {:.2f} MB/s, ETA {}",
-            self.name,
-            100.0 * done / self.total if self.total else 100.0,
-            done,
-            self.total,
-            rate / 1e6,
-            "unknown" if eta == float("inf") else f"{eta:.0f} s",
-        )
 
 
 class Counter:
@@ -341,3 +310,4 @@ def _fetch(
             position += len(chunk)
             counter.value += len(chunk)
             progress.update(position)
+    progress.finish()

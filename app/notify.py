@@ -1,0 +1,111 @@
+"""Failure alerts: a JSON webhook (Slack- and Teams-compatible) and e-mail.
+
+A notifier that fails is logged and never hides or changes the job's own result.
+No secret is ever part of a message: the text is built from the report alone
+and passed through the same redaction as the logs.
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import socket
+import ssl
+import urllib.request
+from email.message import EmailMessage
+from typing import Any
+
+from loguru import logger
+
+from app.config import Settings
+from app.logs import redact
+from app.report import RunReport
+
+
+def should_notify(settings: Settings, report: RunReport) -> bool:
+    return settings.notify_on == "always" or not report.ok
+
+
+def message(settings: Settings, report: RunReport) -> dict[str, Any]:
+    machine = socket.gethostname()
+    status = "succeeded" if report.ok else "FAILED"
+    fetched = ", ".join(f.name for f in report.files) or "nothing"
+    text = (
+        f"sftp-ipi on {machine}: run {status} (exit {report.exit_code}: {report.outcome})."
+        f" Server {report.sftp_host}. Fetched: {fetched}."
+        f" Last good file: {report.last_completed_file or 'none'}."
+    )
+    if report.error:
+        text += f" Error: {report.error}"
+    secrets = settings.secrets
+    return {
+        "text": redact(text, secrets),
+        "ok": report.ok,
+        "exit_code": report.exit_code,
+        "outcome": report.outcome,
+        "error": redact(report.error, secrets) if report.error else None,
+        "last_good_file": report.last_completed_file,
+        "sftp_host": report.sftp_host,
+        "machine": machine,
+        "finished_at": report.finished_at,
+    }
+
+
+def _post_webhook(url: str, body: dict[str, Any], timeout: int) -> None:
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked to be http(s) by config
+        url,
+        data=json.dumps(body).encode("utf-8"),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310  # nosec B310
+        response.read()
+
+
+def _send_mail(settings: Settings, host: str, sender: str, body: dict[str, Any]) -> None:
+    mail = EmailMessage()
+    mail["Subject"] = f"sftp-ipi: run {'succeeded' if body['ok'] else 'failed'} (exit {body['exit_code']})"
+    mail["From"] = sender
+    mail["To"] = ", ".join(settings.notify_smtp_to)
+    mail.set_content(body["text"] + "\n")
+    context = ssl.create_default_context()
+    port, timeout = settings.notify_smtp_port, settings.notify_timeout
+    smtp: smtplib.SMTP
+    if port == 465:
+        smtp = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
+    else:
+        smtp = smtplib.SMTP(host, port, timeout=timeout)
+    with smtp:
+        smtp.ehlo()
+        if port != 465 and smtp.has_extn("starttls"):
+            smtp.starttls(context=context)
+            smtp.ehlo()
+        if settings.notify_smtp_user and settings.notify_smtp_pass:
+            smtp.login(settings.notify_smtp_user, settings.notify_smtp_pass)
+        smtp.send_message(mail)
+
+
+def notify(settings: Settings, report: RunReport) -> None:
+    if not should_notify(settings, report):
+        return
+    body = message(settings, report)
+    if settings.notify_webhook_url:
+        try:
+            _post_webhook(settings.notify_webhook_url, body, settings.notify_timeout)
+        except Exception as exc:  # noqa: BLE001 - a notifier never changes the run's result
+            logger.warning("webhook notification failed: {}", _reason(exc, settings))
+        else:
+            logger.info("webhook notification sent")
+    if settings.notify_smtp_host and settings.notify_smtp_from:
+        try:
+            _send_mail(settings, settings.notify_smtp_host, settings.notify_smtp_from, body)
+        except Exception as exc:  # noqa: BLE001 - a notifier never changes the run's result
+            logger.warning("e-mail notification failed: {}", _reason(exc, settings))
+        else:
+            logger.info("e-mail notification sent to {}", ", ".join(settings.notify_smtp_to))
+
+
+def _reason(exc: BaseException, settings: Settings) -> str:
+    text = str(exc).strip().splitlines()
+    reason = f"{exc.__class__.__name__}: {text[0][:200]}" if text else exc.__class__.__name__
+    return redact(reason, settings.secrets)

@@ -1,0 +1,97 @@
+"""``python -m app status``: what the local state says, without connecting anywhere."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from app.config import Settings
+from app.report import read_report
+from app.state import read_ledger, read_record
+
+
+@dataclass(frozen=True)
+class Partial:
+    name: str
+    bytes: int
+    size: int | None
+
+    @property
+    def percent(self) -> float | None:
+        return None if not self.size else round(100.0 * self.bytes / self.size, 1)
+
+
+@dataclass(frozen=True)
+class Status:
+    last_completed_file: str | None
+    last_completed_at: str | None
+    last_file_record: str | None
+    last_run: dict[str, Any] | None
+    partials: list[Partial]
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.last_run and self.last_run.get("ok"))
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["partials"] = [{**asdict(p), "percent": p.percent} for p in self.partials]
+        data["healthy"] = self.healthy
+        return data
+
+
+def _partials(local_dir: Path) -> list[Partial]:
+    found: list[Partial] = []
+    try:
+        parts = sorted(local_dir.glob("*.part"))
+    except OSError:
+        return found
+    for part in parts:
+        size: int | None = None
+        try:
+            meta = json.loads(part.with_name(part.name + ".json").read_text(encoding="utf-8"))
+            size = int(meta["size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        try:
+            have = part.lstat().st_size
+        except OSError:
+            continue
+        found.append(Partial(name=part.name.removesuffix(".part"), bytes=have, size=size))
+    return found
+
+
+def gather(settings: Settings) -> Status:
+    ledger = read_ledger(settings.ledger_path)
+    last = ledger.entries[-1] if ledger.entries else None
+    return Status(
+        last_completed_file=last.name if last else None,
+        last_completed_at=last.completed_at if last else None,
+        last_file_record=read_record(settings.last_file_record),
+        last_run=read_report(settings.report_path),
+        partials=_partials(settings.local_dir),
+    )
+
+
+def render(status: Status) -> str:
+    lines = []
+    if status.last_completed_file:
+        lines.append(f"last completed file: {status.last_completed_file} at {status.last_completed_at}")
+    else:
+        lines.append("last completed file: none yet")
+    lines.append(f"LAST_FILE_RECORD: {status.last_file_record or 'none'}")
+    run = status.last_run
+    if run is None:
+        lines.append("last run: none recorded")
+    else:
+        line = f"last run: exit {run.get('exit_code')} ({run.get('outcome')}), finished {run.get('finished_at')}"
+        if run.get("error"):
+            line += f": {run['error']}"
+        lines.append(line)
+        lines.append(f"last success: {run.get('last_success_at') or 'never'}")
+    for part in status.partials:
+        of = f" of {part.size} bytes ({part.percent}%)" if part.size else " bytes"
+        lines.append(f"in progress: {part.name}: {part.bytes}{of}")
+    return "\n".join(lines)

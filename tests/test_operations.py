@@ -1,0 +1,363 @@
+"""Run reports, status, Prometheus metrics, alerts and the terminal progress bar, each against the real thing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pty
+import select
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO, Server, job_env, run_job
+from relay import Relay
+from sshd import free_port
+
+MiB = 1024 * 1024
+
+
+def report(server: Server) -> dict[str, Any]:
+    return json.loads((server.record.parent / "run_report.json").read_text())
+
+
+# -- run report and status ----------------------------------------------------------
+
+
+def test_report_describes_a_successful_run(server: Server) -> None:
+    data = os.urandom(2 * MiB)
+    server.put("20250428.IPI", data)
+
+    result = run_job(server.env(), server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    rep = report(server)
+    assert rep["exit_code"] == 0 and rep["ok"] is True and rep["outcome"] == "done, or nothing due"
+    [file] = rep["files"]
+    assert file["name"] == "20250428.IPI" and file["size"] == len(data)
+    assert file["resumed_from"] == 0 and file["bytes_transferred"] == len(data)
+    assert file["mb_per_s"] > 0 and len(file["sha256"]) == 64
+    assert rep["last_success_at"] == rep["finished_at"]
+    assert rep["last_completed_file"] == "20250428.IPI"
+    assert rep["error"] is None and rep["retries"] == []
+
+
+def test_report_of_a_failed_run_keeps_the_last_success(server: Server) -> None:
+    server.put("20250428.IPI", b"x" * 1000)
+    assert run_job(server.env(), server.tmp / "cwd").code == 0
+    success = report(server)["last_success_at"]
+
+    result = run_job(server.env(port=free_port(), RETRY_MAX_TRIES=2), server.tmp / "cwd")
+
+    assert result.code == 1
+    rep = report(server)
+    assert rep["ok"] is False and rep["exit_code"] == 1
+    assert "giving up" in rep["error"]
+    assert [r["attempt"] for r in rep["retries"]] == [1, 2]
+    assert all("connect to" in r["reason"] for r in rep["retries"])
+    assert rep["last_success_at"] == success
+
+
+def test_dry_run_writes_no_report(server: Server) -> None:
+    server.put("20250428.IPI", b"x")
+    assert run_job(server.env(), server.tmp / "cwd", "--dry-run").code == 0
+    assert not (server.record.parent / "run_report.json").exists()
+
+
+def test_status_reads_local_state_only(server: Server, relay: Relay) -> None:
+    data = os.urandom(8 * MiB)
+    server.put("20250427.IPI", b"done" * 100)
+    server.put("20250428.IPI", data)
+    assert run_job(server.env(), server.tmp / "cwd").code == 0
+    relay.set_fault(cut_after=3 * MiB)
+    assert run_job(server.env(port=relay.port, RETRY_MAX_TRIES=1), server.tmp / "cwd").code == 1
+    server.sshd.stop()  # status must not need the server
+
+    text = run_job(server.env(), server.tmp / "cwd", "status")
+    machine = run_job(server.env(), server.tmp / "cwd", "status", "--json")
+
+    assert text.code == 1 and machine.code == 1, "the last run failed"
+    assert "last completed file: 20250427.IPI" in text.stdout
+    assert "in progress: 20250428.IPI:" in text.stdout and "%" in text.stdout
+    state = json.loads(machine.stdout)
+    assert state["healthy"] is False
+    assert state["last_run"]["exit_code"] == 1
+    [partial] = state["partials"]
+    assert partial["name"] == "20250428.IPI" and partial["size"] == len(data)
+    assert 0 < partial["percent"] < 100
+
+
+def test_status_is_healthy_after_success_and_unhealthy_before_any_run(server: Server) -> None:
+    before = run_job(server.env(), server.tmp / "cwd", "status")
+    assert before.code == 1 and "last run: none recorded" in before.stdout
+    server.put("20250428.IPI", b"ok")
+    assert run_job(server.env(), server.tmp / "cwd").code == 0
+    after = run_job(server.env(), server.tmp / "cwd", "status")
+    assert after.code == 0, after.output
+    assert "last run: exit 0" in after.stdout
+
+
+# -- Prometheus -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def pushgateway(tmp_path: Path) -> Iterator[str]:
+    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+    if binary is None:
+        pytest.skip("prometheus-pushgateway is not installed (make test installs it as root)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/-/ready", timeout=1):
+            break
+        time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def scrape(url: str, instance: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("sftp_ipi_") and f'instance="{instance}"' in line and 'job="sftp_ipi"' in line:
+            name = line.split("{", 1)[0]
+            values[name] = float(line.rsplit(" ", 1)[1])
+    return values
+
+
+def test_metrics_reach_a_real_pushgateway(server: Server, pushgateway: str) -> None:
+    server.put("20250428.IPI", os.urandom(MiB))
+    env = server.env(METRICS_PUSHGATEWAY_URL=pushgateway, METRICS_INSTANCE="site-a")
+
+    assert run_job(env, server.tmp / "cwd").code == 0
+    first = scrape(pushgateway, "site-a")
+
+    assert first["sftp_ipi_last_run_exit_code"] == 0
+    assert first["sftp_ipi_last_run_success"] == 1
+    assert first["sftp_ipi_last_run_files_fetched"] == 1
+    assert first["sftp_ipi_last_run_bytes_fetched"] == MiB
+    assert first["sftp_ipi_last_success_timestamp_seconds"] == first["sftp_ipi_last_run_timestamp_seconds"]
+    assert 3600 < first["sftp_ipi_newest_file_age_seconds"] < 4 * 3600  # the file's mtime is 2 h old
+    assert first["sftp_ipi_last_run_duration_seconds"] > 0
+
+    time.sleep(1.1)
+    failed = run_job({**env, "SFTP_PORT": str(free_port()), "RETRY_MAX_TRIES": "1"}, server.tmp / "cwd")
+    assert failed.code == 1
+    second = scrape(pushgateway, "site-a")
+    assert second["sftp_ipi_last_run_exit_code"] == 1
+    assert second["sftp_ipi_last_run_success"] == 0
+    assert second["sftp_ipi_last_run_timestamp_seconds"] > first["sftp_ipi_last_run_timestamp_seconds"]
+    assert second["sftp_ipi_last_success_timestamp_seconds"] == first["sftp_ipi_last_success_timestamp_seconds"]
+
+
+def test_unreachable_pushgateway_never_changes_the_exit_code(server: Server) -> None:
+    server.put("20250428.IPI", b"m")
+    env = server.env(METRICS_PUSHGATEWAY_URL=f"http://127.0.0.1:{free_port()}", NOTIFY_TIMEOUT=2)
+
+    result = run_job(env, server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    assert "metrics not pushed" in result.stderr
+
+
+def test_metrics_textfile_is_written_atomically(server: Server) -> None:
+    server.put("20250428.IPI", b"t" * 10)
+    prom = server.tmp / "textfile" / "sftp_ipi.prom"
+    prom.parent.mkdir()
+
+    assert run_job(server.env(METRICS_TEXTFILE=prom), server.tmp / "cwd").code == 0
+
+    text = prom.read_text()
+    assert "sftp_ipi_last_run_exit_code 0.0" in text
+    assert "sftp_ipi_last_run_files_fetched 1.0" in text
+    assert [p.name for p in prom.parent.iterdir()] == ["sftp_ipi.prom"]
+
+
+# -- alerts ---------------------------------------------------------------------------
+
+
+class Webhook:
+    def __init__(self, status: int = 200) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                hook.bodies.append(json.loads(self.rfile.read(length)))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/T0KEN-SECRET"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+def test_failure_posts_a_webhook_message_without_secrets(server: Server, webhook: Webhook) -> None:
+    server.put("20250428.IPI", b"w")
+    assert run_job(server.env(), server.tmp / "cwd").code == 0
+    secret = "Webhook-test-secret-pw"
+    env = server.env(port=free_port(), RETRY_MAX_TRIES=1, NOTIFY_WEBHOOK_URL=webhook.url, SFTP_PASS=secret)
+
+    result = run_job(env, server.tmp / "cwd")
+
+    assert result.code == 1
+    [body] = webhook.bodies
+    assert body["exit_code"] == 1 and body["ok"] is False
+    assert "FAILED" in body["text"] and "exit 1" in body["text"]
+    assert body["last_good_file"] == "20250428.IPI"
+    assert body["sftp_host"] == "127.0.0.1"
+    dumped = json.dumps(body)
+    assert secret not in dumped and "T0KEN-SECRET" not in dumped
+    assert "T0KEN-SECRET" not in result.output + server.log.read_text(), "the webhook URL is a secret too"
+
+
+def test_success_notifies_only_with_notify_on_always(server: Server, webhook: Webhook) -> None:
+    server.put("20250428.IPI", b"s")
+    assert run_job(server.env(NOTIFY_WEBHOOK_URL=webhook.url), server.tmp / "cwd").code == 0
+    assert webhook.bodies == []
+    server.put("20250429.IPI", b"t")
+    assert run_job(server.env(NOTIFY_WEBHOOK_URL=webhook.url, NOTIFY_ON="always"), server.tmp / "cwd").code == 0
+    [body] = webhook.bodies
+    assert body["ok"] is True and "succeeded" in body["text"]
+
+
+def test_failing_webhook_does_not_hide_the_result(server: Server) -> None:
+    broken = Webhook(status=500)
+    try:
+        result = run_job(
+            server.env(port=free_port(), RETRY_MAX_TRIES=1, NOTIFY_WEBHOOK_URL=broken.url), server.tmp / "cwd"
+        )
+    finally:
+        broken.close()
+    assert result.code == 1, "the job's own exit code, not the notifier's"
+    assert "webhook notification failed" in result.stderr
+    assert "giving up" in result.stderr
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[int, list[Any]]]:
+    from aiosmtpd.controller import Controller
+
+    received: list[Any] = []
+
+    class Collect:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+            received.append(envelope)
+            return "250 OK"
+
+    port = free_port()
+    controller = Controller(Collect(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield port, received
+    finally:
+        controller.stop()
+
+
+def test_failure_sends_an_email(server: Server, smtp_server: tuple[int, list[Any]]) -> None:
+    port, received = smtp_server
+    env = server.env(
+        port=free_port(),
+        RETRY_MAX_TRIES=1,
+        NOTIFY_SMTP_HOST="127.0.0.1",
+        NOTIFY_SMTP_PORT=port,
+        NOTIFY_SMTP_FROM="sftp-ipi@example.org",
+        NOTIFY_SMTP_TO="ops@example.org, oncall@example.org",
+    )
+
+    result = run_job(env, server.tmp / "cwd")
+
+    assert result.code == 1
+    [mail] = received
+    assert mail.mail_from == "sftp-ipi@example.org"
+    assert sorted(mail.rcpt_tos) == ["oncall@example.org", "ops@example.org"]
+    content = mail.content.decode()
+    assert "Subject: sftp-ipi: run failed (exit 1)" in content
+    assert "giving up" in content
+
+
+def test_unreachable_smtp_server_does_not_hide_the_result(server: Server) -> None:
+    env = server.env(
+        port=free_port(),
+        RETRY_MAX_TRIES=1,
+        NOTIFY_SMTP_HOST="127.0.0.1",
+        NOTIFY_SMTP_PORT=free_port(),
+        NOTIFY_SMTP_FROM="a@example.org",
+        NOTIFY_SMTP_TO="b@example.org",
+        NOTIFY_TIMEOUT=2,
+    )
+    result = run_job(env, server.tmp / "cwd")
+    assert result.code == 1
+    assert "e-mail notification failed" in result.stderr
+
+
+def test_smtp_settings_must_be_complete(server: Server) -> None:
+    result = run_job(server.env(NOTIFY_SMTP_HOST="127.0.0.1"), server.tmp / "cwd")
+    assert result.code == 2
+    assert "NOTIFY_SMTP_FROM" in result.stderr
+
+
+# -- the terminal -----------------------------------------------------------------------
+
+
+def test_terminal_gets_a_live_bar_and_the_log_file_plain_lines(server: Server, relay: Relay) -> None:
+    server.put("20250428.IPI", os.urandom(6 * MiB))
+    relay.rate = 4 * MiB  # about 1.5 s, so the bar is drawn several times
+    env = job_env(server.env(port=relay.port), server.tmp)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app"], env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave
+    )
+    os.close(slave)
+    screen = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 30)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    proc.wait(30)
+    os.close(master)
+
+    text = screen.decode(errors="replace")
+    assert proc.returncode == 0, text
+    assert text.count("\r20250428.IPI [") >= 2, "the bar is redrawn in place"
+    assert "100.0%" in text and "MB/s" in text
+    assert "\r" not in server.log.read_text(), "the log file gets no bar"
