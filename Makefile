@@ -33,10 +33,12 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # The tests and the demo start a private OpenSSH sshd; install it when missing.
-# As root the tests also mount a small XFS to prove copy-on-write publishing.
+# As root the tests also mount a small XFS to prove copy-on-write publishing, and
+# push metrics to a real Prometheus Pushgateway.
 sshd:
-	@if [ "$$(id -u)" = 0 ] && ! command -v mkfs.xfs >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xfsprogs >/dev/null || true; \
+	@if [ "$$(id -u)" = 0 ] && { ! command -v mkfs.xfs >/dev/null || ! command -v prometheus-pushgateway >/dev/null; }; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			xfsprogs prometheus-pushgateway >/dev/null || true; \
 	fi
 	@if [ -z "$(SSHD)" ] && ! command -v sshd >/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then \
