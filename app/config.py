@@ -40,12 +40,12 @@ def _setting(default: Any, doc: str, *, secret: bool = False, example: str | Non
     return field(
         default=default,
         repr=not secret,
-        metadata={"doc": doc, "secret": secret, "shown": shown},
+        metadata={"doc": doc, "sensitive": secret, "shown": shown},
     )
 
 
 def _required(doc: str) -> Any:
-    return field(metadata={"doc": doc, "secret": False, "shown": "", "required": True})
+    return field(metadata={"doc": doc, "sensitive": False, "shown": "", "required": True})
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ def setting_docs() -> list[SettingDoc]:
             default=f.metadata["shown"],
             doc=f.metadata["doc"],
             required=bool(f.metadata.get("required")),
-            secret=f.metadata["secret"],
+            secret=f.metadata["sensitive"],
         )
         for f in fields(Settings)
         if not f.metadata.get("internal")
@@ -480,6 +480,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     if values.get("notify_smtp_host") and not (values.get("notify_smtp_from") and values.get("notify_smtp_to")):
         raise ConfigError("NOTIFY_SMTP_HOST is set: set NOTIFY_SMTP_FROM and NOTIFY_SMTP_TO too")
 
+    # The default is written with "~" for the documentation; expand it now, for the
+    # user running the job (only values read from the environment were expanded).
+    values.setdefault("sftp_known_hosts", Path("~/.ssh/known_hosts").expanduser())
     settings = Settings(**values)
     _check_paths(settings)
     return settings

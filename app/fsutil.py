@@ -75,17 +75,26 @@ def replace_durably(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def atomic_write(final: Path, data: bytes, label: str) -> None:
-    """Replace ``final`` with ``data`` so readers see the old or the new file, never a mix."""
+def atomic_write(final: Path, data: bytes, label: str, *, durable: bool = True) -> None:
+    """Replace ``final`` with ``data`` so readers see the old or the new file, never a mix.
+
+    ``durable=False`` skips the fsyncs: still atomic for every reader and across a
+    killed process, but a power cut may bring back the old content. Only for
+    files the job can rebuild.
+    """
     tmp = temp_path(final)
     try:
         fd = open_exclusive(tmp)
         try:
             write_all(fd, data)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
-        replace_durably(tmp, final)
+        if durable:
+            replace_durably(tmp, final)
+        else:
+            os.replace(tmp, final)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -204,7 +204,7 @@ def read_range(
             length = min(size, end - next_offset)
             send(next_offset, length)
             next_offset += length
-        if check_end and end_probe is None and next_offset >= end and not probing:
+        if check_end and end_probe is None and next_offset >= end:
             end_probe = send(end, 1)
 
         sftp._read_response()

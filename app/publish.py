@@ -25,7 +25,7 @@ from pathlib import Path
 
 from app import interrupt
 from app.errors import LocalStorageError
-from app.fsutil import open_exclusive, replace_durably, storage_error, temp_path
+from app.fsutil import open_exclusive, storage_error, temp_path
 from app.transfer import hash_file
 
 # Upper bound for one copy_file_range/sendfile call, so an interrupt is seen between calls.
@@ -105,7 +105,11 @@ def _fill(source: Path, tmp: Path, method: str, size: int, sha256: str) -> str:
 def publish(source: Path, server_dir: Path, size: int, mtime: int, sha256: str, method: str = "auto") -> str | None:
     """Make SERVER_DIR/<name> hold exactly ``source``'s verified bytes.
 
-    Returns the method used, or None if an identical file was already there.
+    The file's data is fsynced before the rename, so the name never shows an
+    incomplete file; the rename itself becomes durable at the caller's next
+    ``fsync_dir(server_dir)``, which must come before the file is recorded as
+    done (the job groups several files into one). Returns the method used, or
+    None if an identical file was already there.
     """
     final = server_dir / source.name
     try:
@@ -119,7 +123,7 @@ def publish(source: Path, server_dir: Path, size: int, mtime: int, sha256: str, 
         used = _fill(source, tmp, method, size, sha256)
         if used != "hardlink":
             os.utime(tmp, (mtime, mtime))
-        replace_durably(tmp, final)
+        os.replace(tmp, final)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()

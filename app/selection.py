@@ -13,6 +13,7 @@ Two ideas carry the module:
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import re
 from collections.abc import Iterable, Mapping
@@ -121,9 +122,23 @@ class Criteria:
     min_age: int
 
 
-def _candidates(
-    entries: Iterable[RemoteEntry], criteria: Criteria
-) -> tuple[list[tuple[OrderKey, RemoteEntry]], list[Skip], int]:
+@dataclass(frozen=True)
+class Ordered:
+    """A listing placed in processing order: computed once per listing, then
+    shared by planning and by every move of the watermark."""
+
+    keyed: tuple[tuple[OrderKey, RemoteEntry], ...]
+    skipped: tuple[Skip, ...]
+    unmatched: int
+
+    def after(self, key: OrderKey | None) -> int:
+        """Index of the first entry ordered after ``key``."""
+        if key is None:
+            return 0
+        return bisect.bisect_right(self.keyed, key, key=lambda pair: pair[0])
+
+
+def order(entries: Iterable[RemoteEntry], criteria: Criteria) -> Ordered:
     keyed: list[tuple[OrderKey, RemoteEntry]] = []
     skipped: list[Skip] = []
     unmatched = 0
@@ -145,22 +160,27 @@ def _candidates(
             continue
         keyed.append((key, entry))
     keyed.sort(key=lambda pair: pair[0])
-    return keyed, skipped, unmatched
+    return Ordered(tuple(keyed), tuple(skipped), unmatched)
+
+
+def _ordered(entries: Iterable[RemoteEntry] | Ordered, criteria: Criteria) -> Ordered:
+    return entries if isinstance(entries, Ordered) else order(entries, criteria)
 
 
 def make_plan(
-    entries: Iterable[RemoteEntry],
+    entries: Iterable[RemoteEntry] | Ordered,
     criteria: Criteria,
     last_key: OrderKey | None,
     completed: frozenset[str] | set[str],
     now: float,
 ) -> Plan:
     """The files to fetch this run, oldest first, and why every other match is skipped."""
-    keyed, skipped, unmatched = _candidates(entries, criteria)
+    ordered = _ordered(entries, criteria)
+    skipped = list(ordered.skipped)
     hold_back = criteria.mode in ("next", "all")
     due: list[RemoteEntry] = []
     held = False
-    for key, entry in keyed:
+    for key, entry in ordered.keyed:
         if last_key is not None and key <= last_key:
             skipped.append(Skip(entry.name, SkipReason.NOT_AFTER_RECORD))
         elif entry.name in completed:
@@ -184,11 +204,11 @@ def make_plan(
     counts: dict[SkipReason, int] = {}
     for skip in skipped:
         counts[skip.reason] = counts.get(skip.reason, 0) + 1
-    return Plan(due=tuple(due), skipped=tuple(skipped), unmatched=unmatched, skipped_by_reason=counts)
+    return Plan(due=tuple(due), skipped=tuple(skipped), unmatched=ordered.unmatched, skipped_by_reason=counts)
 
 
 def advance_record(
-    entries: Iterable[RemoteEntry],
+    entries: Iterable[RemoteEntry] | Ordered,
     criteria: Criteria,
     last_key: OrderKey | None,
     record: str | None,
@@ -199,13 +219,15 @@ def advance_record(
     In ``latest`` mode older files are skipped by design, so the watermark
     moves to the newest completed file after it instead.
     """
-    keyed, _, _ = _candidates(entries, criteria)
-    after = [(key, e) for key, e in keyed if last_key is None or key > last_key]
+    ordered = _ordered(entries, criteria)
+    start = ordered.after(last_key)
     if criteria.mode == "latest":
-        done = [e.name for _, e in after if e.name in completed]
-        return done[-1] if done else record
+        for _, entry in reversed(ordered.keyed[start:]):
+            if entry.name in completed:
+                return entry.name
+        return record
     new = record
-    for _, entry in after:
+    for _, entry in ordered.keyed[start:]:
         if entry.name not in completed:
             break
         new = entry.name

@@ -47,8 +47,8 @@ def read_record(path: Path) -> str | None:
     return name
 
 
-def write_record(path: Path, name: str) -> None:
-    atomic_write(path, (name + "\n").encode("utf-8"), "LAST_FILE_RECORD")
+def write_record(path: Path, name: str, *, durable: bool = True) -> None:
+    atomic_write(path, (name + "\n").encode("utf-8"), "LAST_FILE_RECORD", durable=durable)
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,10 @@ def read_ledger(path: Path) -> Ledger:
     return Ledger(entries=tuple(entries), damaged_lines=damaged)
 
 
-def append_ledger(path: Path, entry: LedgerEntry) -> None:
-    """Append one line durably. A torn line from an earlier crash is closed off first,
-    so the new entry never fuses with it."""
-    line = (json.dumps(asdict(entry), sort_keys=True) + "\n").encode("utf-8")
+def append_ledger(path: Path, *entries: LedgerEntry) -> None:
+    """Append entries durably, in one write. A torn line from an earlier crash is
+    closed off first, so a new entry never fuses with it."""
+    line = b"".join((json.dumps(asdict(e), sort_keys=True) + "\n").encode("utf-8") for e in entries)
     try:
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         try:

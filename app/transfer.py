@@ -14,7 +14,6 @@ mtime, which is how a later run recognises it as complete.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -28,7 +27,7 @@ from loguru import logger
 from app import interrupt
 from app.config import Settings
 from app.errors import RemoteFileError
-from app.fsutil import atomic_write, open_exclusive, replace_durably, storage_error, write_all
+from app.fsutil import atomic_write, open_exclusive, storage_error, write_all
 from app.names import invalid_name_reason
 from app.pipeline import read_range
 from app.progress import Progress
@@ -121,7 +120,9 @@ def _discard_partial(paths: Paths) -> None:
 def _start_partial(paths: Paths, entry: RemoteEntry) -> None:
     _discard_partial(paths)
     meta = json.dumps({"name": entry.name, "size": entry.size, "mtime": entry.mtime}).encode()
-    atomic_write(paths.meta, meta, "partial-download metadata")
+    # Not fsynced: metadata lost in a power cut only makes the next run start
+    # this file again; it can never make a partial be trusted wrongly.
+    atomic_write(paths.meta, meta, "partial-download metadata", durable=False)
     try:
         os.close(open_exclusive(paths.part))
     except OSError as exc:
@@ -207,8 +208,7 @@ def download(conn: Connection, settings: Settings, entry: RemoteEntry, counter: 
 
     if complete_local(paths, entry):
         # Left by a run that stopped between download and publish: keep it.
-        with contextlib.suppress(FileNotFoundError):
-            _discard_partial(paths)
+        _discard_partial(paths)
         try:
             existing = hash_file(paths.final).hexdigest()
         except OSError as exc:
@@ -253,7 +253,10 @@ def download(conn: Connection, settings: Settings, entry: RemoteEntry, counter: 
         if paths.part.stat().st_size != entry.size:
             raise RemoteFileError(f"{entry.name}: downloaded size differs from the remote size {entry.size}")
         os.utime(paths.part, (entry.mtime, entry.mtime))
-        replace_durably(paths.part, paths.final)
+        # The data is fsynced; the rename need not be: if a power cut undoes it,
+        # the next run finds the complete partial, verifies it and renames again.
+        # SERVER_DIR, which consumers read, gets a durable rename in publish.
+        os.replace(paths.part, paths.final)
         paths.meta.unlink(missing_ok=True)
     except OSError as exc:
         raise storage_error("finish", paths.final, exc) from None

@@ -441,3 +441,9 @@ def test_env_file_feeds_load_settings(tmp_path: Path) -> None:
     assert s.sftp_host == "sftp.example.com"
     assert s.select_mode == "latest"
     assert s.sftp_pass == PASSWORD
+
+
+def test_default_known_hosts_is_expanded_for_the_running_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    settings = load_settings({"SFTP_HOST": "h", "SFTP_USER": "u", "SFTP_PASS": "p"})
+    assert settings.sftp_known_hosts == tmp_path / ".ssh" / "known_hosts"
