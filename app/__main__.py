@@ -18,8 +18,6 @@ from app.config import Settings, load_settings, read_environment, setting_docs
 from app.errors import EXIT_LOCKED, EXIT_STORAGE, Interrupted, JobError, LocalStorageError
 from app.job import Job, build_report, summary_line
 from app.logs import setup, setup_bootstrap
-from app.metrics import publish_metrics
-from app.notify import notify
 from app.report import write_report
 from app.status import gather, render
 
@@ -82,8 +80,15 @@ def _after_run(settings: Settings, job: Job, code: int, error: str | None, start
             write_report(settings.report_path, report)
         except LocalStorageError as exc:
             logger.warning("run report not written: {}", exc)
-        publish_metrics(settings, report)
-    notify(settings, report)
+        if settings.metrics_pushgateway_url or settings.metrics_textfile:
+            # Imported only when used: prometheus-client adds start-up time to every run.
+            from app.metrics import publish_metrics
+
+            publish_metrics(settings, report)
+    if settings.notify_webhook_url or settings.notify_smtp_host:
+        from app.notify import notify
+
+        notify(settings, report)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ file, and covered by the tests against a real sshd.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -25,13 +26,17 @@ from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
 from paramiko.sftp import (
     CMD_CLOSE,
     CMD_DATA,
+    CMD_EXTENDED,
+    CMD_EXTENDED_REPLY,
     CMD_HANDLE,
     CMD_NAME,
+    CMD_OPEN,
     CMD_OPENDIR,
     CMD_READ,
     CMD_READDIR,
     CMD_STATUS,
     SFTP_EOF,
+    SFTP_FLAG_READ,
     int64,
 )
 
@@ -169,13 +174,15 @@ def read_range(
     depth: int,
     *,
     check_end: bool = False,
+    probe: bool = True,
 ) -> Iterator[bytes]:
     """Yield the bytes of ``[start, end)`` in order.
 
     Servers may answer a read with fewer bytes than asked (OpenSSH caps reads at
     255 KiB); the reader asks again for the rest and lowers its request size to
-    what the server served, so later requests are not split. The first request
-    goes out alone for that reason. Memory stays within ``depth`` requests.
+    what the server served, so later requests are not split. Unless the caller
+    already knows the server's limit (``probe=False``), the first request goes
+    out alone for that reason. Memory stays within ``depth`` requests.
 
     With ``check_end``, ``end`` must be the end of the file: one more byte is
     asked for at ``end`` (alongside the last requests, so it costs no extra
@@ -188,7 +195,7 @@ def read_range(
     next_offset = start
     position = start
     size = request_size
-    probing = True  # until the first reply tells us the server's read limit
+    probing = probe  # until the first reply tells us the server's read limit
     end_probe: int | None = None  # request number of the read at ``end``
     end_confirmed = not check_end
 
@@ -283,5 +290,58 @@ def list_directory(sftp: paramiko.SFTPClient, path: str, limit: int) -> list[tup
                 if len(entries) > limit:
                     raise RemoteFileError(f"listing of {path!r} has more than MAX_LISTING={limit} entries")
     finally:
-        sftp._request(CMD_CLOSE, handle)
+        close_later(sftp, handle)
     return entries
+
+
+def close_later(sftp: paramiko.SFTPClient, handle: bytes) -> None:
+    """Close a handle without waiting a round trip for the reply (as paramiko's own
+    ``SFTPFile.__del__`` does); the reply is read and dropped with later ones."""
+    sftp._async_request(type(None), CMD_CLOSE, handle)
+
+
+@contextlib.contextmanager
+def open_for_reading(sftp: paramiko.SFTPClient, path: str) -> Iterator[bytes]:
+    """An SFTP handle on ``path`` for reading, closed without waiting on exit."""
+    t, msg = sftp._request(CMD_OPEN, path, int(SFTP_FLAG_READ), paramiko.SFTPAttributes())
+    if t != CMD_HANDLE:
+        raise RemoteFileError(f"server did not open {path!r}")
+    handle: bytes = msg.get_string()
+    try:
+        yield handle
+    finally:
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            close_later(sftp, handle)
+
+
+class ReadLimit:
+    """The server's largest read, from OpenSSH's ``limits@openssh.com`` extension.
+
+    Asked for once per session without waiting; the answer arrives with the
+    replies to the listing, so reads can start at the right size without a
+    probe round trip per file. Servers without the extension answer with an
+    error, and reads then probe as before.
+    """
+
+    def __init__(self, sftp: paramiko.SFTPClient) -> None:
+        self._sftp = sftp
+        self._sink = _Responses(expect=CMD_EXTENDED_REPLY)
+        self._num: int | None = sftp._async_request(self._sink, CMD_EXTENDED, "limits@openssh.com")
+        self._value: int | None = None
+
+    def get(self) -> int | None:
+        if self._num is not None:
+            while self._num not in self._sink.data and self._sink.error is None:
+                self._sftp._read_response()
+            reply = self._sink.data.pop(self._num, None)
+            self._num = None
+            if reply is not None:
+                reply.get_int64()  # max packet length
+                max_read = reply.get_int64()
+                # 0 means "no limit announced"; a tiny value would be hostile.
+                self._value = max_read if max_read >= MIN_READ else None
+        return self._value
+
+
+# Below this a read limit is not believed (see ReadLimit).
+MIN_READ = 4096

@@ -22,7 +22,7 @@ import paramiko
 
 from app.config import Settings
 from app.errors import AuthError, ConfigError, HostKeyError, RemoteFileError, TransientError
-from app.pipeline import list_directory, open_sftp
+from app.pipeline import ReadLimit, list_directory, open_sftp
 from app.selection import RemoteEntry
 
 # The host-key algorithms that can verify a known_hosts entry of each key type.
@@ -198,6 +198,7 @@ class HostKeyVerifier:
 class Connection:
     transport: paramiko.Transport
     sftp: paramiko.SFTPClient
+    read_limit: ReadLimit
 
     def abort(self) -> None:
         """Cut the TCP connection under a blocked read; safe inside a signal handler."""
@@ -296,6 +297,7 @@ def connect(settings: Settings, key: paramiko.PKey | None, verifier: HostKeyVeri
             # A read that waits this long without data means the link is dead,
             # even if TCP has not noticed: give up and let the job reconnect.
             sftp.get_channel().settimeout(settings.io_timeout)
+            read_limit = ReadLimit(sftp)
     except BaseException as exc:
         transport.close()
         if overran.is_set() and isinstance(exc, TransientError):
@@ -304,7 +306,7 @@ def connect(settings: Settings, key: paramiko.PKey | None, verifier: HostKeyVeri
         raise
     finally:
         watchdog.cancel()
-    return Connection(transport=transport, sftp=sftp)
+    return Connection(transport=transport, sftp=sftp, read_limit=read_limit)
 
 
 def _shutdown(sock: socket.socket) -> None:

@@ -29,7 +29,7 @@ from app.config import Settings
 from app.errors import RemoteFileError
 from app.fsutil import atomic_write, open_exclusive, storage_error, write_all
 from app.names import invalid_name_reason
-from app.pipeline import read_range
+from app.pipeline import open_for_reading, read_range
 from app.progress import Progress
 from app.remote import Connection, remote_errors, remote_path, stat_entry
 from app.selection import RemoteEntry
@@ -185,10 +185,11 @@ def _prefix_matches(conn: Connection, settings: Settings, entry: RemoteEntry, pa
         return True
     with (
         remote_errors(f"verify resume point of {entry.name!r}", file_level=True),
-        conn.sftp.open(remote_path(settings, entry.name), "rb") as remote,
+        open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle,
     ):
+        size, probe = _request_size(conn, settings)
         theirs = b"".join(
-            read_range(conn.sftp, remote.handle, have - window, have, settings.chunk_size, settings.pipeline_depth)
+            read_range(conn.sftp, handle, have - window, have, size, settings.pipeline_depth, probe=probe)
         )
     try:
         with open(paths.part, "rb") as fh:
@@ -197,6 +198,15 @@ def _prefix_matches(conn: Connection, settings: Settings, entry: RemoteEntry, pa
     except OSError as exc:
         raise storage_error("read", paths.part, exc) from None
     return theirs == ours
+
+
+def _request_size(conn: Connection, settings: Settings) -> tuple[int, bool]:
+    """CHUNK_SIZE, lowered to the server's announced read limit; and whether the
+    reader still has to discover the limit itself."""
+    limit = conn.read_limit.get()
+    if limit is None:
+        return settings.chunk_size, True
+    return min(settings.chunk_size, limit), False
 
 
 def download(conn: Connection, settings: Settings, entry: RemoteEntry, counter: Counter) -> TransferResult:
@@ -289,16 +299,11 @@ def _fetch(
     since_sync = 0
     with (
         remote_errors(f"download {entry.name!r}", file_level=True),
-        conn.sftp.open(remote_path(settings, entry.name), "rb") as remote,
+        open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle,
     ):
+        size, probe = _request_size(conn, settings)
         for chunk in read_range(
-            conn.sftp,
-            remote.handle,
-            offset,
-            entry.size,
-            settings.chunk_size,
-            settings.pipeline_depth,
-            check_end=True,
+            conn.sftp, handle, offset, entry.size, size, settings.pipeline_depth, check_end=True, probe=probe
         ):
             interrupt.check()
             try:

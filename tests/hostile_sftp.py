@@ -26,6 +26,7 @@ class Lies:
     files: dict[bytes, bytes] = field(default_factory=dict)
     claimed_size: dict[bytes, int] = field(default_factory=dict)  # stat size, if not the real one
     extra_per_read: int = 0  # bytes added to every READ reply beyond what was asked
+    short_reads: int = 0  # serve at most this many bytes per READ (below the announced limit)
     endless: bool = False  # the listing never ends
 
 
@@ -64,6 +65,8 @@ def _server_class(lies: Lies) -> type[asyncssh.SFTPServer]:
 
         def read(self, file_obj: object, offset: int, size: int) -> bytes:
             data = lies.files[file_obj]  # type: ignore[index]
+            if lies.short_reads:
+                size = min(size, lies.short_reads)
             chunk = data[offset : offset + size]
             if chunk and lies.extra_per_read:
                 chunk += b"\0" * lies.extra_per_read
@@ -122,3 +125,26 @@ class HostileSftpServer:
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+def hostile_env(hostile: HostileSftpServer, tmp: Path, client_key: Path, **extra: object) -> dict[str, str]:
+    known = tmp / "hostile_known_hosts"
+    known.write_text(hostile.known_hosts_line())
+    env: dict[str, object] = {
+        "SFTP_HOST": "127.0.0.1",
+        "SFTP_PORT": hostile.port,
+        "SFTP_USER": "anyone",
+        "SFTP_KEY_FILE": client_key,
+        "SFTP_KNOWN_HOSTS": known,
+        "SFTP_DIR": "/remote",
+        "LOCAL_DIR": tmp / "jail" / "local",
+        "SERVER_DIR": tmp / "jail" / "server",
+        "LAST_FILE_RECORD": tmp / "jail" / "state" / "last_file.txt",
+        "LOG_FILE": tmp / "jail" / "state" / "job.log",
+        "MIN_FILE_AGE": 0,
+        "SELECT_MODE": "all",
+        "RETRY_MAX_TRIES": 1,
+        "CONNECT_TIMEOUT": 10,
+        **extra,
+    }
+    return {k: str(v) for k, v in env.items()}

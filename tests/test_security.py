@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TEST_PASSWORD, Server, file_sha256, run_job, sha256
-from hostile_sftp import HostileSftpServer, Lies
+from hostile_sftp import HostileSftpServer, Lies, hostile_env
 from sshd import keygen
 
 MiB = 1024 * 1024
@@ -24,29 +24,6 @@ def hostile(tmp_path: Path, keys: dict[str, Path]) -> Iterator[HostileSftpServer
         yield server
     finally:
         server.stop()
-
-
-def hostile_env(hostile: HostileSftpServer, tmp: Path, client_key: Path, **extra: object) -> dict[str, str]:
-    known = tmp / "hostile_known_hosts"
-    known.write_text(hostile.known_hosts_line())
-    env: dict[str, object] = {
-        "SFTP_HOST": "127.0.0.1",
-        "SFTP_PORT": hostile.port,
-        "SFTP_USER": "anyone",
-        "SFTP_KEY_FILE": client_key,
-        "SFTP_KNOWN_HOSTS": known,
-        "SFTP_DIR": "/remote",
-        "LOCAL_DIR": tmp / "jail" / "local",
-        "SERVER_DIR": tmp / "jail" / "server",
-        "LAST_FILE_RECORD": tmp / "jail" / "state" / "last_file.txt",
-        "LOG_FILE": tmp / "jail" / "state" / "job.log",
-        "MIN_FILE_AGE": 0,
-        "SELECT_MODE": "all",
-        "RETRY_MAX_TRIES": 1,
-        "CONNECT_TIMEOUT": 10,
-        **extra,
-    }
-    return {k: str(v) for k, v in env.items()}
 
 
 def everything_under(root: Path) -> set[Path]:

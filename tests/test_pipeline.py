@@ -1,0 +1,44 @@
+"""The paramiko-internals reader, driven directly against real servers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from conftest import Server, file_sha256, run_job, sha256
+from hostile_sftp import HostileSftpServer, Lies, hostile_env
+
+from app.config import load_settings
+from app.pipeline import open_for_reading, read_range
+from app.remote import HostKeyVerifier, connect, load_private_key
+
+MiB = 1024 * 1024
+
+
+def test_probe_learns_openssh_read_cap_and_reads_exact_bytes(server: Server) -> None:
+    data = os.urandom(5 * MiB + 777)
+    path = server.put("20250428.IPI", data)
+    settings = load_settings(server.env())
+    conn = connect(settings, load_private_key(settings), HostKeyVerifier(settings))
+    try:
+        assert conn.read_limit.get() == 255 * 1024, "OpenSSH announces its 255 KiB read limit"
+        with open_for_reading(conn.sftp, str(path)) as handle:
+            got = b"".join(read_range(conn.sftp, handle, 0, len(data), 2 * MiB, 8, check_end=True, probe=True))
+        with open_for_reading(conn.sftp, str(path)) as handle:
+            middle = b"".join(read_range(conn.sftp, handle, MiB + 3, 3 * MiB, 2 * MiB, 4, probe=True))
+    finally:
+        conn.close()
+    assert got == data
+    assert middle == data[MiB + 3 : 3 * MiB]
+
+
+def test_short_reads_below_the_announced_limit_are_filled_in(tmp_path: Path, keys: dict[str, Path]) -> None:
+    data = os.urandom(3 * MiB + 5)
+    lies = Lies(files={b"20250501.IPI": data}, short_reads=100_000)
+    hostile = HostileSftpServer(tmp_path, Path(f"{keys['client']}.pub"), lies).start()
+    try:
+        result = run_job(hostile_env(hostile, tmp_path, keys["client"]), tmp_path / "cwd")
+    finally:
+        hostile.stop()
+    assert result.code == 0, result.output
+    assert file_sha256(tmp_path / "jail" / "server" / "20250501.IPI") == sha256(data)
