@@ -72,12 +72,16 @@ def known_hosts_name(host: str, port: int) -> str:
 
 
 @contextlib.contextmanager
-def remote_errors(action: str, *, file_level: bool = False) -> Iterator[None]:
+def remote_errors(action: str, *, conn: Connection | None = None) -> Iterator[None]:
     """Translate library exceptions raised while doing ``action``.
 
-    With ``file_level``, SFTP status errors (no such file, permission denied,
-    failure) are about one remote file and become RemoteFileError.
+    With ``conn`` (an established session), SFTP status errors (no such file,
+    permission denied, failure) are about one remote file and become
+    RemoteFileError, but only while the connection is still alive: paramiko
+    reports a dead channel with the same errno-less OSError ("Socket is
+    closed") as a failure status, and a dead connection calls for a reconnect.
     """
+    file_level = conn is not None
     try:
         yield
     except TimeoutError:
@@ -91,7 +95,7 @@ def remote_errors(action: str, *, file_level: bool = False) -> Iterator[None]:
     except ConnectionError as exc:
         raise TransientError(f"{action}: {exc.strerror or exc.__class__.__name__}") from None
     except OSError as exc:
-        if file_level and exc.errno in _FILE_ERRNOS:
+        if file_level and conn is not None and conn.alive() and exc.errno in _FILE_ERRNOS:
             reason = os.strerror(exc.errno) if exc.errno else (_short(exc) or "server reported a failure")
             raise RemoteFileError(f"{action}: {reason}") from None
         raise TransientError(f"{action}: {exc.strerror or _short(exc)}") from None
@@ -199,6 +203,10 @@ class Connection:
     transport: paramiko.Transport
     sftp: paramiko.SFTPClient
     read_limit: ReadLimit
+
+    def alive(self) -> bool:
+        channel = self.sftp.get_channel()
+        return bool(self.transport.is_active() and channel is not None and not channel.closed)
 
     def abort(self) -> None:
         """Cut the TCP connection under a blocked read; safe inside a signal handler."""
@@ -320,13 +328,13 @@ def remote_path(settings: Settings, name: str) -> str:
 
 def list_entries(conn: Connection, settings: Settings) -> list[RemoteEntry]:
     directory = settings.sftp_dir or "."
-    with remote_errors(f"list remote directory {directory!r}", file_level=True):
+    with remote_errors(f"list remote directory {directory!r}", conn=conn):
         listed = list_directory(conn.sftp, directory, settings.max_listing)
     return [_entry(name, attrs) for name, attrs in listed]
 
 
 def stat_entry(conn: Connection, settings: Settings, name: str) -> RemoteEntry:
-    with remote_errors(f"stat remote file {name!r}", file_level=True):
+    with remote_errors(f"stat remote file {name!r}", conn=conn):
         attr = conn.sftp.stat(remote_path(settings, name))
     return _entry(name, attr)
 

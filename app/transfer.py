@@ -184,7 +184,7 @@ def _prefix_matches(conn: Connection, settings: Settings, entry: RemoteEntry, pa
     if window == 0:
         return True
     with (
-        remote_errors(f"verify resume point of {entry.name!r}", file_level=True),
+        remote_errors(f"verify resume point of {entry.name!r}", conn=conn),
         open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle,
     ):
         size, probe = _request_size(conn, settings)
@@ -245,7 +245,7 @@ def download(conn: Connection, settings: Settings, entry: RemoteEntry, counter: 
         except OSError as exc:
             raise storage_error("prepare", paths.part, exc) from None
         _fetch(conn, settings, entry, fd, offset, digest, counter, paths.part)
-        with remote_errors(f"re-check remote file {entry.name!r}", file_level=True):
+        with remote_errors(f"re-check remote file {entry.name!r}", conn=conn):
             after = stat_entry(conn, settings, entry.name)
         if (after.size, after.mtime) != (entry.size, entry.mtime):
             raise RemoteFileError(
@@ -298,7 +298,7 @@ def _fetch(
     position = offset
     since_sync = 0
     with (
-        remote_errors(f"download {entry.name!r}", file_level=True),
+        remote_errors(f"download {entry.name!r}", conn=conn),
         open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle,
     ):
         size, probe = _request_size(conn, settings)

@@ -42,3 +42,29 @@ def test_short_reads_below_the_announced_limit_are_filled_in(tmp_path: Path, key
         hostile.stop()
     assert result.code == 0, result.output
     assert file_sha256(tmp_path / "jail" / "server" / "20250501.IPI") == sha256(data)
+
+
+def test_a_dead_connection_is_transient_not_a_file_failure(server: Server) -> None:
+    """paramiko reports a closed channel as an errno-less OSError, like an SFTP
+    failure status; the boundary must still call for a reconnect."""
+    import time
+
+    import pytest
+
+    from app.errors import RemoteFileError, TransientError
+    from app.remote import remote_errors
+
+    path = server.put("20250428.IPI", b"x" * 100)
+    settings = load_settings(server.env())
+    conn = connect(settings, load_private_key(settings), HostKeyVerifier(settings))
+    try:
+        with pytest.raises(RemoteFileError), remote_errors("stat", conn=conn):
+            conn.sftp.stat(str(path) + ".missing")  # alive: a file-level failure
+        conn.abort()
+        deadline = time.monotonic() + 5
+        while conn.alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(TransientError), remote_errors("stat", conn=conn):
+            conn.sftp.stat(str(path))
+    finally:
+        conn.close()
