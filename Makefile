@@ -18,7 +18,7 @@ DOCKERFILES := Dockerfile tests/containers/python/Dockerfile tests/containers/sf
 help:
 	@echo "make demo   - run the job against a private local sshd with sample IPI files"
 	@echo "make test   - run the test suite against a real OpenSSH sshd"
-	@echo "make lint   - ruff and mypy"
+	@echo "make lint   - ruff, mypy, bandit, hadolint, compose and Kubernetes checks, pip-audit"
 	@echo "make bench  - throughput and memory benchmarks"
 	@echo "make container-test - build the image and run the Compose project for real (root, podman)"
 	@echo "make compose-keys   - one-time set-up for docker-compose.yml's test SFTP server"

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,3 +124,48 @@ def translate_os_errors(action: str, path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         raise storage_error(action, path, exc) from None
+
+
+class BackgroundFsync:
+    """fsync a file in a helper thread, so a writer never waits for the disk mid-stream.
+
+    An fsync error is kept and raised by ``check``/``close``: Linux reports a
+    failed writeback once per file, so an error swallowed here could let a
+    later fsync succeed over lost data.
+    """
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd = fd
+        self._path = path
+        self._wake = threading.Event()
+        self._stopping = False
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="fsync", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                self._error = exc
+                return
+
+    def request(self) -> None:
+        self.check()
+        self._wake.set()
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise storage_error("write", self._path, self._error)
+
+    def close(self) -> None:
+        """Stop the helper (after any fsync in progress) and raise its error, if any."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+        self.check()

@@ -43,6 +43,9 @@ from app.selection import (
 from app.state import Ledger, LedgerEntry, RunLock, append_ledger, read_ledger, read_record, write_record
 from app.transfer import Counter, TransferResult, download
 
+# Skipped files named one by one in the log, per reason, before they are counted.
+SKIPS_NAMED = 20
+
 # Files published within this many seconds share one fsync of SERVER_DIR and of
 # the ledger: with hundreds of small files due, fsyncs dominate the run.
 GROUP_COMMIT_SECONDS = 1.0
@@ -298,9 +301,17 @@ class Job:
     # -- reporting ----------------------------------------------------------
 
     def _log_plan(self, plan: Plan, snap: _Snapshot) -> None:
+        # Each run repeats these, so a directory full of odd names must not flood
+        # the log: the first few are named, the rest counted.
+        named: dict[SkipReason, int] = {}
         for skip in plan.skipped:
             if skip.reason in (SkipReason.NO_DATE, SkipReason.TOO_YOUNG, SkipReason.UNSAFE_NAME):
-                logger.bind(file=repr(skip.name)).warning("{!r}: skipped, {}", skip.name, skip.reason.value)
+                named[skip.reason] = named.get(skip.reason, 0) + 1
+                if named[skip.reason] <= SKIPS_NAMED:
+                    logger.bind(file=repr(skip.name)).warning("{!r}: skipped, {}", skip.name, skip.reason.value)
+        for reason, count in named.items():
+            if count > SKIPS_NAMED:
+                logger.warning("{} more file(s) skipped: {}", count - SKIPS_NAMED, reason.value)
         logger.bind(due=[e.name for e in plan.due]).info(
             "plan: {} due ({}); last completed: {}; {} listed, {} skipped, {} not matching {}",
             len(plan.due),

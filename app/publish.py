@@ -25,7 +25,7 @@ from pathlib import Path
 
 from app import interrupt
 from app.errors import LocalStorageError
-from app.fsutil import open_exclusive, storage_error, temp_path
+from app.fsutil import BackgroundFsync, open_exclusive, storage_error, temp_path
 from app.transfer import hash_file
 
 # Upper bound for one copy_file_range/sendfile call, so an interrupt is seen between calls.
@@ -94,11 +94,19 @@ def _fill(source: Path, tmp: Path, method: str, size: int, sha256: str) -> str:
                 raise LocalStorageError(f"PUBLISH_METHOD=reflink: the file system of {tmp.parent} cannot clone files")
             if used == "copy":
                 _copy(src.fileno(), dst_fd, size)
+                # The copy is written to disk while it is read back and checked.
+                syncing = BackgroundFsync(dst_fd, tmp)
+                syncing.request()
+                try:
+                    matches = hash_file(tmp).hexdigest() == sha256
+                finally:
+                    syncing.close()
+                if not matches:
+                    raise LocalStorageError(f"the copy {tmp} in SERVER_DIR does not match the verified download")
+            # For a copy, this returns at once when the helper's fsync covered it all.
             os.fsync(dst_fd)
         finally:
             os.close(dst_fd)
-    if used == "copy" and hash_file(tmp).hexdigest() != sha256:
-        raise LocalStorageError(f"the copy {tmp} in SERVER_DIR does not match the verified download")
     return used
 
 

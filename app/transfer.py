@@ -27,7 +27,7 @@ from loguru import logger
 from app import interrupt
 from app.config import Settings
 from app.errors import RemoteFileError
-from app.fsutil import atomic_write, open_exclusive, storage_error, write_all
+from app.fsutil import BackgroundFsync, atomic_write, open_exclusive, storage_error, write_all
 from app.names import invalid_name_reason
 from app.pipeline import open_for_reading, read_range
 from app.progress import Progress
@@ -297,25 +297,29 @@ def _fetch(
     progress = Progress(entry.name, entry.size, offset)
     position = offset
     since_sync = 0
-    with (
-        remote_errors(f"download {entry.name!r}", conn=conn),
-        open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle,
-    ):
-        size, probe = _request_size(conn, settings)
-        for chunk in read_range(
-            conn.sftp, handle, offset, entry.size, size, settings.pipeline_depth, check_end=True, probe=probe
+    checkpoints = BackgroundFsync(fd, part)
+    try:
+        with (
+            remote_errors(f"download {entry.name!r}", conn=conn),
+            open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle,
         ):
-            interrupt.check()
-            try:
-                write_all(fd, chunk)
+            size, probe = _request_size(conn, settings)
+            for chunk in read_range(
+                conn.sftp, handle, offset, entry.size, size, settings.pipeline_depth, check_end=True, probe=probe
+            ):
+                interrupt.check()
+                try:
+                    write_all(fd, chunk)
+                except OSError as exc:
+                    raise storage_error("write", part, exc) from None
                 since_sync += len(chunk)
                 if since_sync >= CHECKPOINT_BYTES:
-                    os.fsync(fd)
+                    checkpoints.request()
                     since_sync = 0
-            except OSError as exc:
-                raise storage_error("write", part, exc) from None
-            digest.update(chunk)
-            position += len(chunk)
-            counter.value += len(chunk)
-            progress.update(position)
+                digest.update(chunk)
+                position += len(chunk)
+                counter.value += len(chunk)
+                progress.update(position)
+    finally:
+        checkpoints.close()
     progress.finish()

@@ -58,13 +58,17 @@ class Env:
 
 def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Sample:
     """Wall time, CPU (user+sys, children included) and peak RSS of one process."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if status != 0:
-        raise RuntimeError(f"{cmd[0]} failed ({status}): {err[-1500:]}")
+    # stderr goes to a file: a pipe read only after the process ends would fill
+    # up and stall a chatty client, and the stall would be measured as its speed.
+    with tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if status != 0:
+            err.seek(0)
+            raise RuntimeError(f"{cmd[0]} failed ({status}): {err.read().decode(errors='replace')[-1500:]}")
     return Sample(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import getpass
 import hashlib
@@ -230,3 +231,18 @@ def run(server: Server) -> Runner:
         return run_job(server.env(**overrides), server.tmp / "cwd", *args, timeout=timeout)
 
     return _run
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: int) -> Iterator[bool]:
+    """A real tmpfs of ``size`` bytes at ``path`` as root; yields False where mounting is impossible."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        yield False
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], check=False)

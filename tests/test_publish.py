@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Server, file_sha256, run_job, sha256
+from conftest import Server, file_sha256, run_job, sha256, small_filesystem
 
 MiB = 1024 * 1024
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a file system needs root")
@@ -71,30 +71,24 @@ def test_hardlink_publishes_the_verified_inode(server: Server) -> None:
 @root_only
 def test_reflink_forced_where_unsupported_exits_5(server: Server) -> None:
     server.put("20250428.IPI", os.urandom(MiB))
-    server.served.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(server.served)]).returncode != 0:
-        pytest.skip("cannot mount tmpfs here")
-    try:
+    with small_filesystem(server.served, 8 * MiB) as mounted:
+        if not mounted:
+            pytest.skip("cannot mount tmpfs here")
         result = run_job(server.env(PUBLISH_METHOD="reflink"), server.tmp / "cwd")
         assert result.code == 5, result.output
         assert "cannot clone" in result.stderr
         assert list(server.served.iterdir()) == [], "no temp file left behind"
-    finally:
-        subprocess.run(["umount", "-l", str(server.served)], check=False)
 
 
 @root_only
 def test_hardlink_across_file_systems_exits_5(server: Server) -> None:
     server.put("20250428.IPI", os.urandom(MiB))
-    server.served.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(server.served)]).returncode != 0:
-        pytest.skip("cannot mount tmpfs here")
-    try:
+    with small_filesystem(server.served, 8 * MiB) as mounted:
+        if not mounted:
+            pytest.skip("cannot mount tmpfs here")
         result = run_job(server.env(PUBLISH_METHOD="hardlink"), server.tmp / "cwd")
         assert result.code == 5, result.output
         assert "different file systems" in result.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(server.served)], check=False)
 
 
 @root_only

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import resource
@@ -11,11 +10,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Server, file_sha256, job_env, run_job, sha256, start_job
+from conftest import Server, file_sha256, job_env, run_job, sha256, small_filesystem, start_job
 from relay import Relay
 
 from app.state import read_ledger
@@ -76,21 +74,6 @@ def test_download_survives_many_rekeys(server: Server) -> None:
     assert file_sha256(server.served / "20250428.IPI") == sha256(data)
     kex = server.sshd.log_text().count("SSH2_MSG_KEXINIT received")
     assert kex >= 4, f"expected the first key exchange and at least 3 rekeys, sshd saw {kex}"
-
-
-@contextlib.contextmanager
-def small_filesystem(path: Path, size: int) -> Iterator[bool]:
-    """A real tmpfs of ``size`` bytes at ``path`` as root; yields False where mounting is impossible."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        yield False
-        return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode == 0
-    try:
-        yield mounted
-    finally:
-        if mounted:
-            subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def grow(path: Path, size: int) -> None:

@@ -322,3 +322,15 @@ def test_large_file_in_small_requests(server: Server, run: Runner, tmp_path: Pat
 
     assert result.code == 0, result.output
     assert_published(server, "20250428.IPI", data)
+
+
+def test_many_skipped_names_are_counted_not_each_logged(server: Server, run: Runner) -> None:
+    for i in range(35):
+        server.put(f"IPI_undated_{i:03d}.dat", b"u")
+    server.put("20250428.IPI", b"dated")
+
+    result = run()
+
+    assert result.code == 0, result.output
+    assert result.stderr.count("no YYYYMMDD date in the name") == 21  # 20 named, then one count
+    assert "15 more file(s) skipped: no YYYYMMDD date in the name" in result.stderr
