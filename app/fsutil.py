@@ -138,6 +138,7 @@ class BackgroundFsync:
         self._fd = fd
         self._path = path
         self._wake = threading.Event()
+        self._pending = False
         self._stopping = False
         self._error: OSError | None = None
         self._thread = threading.Thread(target=self._run, name="fsync", daemon=True)
@@ -147,16 +148,20 @@ class BackgroundFsync:
         while True:
             self._wake.wait()
             self._wake.clear()
+            # A request made before close() is still served, so close() reports its outcome.
+            if self._pending:
+                self._pending = False
+                try:
+                    os.fsync(self._fd)
+                except OSError as exc:
+                    self._error = exc
+                    return
             if self._stopping:
-                return
-            try:
-                os.fsync(self._fd)
-            except OSError as exc:
-                self._error = exc
                 return
 
     def request(self) -> None:
         self.check()
+        self._pending = True
         self._wake.set()
 
     def check(self) -> None:
