@@ -30,6 +30,8 @@ from app.transfer import hash_file
 
 # Upper bound for one copy_file_range/sendfile call, so an interrupt is seen between calls.
 _COPY_BLOCK = 64 * 1024 * 1024
+# Below this, overlapping the fsync with the read-back costs more (a thread) than it saves.
+_OVERLAP_MIN = 8 * 1024 * 1024
 # linux/fs.h: _IOW(0x94, 9, int)
 FICLONE = 0x40049409
 # What a file system (or a pair of them) says when it cannot clone.
@@ -94,13 +96,15 @@ def _fill(source: Path, tmp: Path, method: str, size: int, sha256: str) -> str:
                 raise LocalStorageError(f"PUBLISH_METHOD=reflink: the file system of {tmp.parent} cannot clone files")
             if used == "copy":
                 _copy(src.fileno(), dst_fd, size)
-                # The copy is written to disk while it is read back and checked.
-                syncing = BackgroundFsync(dst_fd, tmp)
-                syncing.request()
+                # A large copy is written to disk while it is read back and checked.
+                syncing = BackgroundFsync(dst_fd, tmp) if size >= _OVERLAP_MIN else None
+                if syncing is not None:
+                    syncing.request()
                 try:
                     matches = hash_file(tmp).hexdigest() == sha256
                 finally:
-                    syncing.close()
+                    if syncing is not None:
+                        syncing.close()
                 if not matches:
                     raise LocalStorageError(f"the copy {tmp} in SERVER_DIR does not match the verified download")
             # For a copy, this returns at once when the helper's fsync covered it all.

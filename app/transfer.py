@@ -27,7 +27,7 @@ from loguru import logger
 from app import interrupt
 from app.config import Settings
 from app.errors import RemoteFileError
-from app.fsutil import BackgroundFsync, atomic_write, open_exclusive, storage_error, write_all
+from app.fsutil import BackgroundFsync, atomic_write, open_exclusive, storage_error, temp_path, write_all
 from app.names import invalid_name_reason
 from app.pipeline import open_for_reading, read_range
 from app.progress import Progress
@@ -37,6 +37,9 @@ from app.selection import RemoteEntry
 # fsync the partial every so often, so that after a power cut at most this much
 # is re-fetched, without paying an fsync per chunk.
 CHECKPOINT_BYTES = 64 * 1024 * 1024
+# Files up to this size are fetched whole into a temp file, without resume
+# state: fetching one again costs less than keeping that state for it.
+WHOLE_FILE_MAX = 1024 * 1024
 # Block size for hashing local files; large enough for sequential reads.
 HASH_BLOCK = 1024 * 1024
 
@@ -226,47 +229,42 @@ def download(conn: Connection, settings: Settings, entry: RemoteEntry, counter: 
         log.info("{}: already complete in LOCAL_DIR, not downloading it again", entry.name)
         return TransferResult(entry.name, entry.size, entry.mtime, existing, 0, 0.0, entry.size)
 
-    offset = _resume_offset(conn, settings, entry, paths)
-    if offset:
-        log.info("{}: resuming at byte {} of {}", entry.name, offset, entry.size)
-    try:
-        digest = hash_file(paths.part, offset)
-    except OSError as exc:
-        raise storage_error("read", paths.part, exc) from None
-
-    try:
-        fd = os.open(paths.part, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise storage_error("open", paths.part, exc) from None
-    try:
+    if entry.size <= WHOLE_FILE_MAX:
+        # Too small to be worth resuming: no partial, no metadata, just a hidden
+        # temp file (removed at start-up if a run dies) renamed when complete.
+        _discard_partial(paths)
+        target, offset, digest = temp_path(paths.final), 0, hashlib.sha256()
         try:
-            os.ftruncate(fd, offset)
-            os.lseek(fd, offset, os.SEEK_SET)
+            fd = open_exclusive(target)
         except OSError as exc:
-            raise storage_error("prepare", paths.part, exc) from None
-        _fetch(conn, settings, entry, fd, offset, digest, counter, paths.part)
-        with remote_errors(f"re-check remote file {entry.name!r}", conn=conn):
-            after = stat_entry(conn, settings, entry.name)
-        if (after.size, after.mtime) != (entry.size, entry.mtime):
-            raise RemoteFileError(
-                f"remote file {entry.name!r} changed during the download"
-                f" (size {entry.size} -> {after.size}, mtime {entry.mtime} -> {after.mtime}); not recording it"
-            )
+            raise storage_error("create", target, exc) from None
+    else:
+        target = paths.part
+        offset = _resume_offset(conn, settings, entry, paths)
+        if offset:
+            log.info("{}: resuming at byte {} of {}", entry.name, offset, entry.size)
         try:
-            os.fsync(fd)
+            digest = hash_file(paths.part, offset)
+            fd = os.open(paths.part, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
-            raise storage_error("write", paths.part, exc) from None
+            raise storage_error("open", paths.part, exc) from None
+    try:
+        _fill(conn, settings, entry, fd, offset, digest, counter, target)
+    except BaseException:
+        if target != paths.part:
+            target.unlink(missing_ok=True)
+        raise
     finally:
         os.close(fd)
 
     try:
-        if paths.part.stat().st_size != entry.size:
+        if target.stat().st_size != entry.size:
             raise RemoteFileError(f"{entry.name}: downloaded size differs from the remote size {entry.size}")
-        os.utime(paths.part, (entry.mtime, entry.mtime))
+        os.utime(target, (entry.mtime, entry.mtime))
         # The data is fsynced; the rename need not be: if a power cut undoes it,
         # the next run finds the complete partial, verifies it and renames again.
         # SERVER_DIR, which consumers read, gets a durable rename in publish.
-        os.replace(paths.part, paths.final)
+        os.replace(target, paths.final)
         paths.meta.unlink(missing_ok=True)
     except OSError as exc:
         raise storage_error("finish", paths.final, exc) from None
@@ -280,6 +278,36 @@ def download(conn: Connection, settings: Settings, entry: RemoteEntry, counter: 
         seconds=seconds,
         resumed_from=offset,
     )
+
+
+def _fill(
+    conn: Connection,
+    settings: Settings,
+    entry: RemoteEntry,
+    fd: int,
+    offset: int,
+    digest: hashlib._Hash,
+    counter: Counter,
+    target: Path,
+) -> None:
+    """Write the rest of the file into ``fd`` from ``offset``, re-check the remote, fsync."""
+    try:
+        os.ftruncate(fd, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+    except OSError as exc:
+        raise storage_error("prepare", target, exc) from None
+    _fetch(conn, settings, entry, fd, offset, digest, counter, target)
+    with remote_errors(f"re-check remote file {entry.name!r}", conn=conn):
+        after = stat_entry(conn, settings, entry.name)
+    if (after.size, after.mtime) != (entry.size, entry.mtime):
+        raise RemoteFileError(
+            f"remote file {entry.name!r} changed during the download"
+            f" (size {entry.size} -> {after.size}, mtime {entry.mtime} -> {after.mtime}); not recording it"
+        )
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise storage_error("write", target, exc) from None
 
 
 def _fetch(
@@ -297,7 +325,7 @@ def _fetch(
     progress = Progress(entry.name, entry.size, offset)
     position = offset
     since_sync = 0
-    checkpoints = BackgroundFsync(fd, part)
+    checkpoints: BackgroundFsync | None = None  # started at the first checkpoint: small files need none
     try:
         with (
             remote_errors(f"download {entry.name!r}", conn=conn),
@@ -314,6 +342,7 @@ def _fetch(
                     raise storage_error("write", part, exc) from None
                 since_sync += len(chunk)
                 if since_sync >= CHECKPOINT_BYTES:
+                    checkpoints = checkpoints or BackgroundFsync(fd, part)
                     checkpoints.request()
                     since_sync = 0
                 digest.update(chunk)
@@ -321,5 +350,6 @@ def _fetch(
                 counter.value += len(chunk)
                 progress.update(position)
     finally:
-        checkpoints.close()
+        if checkpoints is not None:
+            checkpoints.close()
     progress.finish()

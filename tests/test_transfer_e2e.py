@@ -334,3 +334,18 @@ def test_many_skipped_names_are_counted_not_each_logged(server: Server, run: Run
     assert result.code == 0, result.output
     assert result.stderr.count("no YYYYMMDD date in the name") == 21  # 20 named, then one count
     assert "15 more file(s) skipped: no YYYYMMDD date in the name" in result.stderr
+
+
+def test_small_file_cut_mid_transfer_leaves_nothing_behind(server: Server, relay: Relay) -> None:
+    data = os.urandom(900 * 1024)  # at most 1 MiB: fetched whole, without resume state
+    server.put("20250428.IPI", data)
+    env = server.env(port=relay.port, RETRY_MAX_TRIES=1)
+    relay.set_fault(cut_after=300 * 1024)
+
+    first = run_job(env, server.tmp / "cwd")
+
+    assert first.code == 1, first.output
+    assert list(server.local.iterdir()) == [], "no partial, no metadata, no temp file"
+    second = run_job(env, server.tmp / "cwd")
+    assert second.code == 0, second.output
+    assert_published(server, "20250428.IPI", data)
