@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -189,10 +190,16 @@ class Job:
                 raise
             self._commit(snap)
         finally:
+            failing = sys.exc_info()[1] is not None
             conn.close()
             if self._unsynced_record is not None:
-                write_record(self.s.last_file_record, self._unsynced_record)
-                self._unsynced_record = None
+                record, self._unsynced_record = self._unsynced_record, None
+                try:
+                    write_record(self.s.last_file_record, record)
+                except JobError:
+                    # Never hide the error that is already ending the run.
+                    if not failing:
+                        raise
         if self.summary.failed:
             names = ", ".join(sorted(self.summary.failed))
             raise JobError(f"{len(self.summary.failed)} file(s) failed: {names}")

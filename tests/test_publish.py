@@ -69,26 +69,20 @@ def test_hardlink_publishes_the_verified_inode(server: Server) -> None:
 
 
 @root_only
-def test_reflink_forced_where_unsupported_exits_5(server: Server) -> None:
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [("reflink", "cannot clone"), ("hardlink", "different file systems")],
+)
+def test_method_that_cannot_work_here_exits_5_leaving_nothing(server: Server, method: str, message: str) -> None:
+    """reflink on a file system that cannot clone; hardlink across file systems."""
     server.put("20250428.IPI", os.urandom(MiB))
     with small_filesystem(server.served, 8 * MiB) as mounted:
         if not mounted:
             pytest.skip("cannot mount tmpfs here")
-        result = run_job(server.env(PUBLISH_METHOD="reflink"), server.tmp / "cwd")
+        result = run_job(server.env(PUBLISH_METHOD=method), server.tmp / "cwd")
         assert result.code == 5, result.output
-        assert "cannot clone" in result.stderr
+        assert message in result.stderr
         assert list(server.served.iterdir()) == [], "no temp file left behind"
-
-
-@root_only
-def test_hardlink_across_file_systems_exits_5(server: Server) -> None:
-    server.put("20250428.IPI", os.urandom(MiB))
-    with small_filesystem(server.served, 8 * MiB) as mounted:
-        if not mounted:
-            pytest.skip("cannot mount tmpfs here")
-        result = run_job(server.env(PUBLISH_METHOD="hardlink"), server.tmp / "cwd")
-        assert result.code == 5, result.output
-        assert "different file systems" in result.stderr
 
 
 @root_only
