@@ -65,8 +65,7 @@ class RunSummary:
     fetched: list[TransferResult] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     retries: list[RetryRecord] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)  # per file, across attempts
-    received: dict[str, int] = field(default_factory=dict)  # bytes per file, across attempts
+    recorded: dict[str, LedgerEntry] = field(default_factory=dict)  # seconds and bytes across attempts
 
 
 @dataclass
@@ -278,8 +277,7 @@ class Job:
             completed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
         self._uncommitted.append(done)
-        self.summary.seconds[entry.name] = done.seconds
-        self.summary.received[entry.name] = done.bytes_transferred
+        self.summary.recorded[entry.name] = done
         self.summary.fetched.append(result)
         if time.monotonic() - self._last_commit >= GROUP_COMMIT_SECONDS:
             snap = self._commit(snap)
@@ -363,8 +361,9 @@ def build_report(
     """The run report, from the run's own results and the ledger."""
     files = []
     for result in summary.fetched:
-        seconds = summary.seconds.get(result.name, result.seconds)
-        received = summary.received.get(result.name, result.bytes_transferred)
+        done = summary.recorded.get(result.name)
+        seconds = done.seconds if done else result.seconds
+        received = done.bytes_transferred if done else result.bytes_transferred
         files.append(
             FileReport(
                 name=result.name,
@@ -402,7 +401,7 @@ def build_report(
 
 
 def summary_line(summary: RunSummary, exit_code: int, seconds: float) -> str:
-    total = sum(summary.received.get(r.name, r.bytes_transferred) for r in summary.fetched)
+    total = sum(e.bytes_transferred for e in summary.recorded.values())
     rate = total / seconds / 1e6 if seconds > 0 else 0.0
     names = ", ".join(r.name for r in summary.fetched) or "none"
     meaning = EXIT_MEANINGS.get(exit_code, "unknown")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from app.config import Settings
+from app.names import invalid_name_reason
 from app.report import read_report
 from app.state import read_ledger, read_record
+from app.transfer import Paths, read_partial_meta
 
 
 @dataclass(frozen=True)
@@ -45,21 +46,20 @@ class Status:
 def _partials(local_dir: Path) -> list[Partial]:
     found: list[Partial] = []
     try:
-        parts = sorted(local_dir.glob("*.part"))
+        parts = sorted(local_dir.glob(f"*{Paths.PART_SUFFIX}"))
     except OSError:
         return found
     for part in parts:
-        size: int | None = None
+        name = part.name.removesuffix(Paths.PART_SUFFIX)
+        if invalid_name_reason(name) is not None:
+            continue
+        paths = Paths.for_name(local_dir, name)
+        meta = read_partial_meta(paths)
         try:
-            meta = json.loads(part.with_name(part.name + ".json").read_text(encoding="utf-8"))
-            size = int(meta["size"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        try:
-            have = part.lstat().st_size
+            have = paths.part.lstat().st_size
         except OSError:
             continue
-        found.append(Partial(name=part.name.removesuffix(".part"), bytes=have, size=size))
+        found.append(Partial(name=name, bytes=have, size=meta[0] if meta else None))
     return found
 
 

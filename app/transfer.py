@@ -63,6 +63,8 @@ class Paths:
     part: Path
     meta: Path
 
+    PART_SUFFIX = ".part"
+
     @classmethod
     def for_name(cls, local_dir: Path, name: str) -> Paths:
         # Planning already drops unsafe names; this keeps any other caller honest.
@@ -71,8 +73,8 @@ class Paths:
             raise RemoteFileError(f"refusing remote file name {name!r}: {reason}")
         return cls(
             final=local_dir / name,
-            part=local_dir / f"{name}.part",
-            meta=local_dir / f"{name}.part.json",
+            part=local_dir / f"{name}{cls.PART_SUFFIX}",
+            meta=local_dir / f"{name}{cls.PART_SUFFIX}.json",
         )
 
 
@@ -102,7 +104,8 @@ def complete_local(paths: Paths, entry: RemoteEntry) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size == entry.size and int(st.st_mtime) == entry.mtime
 
 
-def _read_meta(paths: Paths) -> tuple[int, int] | None:
+def read_partial_meta(paths: Paths) -> tuple[int, int] | None:
+    """The remote (size, mtime) a partial was taken from, or None if unknown."""
     try:
         meta = json.loads(paths.meta.read_text(encoding="utf-8"))
         return int(meta["size"]), int(meta["mtime"])
@@ -141,7 +144,7 @@ class Counter:
 
 def _resume_offset(conn: Connection, settings: Settings, entry: RemoteEntry, paths: Paths) -> int:
     """How much of the partial can be kept; 0 after discarding it."""
-    meta = _read_meta(paths)
+    meta = read_partial_meta(paths)
     try:
         st = paths.part.lstat()
         # Anything but a regular file (a planted symlink, say) is never written through.
@@ -296,7 +299,38 @@ def _fill(
         os.lseek(fd, offset, os.SEEK_SET)
     except OSError as exc:
         raise storage_error("prepare", target, exc) from None
-    _fetch(conn, settings, entry, fd, offset, digest, counter, target)
+    if offset < entry.size:
+        progress = Progress(entry.name, entry.size, offset)
+        position = offset
+        since_sync = 0
+        checkpoints: BackgroundFsync | None = None  # started at the first checkpoint: small files need none
+        try:
+            with (
+                remote_errors(f"download {entry.name!r}", conn=conn),
+                open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle,
+            ):
+                size, probe = _request_size(conn, settings)
+                for chunk in read_range(
+                    conn.sftp, handle, offset, entry.size, size, settings.pipeline_depth, check_end=True, probe=probe
+                ):
+                    interrupt.check()
+                    try:
+                        write_all(fd, chunk)
+                    except OSError as exc:
+                        raise storage_error("write", target, exc) from None
+                    since_sync += len(chunk)
+                    if since_sync >= CHECKPOINT_BYTES:
+                        checkpoints = checkpoints or BackgroundFsync(fd, target)
+                        checkpoints.request()
+                        since_sync = 0
+                    digest.update(chunk)
+                    position += len(chunk)
+                    counter.value += len(chunk)
+                    progress.update(position)
+        finally:
+            if checkpoints is not None:
+                checkpoints.close()
+        progress.finish()
     with remote_errors(f"re-check remote file {entry.name!r}", conn=conn):
         after = stat_entry(conn, settings, entry.name)
     if (after.size, after.mtime) != (entry.size, entry.mtime):
@@ -308,48 +342,3 @@ def _fill(
         os.fsync(fd)
     except OSError as exc:
         raise storage_error("write", target, exc) from None
-
-
-def _fetch(
-    conn: Connection,
-    settings: Settings,
-    entry: RemoteEntry,
-    fd: int,
-    offset: int,
-    digest: hashlib._Hash,
-    counter: Counter,
-    part: Path,
-) -> None:
-    if offset >= entry.size:
-        return
-    progress = Progress(entry.name, entry.size, offset)
-    position = offset
-    since_sync = 0
-    checkpoints: BackgroundFsync | None = None  # started at the first checkpoint: small files need none
-    try:
-        with (
-            remote_errors(f"download {entry.name!r}", conn=conn),
-            open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle,
-        ):
-            size, probe = _request_size(conn, settings)
-            for chunk in read_range(
-                conn.sftp, handle, offset, entry.size, size, settings.pipeline_depth, check_end=True, probe=probe
-            ):
-                interrupt.check()
-                try:
-                    write_all(fd, chunk)
-                except OSError as exc:
-                    raise storage_error("write", part, exc) from None
-                since_sync += len(chunk)
-                if since_sync >= CHECKPOINT_BYTES:
-                    checkpoints = checkpoints or BackgroundFsync(fd, part)
-                    checkpoints.request()
-                    since_sync = 0
-                digest.update(chunk)
-                position += len(chunk)
-                counter.value += len(chunk)
-                progress.update(position)
-    finally:
-        if checkpoints is not None:
-            checkpoints.close()
-    progress.finish()
