@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from conftest import Server, file_sha256, run_job, sha256
+from conftest import Server, file_sha256, run_job, sha256, wait_until
 from hostile_sftp import HostileSftpServer, Lies, hostile_env
 
 from app.config import load_settings
@@ -47,8 +47,6 @@ def test_short_reads_below_the_announced_limit_are_filled_in(tmp_path: Path, key
 def test_a_dead_connection_is_transient_not_a_file_failure(server: Server) -> None:
     """paramiko reports a closed channel as an errno-less OSError, like an SFTP
     failure status; the boundary must still call for a reconnect."""
-    import time
-
     import pytest
 
     from app.errors import RemoteFileError, TransientError
@@ -61,9 +59,7 @@ def test_a_dead_connection_is_transient_not_a_file_failure(server: Server) -> No
         with pytest.raises(RemoteFileError), remote_errors("stat", conn=conn):
             conn.sftp.stat(str(path) + ".missing")  # alive: a file-level failure
         conn.abort()
-        deadline = time.monotonic() + 5
-        while conn.alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: not conn.alive(), 5, interval=0.01)
         with pytest.raises(TransientError), remote_errors("stat", conn=conn):
             conn.sftp.stat(str(path))
     finally:

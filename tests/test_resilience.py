@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Server, file_sha256, job_env, run_job, sha256, small_filesystem, start_job
+from conftest import Server, file_sha256, job_env, run_job, sha256, size_of, small_filesystem, start_job, wait_until
 from relay import Relay
 
 from app.state import read_ledger
@@ -159,9 +159,7 @@ def test_file_growing_during_download_is_not_recorded(server: Server, relay: Rel
     part = server.local / "20250428.IPI.part"
 
     def append_when_started() -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (not part.exists() or part.stat().st_size < MiB):
-            time.sleep(0.02)
+        wait_until(lambda: size_of(part) >= MiB, 30)
         with open(path, "ab") as fh:
             fh.write(b"more data arriving")
 
@@ -192,9 +190,7 @@ def test_remote_file_vanishing_before_download_fails_alone_in_all_mode(server: S
     first_part = server.local / "20250401.IPI.part"
 
     def remove_when_started() -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not first_part.exists():
-            time.sleep(0.01)
+        wait_until(first_part.exists, 30, interval=0.01)
         doomed.unlink()
 
     remover = threading.Thread(target=remove_when_started)

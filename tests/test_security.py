@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TEST_PASSWORD, Server, file_sha256, run_job, sha256
+from conftest import TEST_PASSWORD, Server, file_sha256, run_job, sha256, wait_until
 from hostile_sftp import HostileSftpServer, Lies, hostile_env
 from sshd import keygen
 
@@ -197,9 +197,7 @@ def test_every_key_type_logs_in(server: Server, key_type: str, bits: int | None,
 def agent(tmp_path: Path) -> Iterator[dict[str, str]]:
     sock = tmp_path / "agent.sock"
     proc = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not sock.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(sock.exists, 10, interval=0.05)
     try:
         yield {"SSH_AUTH_SOCK": str(sock)}
     finally:

@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import Runner, Server, file_sha256, run_job, sha256, start_job
+from conftest import Runner, Server, file_sha256, run_job, sha256, size_of, start_job, wait_until
 from relay import Relay
 
 MiB = 1024 * 1024
@@ -241,9 +241,7 @@ def test_sigterm_stops_quickly_and_next_run_resumes(server: Server, relay: Relay
     env = server.env(port=relay.port)
     proc = start_job(env, server.tmp / "cwd")
     part = server.local / "20250428.IPI.part"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not part.exists() or part.stat().st_size < MiB):
-        time.sleep(0.05)
+    wait_until(lambda: size_of(part) >= MiB, 60, interval=0.05)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
@@ -266,9 +264,7 @@ def test_sigint_exits_130(server: Server, relay: Relay) -> None:
     relay.set_fault(stall_after=2 * MiB)
     proc = start_job(server.env(port=relay.port), server.tmp / "cwd")
     part = server.local / "20250428.IPI.part"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not part.exists() or part.stat().st_size == 0):
-        time.sleep(0.05)
+    wait_until(lambda: size_of(part) > 0, 60, interval=0.05)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
