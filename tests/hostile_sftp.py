@@ -28,20 +28,52 @@ class Lies:
     extra_per_read: int = 0  # bytes added to every READ reply beyond what was asked
     short_reads: int = 0  # serve at most this many bytes per READ (below the announced limit)
     endless: bool = False  # the listing never ends
+    # Per-file attribute overrides for listings and stats: a value of None leaves the
+    # attribute out of the reply entirely (as some servers do), e.g.
+    # {"size": None, "permissions": None, "mtime": 4102444800}.
+    attrs: dict[bytes, dict[str, int | None]] = field(default_factory=dict)
+    # Extended requests (e.g. b"limits@openssh.com") the server accepts but never answers.
+    silent_extensions: set[bytes] = field(default_factory=set)
 
 
-def _attrs(size: int) -> asyncssh.SFTPAttrs:
-    return asyncssh.SFTPAttrs(size=size, permissions=0o100644, mtime=OLD, atime=OLD, uid=0, gid=0)
+def _attrs(size: int, overrides: dict[str, int | None] | None = None) -> asyncssh.SFTPAttrs:
+    values: dict[str, int | None] = {"size": size, "permissions": 0o100644, "mtime": OLD, "atime": OLD}
+    values.update(overrides or {})
+    if "mtime" in (overrides or {}) and "atime" not in (overrides or {}):
+        # SFTPv3 sends atime and mtime together: leaving one out leaves out both.
+        values["atime"] = values["mtime"]
+    return asyncssh.SFTPAttrs(uid=0, gid=0, **values)
+
+
+_original_process_packet = asyncssh.sftp.SFTPServerHandler._process_packet
+
+
+async def _process_packet(self: asyncssh.sftp.SFTPServerHandler, pkttype: int, pktid: int, packet: object) -> None:
+    """Drop the extended requests the server's Lies say never to answer."""
+    silent: set[bytes] = getattr(self._server, "silent_extensions", set())
+    if pkttype == asyncssh.sftp.FXP_EXTENDED and silent:
+        start = packet._idx  # type: ignore[attr-defined]
+        if packet.get_string() in silent:  # type: ignore[attr-defined]
+            return
+        packet._idx = start  # type: ignore[attr-defined]
+    await _original_process_packet(self, pkttype, pktid, packet)
+
+
+# Only the hostile server runs an AsyncSSH SFTP server in the test process, and the
+# wrapper changes nothing unless its Lies name silent extensions.
+asyncssh.sftp.SFTPServerHandler._process_packet = _process_packet
 
 
 def _server_class(lies: Lies) -> type[asyncssh.SFTPServer]:
     class HostileServer(asyncssh.SFTPServer):  # type: ignore[misc]
+        silent_extensions = lies.silent_extensions
+
         def _size(self, name: bytes) -> int:
             return lies.claimed_size.get(name, len(lies.files.get(name, b"")))
 
         async def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
             for name in lies.files:
-                yield asyncssh.SFTPName(name, b"", _attrs(self._size(name)))
+                yield asyncssh.SFTPName(name, b"", _attrs(self._size(name), lies.attrs.get(name)))
             n = 0
             while lies.endless:
                 n += 1
@@ -56,7 +88,8 @@ def _server_class(lies: Lies) -> type[asyncssh.SFTPServer]:
         def stat(self, path: bytes) -> asyncssh.SFTPAttrs:
             if path in (b".", b"/", b"") or path.endswith(b"/remote"):
                 return asyncssh.SFTPAttrs(permissions=0o040755, size=0, mtime=OLD)
-            return _attrs(self._size(self._lookup(path)))
+            name = self._lookup(path)
+            return _attrs(self._size(name), lies.attrs.get(name))
 
         lstat = stat
 
