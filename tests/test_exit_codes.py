@@ -239,3 +239,30 @@ def test_version_and_help(tmp_path: Path) -> None:
     for name in ("SFTP_HOST", "SFTP_PASS_FILE", "SELECT_MODE", "MIN_FILE_AGE", "LOG_FORMAT"):
         assert name in shown.stdout
     assert "do-not-show-me" not in shown.stdout
+
+
+def test_unparseable_dotenv_line_exits_2_naming_file_and_line(server: Server) -> None:
+    env = server.env()
+    cwd = server.tmp / "cwd"
+    cwd.mkdir()
+    (cwd / ".env").write_text(f"SFTP_PORT={env.pop('SFTP_PORT')}\nSELECT_MODE all\n")
+    server.put("20250428.IPI", b"q" * 100)
+
+    result = run_job(env, cwd)
+
+    assert_clean_failure(result, 2, ".env:2:", "SELECT_MODE")
+    assert "python-dotenv could not parse" not in result.output
+    assert not server.local.exists(), "nothing runs on defaults the operator meant to change"
+
+
+def test_misspelt_dotenv_name_is_warned_about_with_the_likely_name(server: Server) -> None:
+    env = server.env()
+    cwd = server.tmp / "cwd"
+    cwd.mkdir()
+    (cwd / ".env").write_text("SELECT_MOD=all\n")
+    server.put("20250428.IPI", b"q" * 100)
+
+    result = run_job(env, cwd)
+
+    assert result.code == 0, result.output
+    assert ".env:1: SELECT_MOD is not a setting and is ignored; did you mean SELECT_MODE?" in result.stderr
