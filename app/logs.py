@@ -6,6 +6,7 @@ keeps variable values (which may hold them) out of any traceback.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import sys
@@ -20,7 +21,9 @@ from app.errors import LocalStorageError
 if TYPE_CHECKING:
     from loguru import Record
 
-TEXT_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {message}"
+# ISO 8601 in UTC with its offset, as the run report and status write times: one
+# convention whatever TZ the host or container has.
+TEXT_FORMAT = "{time:YYYY-MM-DDTHH:mm:ss.SSSZ!UTC} | {level: <8} | {message}"
 # Rotate so an unattended job cannot fill its volume with logs.
 ROTATION = "20 MB"
 RETENTION = 10
@@ -43,7 +46,7 @@ def _redactor(secrets: tuple[str, ...]) -> Any:
 
 def _json_format(record: Record) -> str:
     payload: dict[str, Any] = {
-        "time": record["time"].isoformat(),
+        "time": record["time"].astimezone(dt.UTC).isoformat(timespec="milliseconds"),
         "level": record["level"].name,
         "message": record["message"],
     }

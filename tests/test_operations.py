@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import subprocess
@@ -65,6 +67,27 @@ def test_report_of_a_failed_run_keeps_the_last_success(server: Server) -> None:
     assert [r["attempt"] for r in rep["retries"]] == [1, 2]
     assert all("connect to" in r["reason"] for r in rep["retries"])
     assert rep["last_success_at"] == success
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_log_times_are_utc_with_an_offset_like_the_report(server: Server, log_format: str) -> None:
+    server.put("20250428.IPI", b"x" * 1000)
+
+    # A zone far from UTC: local time written without its offset would be hours off.
+    result = run_job(server.env(TZ="Asia/Kolkata", LOG_FORMAT=log_format), server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    rep = report(server)
+    started, finished = (dt.datetime.fromisoformat(rep[k]) for k in ("started_at", "finished_at"))
+    assert rep["started_at"].endswith("+00:00")
+    for source in (server.log.read_text(), result.stderr):
+        lines = source.splitlines()
+        assert lines
+        for line in lines:
+            stamp = json.loads(line)["time"] if log_format == "json" else line.split(" | ", 1)[0]
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", stamp), line
+            moment = dt.datetime.fromisoformat(stamp)
+            assert started - dt.timedelta(seconds=2) <= moment <= finished + dt.timedelta(seconds=2), line
 
 
 def test_dry_run_writes_no_report(server: Server) -> None:
