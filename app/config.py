@@ -164,7 +164,7 @@ class Settings:
     notify_smtp_pass_file: Path | None = _setting(None, "File holding the SMTP password.")
     notify_smtp_from: str | None = _setting(None, "Sender address of alert e-mails.")
     notify_smtp_to: tuple[str, ...] = _setting((), "Recipients of alert e-mails, comma-separated.", example="")
-    log_level: str = _setting("INFO", "Least severe level logged: DEBUG, INFO, WARNING, ERROR.")
+    log_level: str = _setting("INFO", f"Least severe level logged: {', '.join(LOG_LEVELS)}.")
     log_format: str = _setting("text", "text, or json (one JSON object per line, console and file).")
     # Read from NOTIFY_SMTP_PASS_FILE during validation; not a setting of its own.
     notify_smtp_pass: str | None = field(default=None, repr=False, metadata={"internal": True})
