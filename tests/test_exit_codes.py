@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Result, Server, run_job
+from conftest import Result, Server, run_job, small_filesystem
 from sshd import free_port, keygen
 
 
@@ -227,7 +227,21 @@ def test_read_only_local_dir_exits_5(server: Server) -> None:
         result = run_job(server.env(), server.tmp / "cwd")
     finally:
         server.local.chmod(0o700)
-    assert_clean_failure(result, 5, "LOCAL_DIR")
+    assert_clean_failure(result, 5, "LOCAL_DIR", "permission denied")
+
+
+@pytest.mark.parametrize("below", ["", "to-create"], ids=["existing", "to-create"])
+def test_local_dir_on_a_read_only_file_system_exits_5_saying_so(server: Server, below: str) -> None:
+    server.put("20250428.IPI", b"r" * 10)
+    mount = server.tmp / "ro"
+    with small_filesystem(mount, 1024 * 1024, read_only=True) as mounted:
+        if not mounted:
+            pytest.skip("needs root to mount a read-only tmpfs")
+        result = run_job(server.env(LOCAL_DIR=mount / below), server.tmp / "cwd")
+
+    assert_clean_failure(result, 5, "LOCAL_DIR", str(mount / below).rstrip("/"))
+    assert "read-only file system" in last_line(result).lower()
+    assert "permission denied" not in result.output
 
 
 def test_version_and_help(tmp_path: Path) -> None:
