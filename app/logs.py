@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from app.errors import LocalStorageError
+from app.progress import bar_aware
 
 if TYPE_CHECKING:
     from loguru import Record
@@ -91,7 +92,7 @@ def setup(level: str, fmt: str, log_file: Path | None, secrets: Iterable[str]) -
     logger.configure(patcher=_redactor(tuple(secrets)))
     formatter: Any = _json_format if fmt == "json" else TEXT_FORMAT
     logger.add(
-        sys.stderr,
+        bar_aware(sys.stderr),
         level=level,
         format=formatter,
         filter=_console_only,
