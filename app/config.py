@@ -487,7 +487,8 @@ def _unknown_name_hint(name: str, from_environment: bool) -> str | None:
     if name in _SETTING_NAMES or upper in _NOT_OURS or _SERVICE_LINK.fullmatch(upper):
         return None
     ours = upper.startswith(_OUR_PREFIXES)
-    close = difflib.get_close_matches(upper, _SETTING_NAMES, n=1, cutoff=0.8)
+    # A name with our prefix is ours anyway: a looser match still makes a useful guess there.
+    close = difflib.get_close_matches(upper, _SETTING_NAMES, n=1, cutoff=0.75 if ours else 0.8)
     if not ours and (from_environment or not close):
         return None
     guess = f"; did you mean {close[0]}?" if close else ""
