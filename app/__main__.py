@@ -102,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     settings: Settings | None = None
     error: str | None = None
     try:
-        settings = load_settings(read_environment(args.env_file, os.environ))
+        environment = read_environment(args.env_file, os.environ)
+        # Logged at once (to the console), so a misspelt name shows even when it makes the settings fail.
+        for warning in environment.warnings:
+            logger.warning("{}", warning)
+        settings = load_settings(environment)
         os.umask(settings.umask)
         if args.command == "status":
             setup(settings.log_level, settings.log_format, None, settings.secrets)

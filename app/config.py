@@ -7,14 +7,16 @@ Each field carries its default and a one-line doc in its metadata; ``--help`` an
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from app.errors import ConfigError
 
@@ -162,7 +164,7 @@ class Settings:
     notify_smtp_pass_file: Path | None = _setting(None, "File holding the SMTP password.")
     notify_smtp_from: str | None = _setting(None, "Sender address of alert e-mails.")
     notify_smtp_to: tuple[str, ...] = _setting((), "Recipients of alert e-mails, comma-separated.", example="")
-    log_level: str = _setting("INFO", "Least severe level logged: DEBUG, INFO, WARNING, ERROR.")
+    log_level: str = _setting("INFO", f"Least severe level logged: {', '.join(LOG_LEVELS)}.")
     log_format: str = _setting("text", "text, or json (one JSON object per line, console and file).")
     # Read from NOTIFY_SMTP_PASS_FILE during validation; not a setting of its own.
     notify_smtp_pass: str | None = field(default=None, repr=False, metadata={"internal": True})
@@ -406,23 +408,91 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
 }
 
 
-def read_environment(env_file: Path | None, environ: Mapping[str, str]) -> dict[str, str]:
+class Environment(dict[str, str]):
+    """The merged settings mapping, plus warnings about names that look like misspelt settings.
+
+    A dict, so it feeds ``load_settings`` as it is; the warnings are values, not log
+    lines, because they are found before logging is configured.
+    """
+
+    def __init__(self, values: Mapping[str, str], warnings: Iterable[str] = ()) -> None:
+        super().__init__(values)
+        self.warnings: tuple[str, ...] = tuple(warnings)
+
+
+def read_environment(env_file: Path | None, environ: Mapping[str, str]) -> Environment:
     """Merge a dotenv file under the real environment (the environment wins).
 
     Without ``env_file``, ``./.env`` is read if it exists. A named file must exist.
+    A line of the file that is not ``NAME=value`` is a ConfigError naming the file
+    and the line: skipping it would run with a default the operator meant to change.
     """
     path = env_file if env_file is not None else Path(".env")
     merged: dict[str, str] = {}
+    warnings: list[str] = []
     if env_file is not None and not path.is_file():
         raise ConfigError(f"--env-file {path}: no such file")
     if path.is_file():
         try:
+            names = _dotenv_names(path)
             values = dotenv_values(path)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read env file {path}: {exc.__class__.__name__}") from None
         merged.update({k: v for k, v in values.items() if v is not None})
+        warnings += (f"{path}:{line}: {hint}" for name, line in names if (hint := _unknown_name_hint(name, False)))
     merged.update(environ)
-    return merged
+    warnings += (f"environment: {hint}" for name in sorted(environ) if (hint := _unknown_name_hint(name, True)))
+    return Environment(merged, warnings)
+
+
+# A statement's leading name, to point at the culprit without echoing its value (it may be a secret).
+_LEADING_NAME = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)")
+
+
+def _dotenv_names(path: Path) -> list[tuple[str, int]]:
+    """The names a dotenv file sets, with their line numbers; raises ConfigError at the first bad line."""
+    names: list[tuple[str, int]] = []
+    with open(path, encoding="utf-8") as stream:
+        for binding in parse_stream(stream):
+            if binding.error:
+                text = binding.original.string
+                leading = _LEADING_NAME.match(text)
+                what = f"the line starting with {leading.group(1)}" if leading else "this line"
+                # An unclosed quote makes the parser swallow the lines after it.
+                hint = "; check its quotes" if "\n" in text.rstrip("\n") or any(q in text for q in "\"'") else ""
+                raise ConfigError(f"{path}:{binding.original.line}: cannot parse {what}: expected NAME=value{hint}")
+            if binding.key is not None:
+                names.append((binding.key, binding.original.line))
+    return names
+
+
+_SETTING_NAMES = frozenset(env_name(f.name) for f in fields(Settings) if not f.metadata.get("internal"))
+# The first word of each setting's name: another name starting so is most likely meant for us.
+# SSH_ is left out: OpenSSH owns it in the environment (SSH_AUTH_SOCK, SSH_CONNECTION, ...).
+_OUR_PREFIXES = tuple(sorted({n.split("_", 1)[0] + "_" for n in _SETTING_NAMES} - {"SSH_"}))
+# Read from the same .env by docker-compose.yml, not by the job.
+_NOT_OURS = frozenset({"SFTP_TEST_PORT", "BASE_IMAGE"})
+# Kubernetes injects <SERVICE>_SERVICE_HOST, <SERVICE>_PORT_22_TCP... for every Service:
+# a Service named "sftp" must not make every run warn.
+_SERVICE_LINK = re.compile(r".+_(SERVICE_HOST|SERVICE_PORT(_.+)?|PORT_\d+_(TCP|UDP|SCTP)(_.+)?)")
+
+
+def _unknown_name_hint(name: str, from_environment: bool) -> str | None:
+    """A warning for a name that is not a setting but looks meant as one, else None.
+
+    From the real environment only names with our prefixes count (it holds much
+    else); in a dotenv file, written for this job, a name close to a setting does too.
+    """
+    upper = name.upper()
+    if name in _SETTING_NAMES or upper in _NOT_OURS or _SERVICE_LINK.fullmatch(upper):
+        return None
+    ours = upper.startswith(_OUR_PREFIXES)
+    # A name with our prefix is ours anyway: a looser match still makes a useful guess there.
+    close = difflib.get_close_matches(upper, _SETTING_NAMES, n=1, cutoff=0.75 if ours else 0.8)
+    if not ours and (from_environment or not close):
+        return None
+    guess = f"; did you mean {close[0]}?" if close else ""
+    return f"{name} is not a setting and is ignored{guess}"
 
 
 def _read_secret_file(name: str, path: Path) -> str:

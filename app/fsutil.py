@@ -55,7 +55,16 @@ def ensure_dir(directory: Path, label: str) -> None:
     except OSError as exc:
         raise storage_error(f"create {label}", directory, exc) from None
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise LocalStorageError(f"cannot write to {label} {directory}: permission denied")
+        # access() says only "no"; a read-only mount is fixed elsewhere than a mode or an owner.
+        reason = "read-only file system" if _on_read_only_mount(directory) else "permission denied"
+        raise LocalStorageError(f"cannot write to {label} {directory}: {reason}")
+
+
+def _on_read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def open_exclusive(path: Path) -> int:

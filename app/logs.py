@@ -6,6 +6,7 @@ keeps variable values (which may hold them) out of any traceback.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import sys
@@ -16,11 +17,14 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from app.errors import LocalStorageError
+from app.progress import bar_aware
 
 if TYPE_CHECKING:
     from loguru import Record
 
-TEXT_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {message}"
+# ISO 8601 in UTC with its offset, as the run report and status write times: one
+# convention whatever TZ the host or container has.
+TEXT_FORMAT = "{time:YYYY-MM-DDTHH:mm:ss.SSSZ!UTC} | {level: <8} | {message}"
 # Rotate so an unattended job cannot fill its volume with logs.
 ROTATION = "20 MB"
 RETENTION = 10
@@ -43,7 +47,7 @@ def _redactor(secrets: tuple[str, ...]) -> Any:
 
 def _json_format(record: Record) -> str:
     payload: dict[str, Any] = {
-        "time": record["time"].isoformat(),
+        "time": record["time"].astimezone(dt.UTC).isoformat(timespec="milliseconds"),
         "level": record["level"].name,
         "message": record["message"],
     }
@@ -88,7 +92,7 @@ def setup(level: str, fmt: str, log_file: Path | None, secrets: Iterable[str]) -
     logger.configure(patcher=_redactor(tuple(secrets)))
     formatter: Any = _json_format if fmt == "json" else TEXT_FORMAT
     logger.add(
-        sys.stderr,
+        bar_aware(sys.stderr),
         level=level,
         format=formatter,
         filter=_console_only,

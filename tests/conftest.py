@@ -234,13 +234,14 @@ def run(server: Server) -> Runner:
 
 
 @contextlib.contextmanager
-def small_filesystem(path: Path, size: int) -> Iterator[bool]:
+def small_filesystem(path: Path, size: int, *, read_only: bool = False) -> Iterator[bool]:
     """A real tmpfs of ``size`` bytes at ``path`` as root; yields False where mounting is impossible."""
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         yield False
         return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode == 0
+    options = f"size={size}" + (",ro" if read_only else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)]).returncode == 0
     try:
         yield mounted
     finally:

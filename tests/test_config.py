@@ -447,3 +447,69 @@ def test_default_known_hosts_is_expanded_for_the_running_user(monkeypatch: pytes
     monkeypatch.setenv("HOME", str(tmp_path))
     settings = load_settings({"SFTP_HOST": "h", "SFTP_USER": "u", "SFTP_PASS": "p"})
     assert settings.sftp_known_hosts == tmp_path / ".ssh" / "known_hosts"
+
+
+@pytest.mark.parametrize(
+    ("line", "name"),
+    [
+        pytest.param("SELECT_MODE all", "SELECT_MODE", id="no-equals"),
+        pytest.param("MIN_FILE_AGE: 600", "MIN_FILE_AGE", id="colon"),
+        pytest.param('SFTP_USER="ipi', "SFTP_USER", id="unterminated-quote"),
+    ],
+)
+def test_unparseable_env_file_line_is_a_config_error_naming_file_and_line(tmp_path: Path, line: str, name: str) -> None:
+    dotenv = tmp_path / "job.env"
+    dotenv.write_text(f"SFTP_HOST=h\n# a comment\n{line}\nSFTP_PORT=2200\n")
+    with pytest.raises(ConfigError) as info:
+        read_environment(dotenv, {})
+    assert str(info.value).startswith(f"{dotenv}:3: ")
+    assert name in str(info.value)
+
+
+def test_unparseable_line_never_echoes_its_value(tmp_path: Path) -> None:
+    dotenv = tmp_path / "job.env"
+    dotenv.write_text(f"SFTP_PASS: {PASSWORD}\n")
+    with pytest.raises(ConfigError) as info:
+        read_environment(dotenv, {})
+    assert "SFTP_PASS" in str(info.value)
+    assert PASSWORD not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "guess"),
+    [
+        pytest.param("SELECT_MOD", "SELECT_MODE", id="misspelt"),
+        pytest.param("select_mode", "SELECT_MODE", id="lower-case"),
+        pytest.param("SFTP_PASSWORD", "SFTP_PASS", id="our-prefix"),
+        pytest.param("NOTIFY_SLACK", None, id="our-prefix-nothing-close"),
+    ],
+)
+def test_env_file_name_that_looks_like_a_setting_gets_a_warning_with_the_likely_name(
+    tmp_path: Path, name: str, guess: str | None
+) -> None:
+    dotenv = tmp_path / "job.env"
+    dotenv.write_text(f"SFTP_HOST=h\n{name}=all\n")
+    (warning,) = read_environment(dotenv, {}).warnings
+    assert warning.startswith(f"{dotenv}:2: {name} is not a setting")
+    assert (f"did you mean {guess}?" in warning) if guess else ("did you mean" not in warning)
+
+
+def test_environment_names_are_checked_only_with_our_prefixes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    environ = {
+        "SFTP_USR": "x",  # ours, misspelt
+        "LOGLEVEL": "debug",  # close to LOG_LEVEL, but the environment holds much else: only prefixes count
+        "SFTP_HOST": "h",
+        "HOME": "/root",
+        "SSH_AUTH_SOCK": "/tmp/agent",  # OpenSSH's, not ours
+        "SFTP_SERVICE_HOST": "10.0.0.1",  # a Kubernetes Service named "sftp"
+        "SFTP_PORT_22_TCP_ADDR": "10.0.0.1",
+    }
+    monkeypatch.chdir(tmp_path)
+    warnings = read_environment(None, environ).warnings
+    assert warnings == ("environment: SFTP_USR is not a setting and is ignored; did you mean SFTP_USER?",)
+
+
+def test_known_names_and_compose_variables_get_no_warning(tmp_path: Path) -> None:
+    dotenv = tmp_path / "job.env"
+    dotenv.write_text("SFTP_HOST=h\nSFTP_TEST_PORT=2222\nBASE_IMAGE=python:3.13-slim\nUNRELATED=1\n")
+    assert read_environment(dotenv, {"SFTP_USER": "u", "PATH": "/bin"}).warnings == ()

@@ -67,8 +67,9 @@ def test_downloader_is_built_from_the_dockerfile_and_mounts_the_image_volumes() 
 
 def test_env_example_works_with_the_compose_file_out_of_the_box() -> None:
     doc = compose()
-    env = example()
     down = doc["services"]["downloader"]
+    # The compose file's own environment wins over its env_file.
+    env = example() | down["environment"]
     assert env["SFTP_HOST"] in doc["services"], "the server's compose service name"
     assert env.get("SFTP_PORT", "22") == "22"
     # The password is a compose secret, mounted where Docker mounts secrets.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,3 +38,18 @@ def test_env_example_loads_as_valid_settings(tmp_path: Path) -> None:
     settings = load_settings(values)
     assert settings.sftp_host == "sftp"
     assert settings.sftp_pass == "pw"
+
+
+def test_a_copy_of_env_example_asks_for_credentials_not_a_compose_secret(tmp_path: Path) -> None:
+    shutil.copy(REPO / ".env.example", tmp_path / ".env")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "--dry-run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if "| ERROR" in line]
+    assert "no credentials" in error, error
+    assert "/run/secrets" not in result.stderr

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Result, Server, run_job
+from conftest import Result, Server, run_job, small_filesystem
 from sshd import free_port, keygen
 
 
@@ -227,7 +227,21 @@ def test_read_only_local_dir_exits_5(server: Server) -> None:
         result = run_job(server.env(), server.tmp / "cwd")
     finally:
         server.local.chmod(0o700)
-    assert_clean_failure(result, 5, "LOCAL_DIR")
+    assert_clean_failure(result, 5, "LOCAL_DIR", "permission denied")
+
+
+@pytest.mark.parametrize("below", ["", "to-create"], ids=["existing", "to-create"])
+def test_local_dir_on_a_read_only_file_system_exits_5_saying_so(server: Server, below: str) -> None:
+    server.put("20250428.IPI", b"r" * 10)
+    mount = server.tmp / "ro"
+    with small_filesystem(mount, 1024 * 1024, read_only=True) as mounted:
+        if not mounted:
+            pytest.skip("needs root to mount a read-only tmpfs")
+        result = run_job(server.env(LOCAL_DIR=mount / below), server.tmp / "cwd")
+
+    assert_clean_failure(result, 5, "LOCAL_DIR", str(mount / below).rstrip("/"))
+    assert "read-only file system" in last_line(result).lower()
+    assert "permission denied" not in result.output
 
 
 def test_version_and_help(tmp_path: Path) -> None:
@@ -239,3 +253,30 @@ def test_version_and_help(tmp_path: Path) -> None:
     for name in ("SFTP_HOST", "SFTP_PASS_FILE", "SELECT_MODE", "MIN_FILE_AGE", "LOG_FORMAT"):
         assert name in shown.stdout
     assert "do-not-show-me" not in shown.stdout
+
+
+def test_unparseable_dotenv_line_exits_2_naming_file_and_line(server: Server) -> None:
+    env = server.env()
+    cwd = server.tmp / "cwd"
+    cwd.mkdir()
+    (cwd / ".env").write_text(f"SFTP_PORT={env.pop('SFTP_PORT')}\nSELECT_MODE all\n")
+    server.put("20250428.IPI", b"q" * 100)
+
+    result = run_job(env, cwd)
+
+    assert_clean_failure(result, 2, ".env:2:", "SELECT_MODE")
+    assert "python-dotenv could not parse" not in result.output
+    assert not server.local.exists(), "nothing runs on defaults the operator meant to change"
+
+
+def test_misspelt_dotenv_name_is_warned_about_with_the_likely_name(server: Server) -> None:
+    env = server.env()
+    cwd = server.tmp / "cwd"
+    cwd.mkdir()
+    (cwd / ".env").write_text("SELECT_MOD=all\n")
+    server.put("20250428.IPI", b"q" * 100)
+
+    result = run_job(env, cwd)
+
+    assert result.code == 0, result.output
+    assert ".env:1: SELECT_MOD is not a setting and is ignored; did you mean SELECT_MODE?" in result.stderr

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import pty
+import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -65,6 +68,27 @@ def test_report_of_a_failed_run_keeps_the_last_success(server: Server) -> None:
     assert [r["attempt"] for r in rep["retries"]] == [1, 2]
     assert all("connect to" in r["reason"] for r in rep["retries"])
     assert rep["last_success_at"] == success
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_log_times_are_utc_with_an_offset_like_the_report(server: Server, log_format: str) -> None:
+    server.put("20250428.IPI", b"x" * 1000)
+
+    # A zone far from UTC: local time written without its offset would be hours off.
+    result = run_job(server.env(TZ="Asia/Kolkata", LOG_FORMAT=log_format), server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    rep = report(server)
+    started, finished = (dt.datetime.fromisoformat(rep[k]) for k in ("started_at", "finished_at"))
+    assert rep["started_at"].endswith("+00:00")
+    for source in (server.log.read_text(), result.stderr):
+        lines = source.splitlines()
+        assert lines
+        for line in lines:
+            stamp = json.loads(line)["time"] if log_format == "json" else line.split(" | ", 1)[0]
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", stamp), line
+            moment = dt.datetime.fromisoformat(stamp)
+            assert started - dt.timedelta(seconds=2) <= moment <= finished + dt.timedelta(seconds=2), line
 
 
 def test_dry_run_writes_no_report(server: Server) -> None:
@@ -332,32 +356,94 @@ def test_smtp_settings_must_be_complete(server: Server) -> None:
 # -- the terminal -----------------------------------------------------------------------
 
 
-def test_terminal_gets_a_live_bar_and_the_log_file_plain_lines(server: Server, relay: Relay) -> None:
-    server.put("20250428.IPI", os.urandom(6 * MiB))
-    relay.rate = 4 * MiB  # about 1.5 s, so the bar is drawn several times
-    env = job_env(server.env(port=relay.port), server.tmp)
+def on_terminal(
+    env: dict[str, str], when: str | None = None, then: Callable[[subprocess.Popen[bytes]], None] | None = None
+) -> tuple[int, str]:
+    """Run the job with a pty as stdout and stderr, as in a terminal; ``then`` runs once regex ``when`` matches."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "app"], env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave
     )
     os.close(slave)
     screen = b""
-    while True:
-        ready, _, _ = select.select([master], [], [], 30)
-        if not ready:
-            break
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        screen += chunk
-    proc.wait(30)
-    os.close(master)
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 30)
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            screen += chunk
+            if when is not None and then is not None and re.search(when.encode(), screen):
+                then(proc)
+                when = None
+        proc.wait(30)
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+    return proc.returncode, screen.decode(errors="replace")
 
-    text = screen.decode(errors="replace")
-    assert proc.returncode == 0, text
+
+# A log line as the console shows it: "<time> | <LEVEL> | ...".
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 \| [A-Z]+ ")
+
+
+def assert_bar_never_shares_a_line_with_a_log_line(text: str) -> None:
+    for line in text.split("\n"):
+        if LOG_LINE.search(line):
+            assert "IPI [" not in line, f"a log line glued to the bar: {line!r}"
+            assert LOG_LINE.match(line.lstrip("\r")), f"a log line not at the start of its line: {line!r}"
+
+
+def test_terminal_gets_a_live_bar_and_the_log_file_plain_lines(server: Server, relay: Relay) -> None:
+    server.put("20250428.IPI", os.urandom(6 * MiB))
+    relay.rate = 4 * MiB  # about 1.5 s, so the bar is drawn several times
+
+    code, text = on_terminal(job_env(server.env(port=relay.port), server.tmp))
+
+    assert code == 0, text
     assert text.count("\r20250428.IPI [") >= 2, "the bar is redrawn in place"
     assert "100.0%" in text and "MB/s" in text
     assert "\r" not in server.log.read_text(), "the log file gets no bar"
+    assert_bar_never_shares_a_line_with_a_log_line(text)
+    assert re.search(r"100\.0%[^\n]*\n[^\r]*" + LOG_LINE.pattern, text), "the summary starts on its own line"
+
+
+def test_bar_says_stalled_without_a_rate_while_no_data_arrives(server: Server, relay: Relay) -> None:
+    data = os.urandom(6 * MiB)
+    server.put("20250428.IPI", data)
+    relay.rate = 4 * MiB
+    relay.set_fault(stall_after=2 * MiB)  # the first connection goes silent; the retry is clean
+
+    code, text = on_terminal(job_env(server.env(port=relay.port, IO_TIMEOUT=6), server.tmp))
+
+    assert code == 0, text
+    assert (server.served / "20250428.IPI").read_bytes() == data
+    stalled = re.findall(r"\r(20250428\.IPI \[[^\r\n]*stalled (\d+) s[^\r\n]*)", text)
+    assert stalled, text
+    assert all("MB/s" not in bar and "ETA" not in bar for bar, _ in stalled), "no stale rate or ETA"
+    seconds = [int(n) for _, n in stalled]
+    assert seconds == sorted(seconds) and seconds[-1] >= 4, "the count goes on while nothing arrives"
+    assert_bar_never_shares_a_line_with_a_log_line(text)
+    retry = text.index("retrying in")
+    assert "stalled" not in text[retry:], "the bar of the failed attempt does not come back"
+
+
+def test_bar_line_is_ended_before_the_log_line_after_ctrl_c(server: Server, relay: Relay) -> None:
+    server.put("20250428.IPI", os.urandom(16 * MiB))
+    relay.rate = 2 * MiB
+
+    code, text = on_terminal(
+        job_env(server.env(port=relay.port), server.tmp),
+        when=r"[1-9]\.\d/16\.8 MB",  # well into the download, the bar drawn with data
+        then=lambda p: p.send_signal(signal.SIGINT),
+    )
+
+    assert code == 130, text
+    assert "stopped by signal" in text
+    assert_bar_never_shares_a_line_with_a_log_line(text)
