@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from app.config import Settings
+from app.config import StateSettings
 from app.names import invalid_name_reason
 from app.report import read_report
 from app.state import read_ledger, read_record
@@ -63,7 +63,7 @@ def _partials(local_dir: Path) -> list[Partial]:
     return found
 
 
-def gather(settings: Settings) -> Status:
+def gather(settings: StateSettings) -> Status:
     ledger = read_ledger(settings.ledger_path)
     last = ledger.entries[-1] if ledger.entries else None
     return Status(
