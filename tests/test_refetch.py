@@ -163,7 +163,7 @@ def test_unplaceable_refetched_file_is_a_config_error() -> None:
 def test_plan_names_every_unknown_file_and_reports_pending_ones() -> None:
     note = RefetchNote("20250102.IPI", "2025-01-02T00:00:00+00:00", "ops@host")
     ledger = Ledger(entries=(entry("20250101.IPI"),), refetch_pending=(note,))
-    with pytest.raises(ConfigError, match="x.IPI, y.IPI"):
+    with pytest.raises(ConfigError, match=r"x\.IPI, y\.IPI"):
         plan_refetch(["x.IPI", "20250101.IPI", "y.IPI"], ledger, "20250101.IPI", "name-date")
     plan = plan_refetch(["20250102.IPI", "20250101.IPI", "20250101.IPI"], ledger, "20250101.IPI", "name-date")
     assert [e.name for e in plan.files] == ["20250101.IPI"]
