@@ -63,6 +63,7 @@ def test_refetched_file_is_fetched_once_by_the_next_run(server: Server, run: Run
     assert note["name"] == B and note["refetch"] is True
     assert "@" in note["requested_by"] and note["requested_at"].endswith("+00:00")
     assert f"refetch of {B} requested by" in server.log.read_text()
+    assert f"due again: {B} (refetch asked" in run("status").stdout
 
     again = run()  # SELECT_MODE=next: the refetched file is the next one due
 
@@ -75,6 +76,7 @@ def test_refetched_file_is_fetched_once_by_the_next_run(server: Server, run: Run
         new
     )
 
+    assert "due again" not in run("status").stdout
     after = run(SELECT_MODE="all")
     assert after.code == 0, after.output
     assert fetched(server) == []
