@@ -130,14 +130,14 @@ def audit(settings: StateSettings) -> AuditResult:
         findings: list[Finding] = []
         checks: list[_Check] = []
 
-        seen: set[str] = set()
+        seen: dict[str, tuple[int, int]] = {}  # name -> (device, inode)
         for name, st in _listing(settings.server_dir):
             entry = expected.get(name)
             if entry is None:
                 if name not in pending:
                     findings.append(Finding("unknown", "SERVER_DIR", name, "not in the ledger"))
                 continue
-            seen.add(name)
+            seen[name] = (st.st_dev, st.st_ino)
             problem = size_problem(entry, st.st_mode, st.st_size)
             if problem:
                 findings.append(Finding("changed", "SERVER_DIR", name, problem))
@@ -153,6 +153,8 @@ def audit(settings: StateSettings) -> AuditResult:
             copy = _local_copy(settings.local_dir / name)
             if copy is None:
                 continue  # LOCAL_DIR need not keep what was published
+            if (copy.st_dev, copy.st_ino) == seen.get(name):
+                continue  # PUBLISH_METHOD=hardlink: one file under two names, checked once
             problem = size_problem(entry, copy.st_mode, copy.st_size)
             if problem:
                 findings.append(Finding("changed", "LOCAL_DIR", name, problem))

@@ -164,3 +164,16 @@ def test_audit_draws_a_progress_bar_on_a_terminal(server: Server, run: Runner) -
     text = screen.decode(errors="replace")
     assert "\raudit [" in text and "100.0%" in text
     assert "all files match the ledger" in out.decode()
+
+
+def test_audit_hashes_a_hard_linked_local_copy_once(server: Server, run: Runner) -> None:
+    for i, name in enumerate(NAMES):
+        server.put(name, os.urandom(2000 + i))
+    assert run(SELECT_MODE="all", PUBLISH_METHOD="hardlink").code == 0
+    flip_byte(server.served / NAMES[0])
+
+    result = run("audit", "--json")
+
+    assert result.code == 1, result.output
+    assert json.loads(result.stdout)["checked_files"] == 3
+    assert findings(result.stdout) == {("changed", "SERVER_DIR", NAMES[0])}
