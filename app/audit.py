@@ -199,7 +199,8 @@ def render(result: AuditResult) -> str:
     lines = [f"checked {result.checked_files} file(s), {result.checked_bytes} bytes, against {result.ledger}"]
     if result.damaged_ledger_lines:
         lines.append(
-            f"ledger: {result.damaged_ledger_lines} damaged line(s) skipped: files they recorded may show as unknown"
+            f"{result.ledger}: {result.damaged_ledger_lines} damaged line(s) skipped:"
+            " files they recorded may show as unknown"
         )
     lines.extend(f"{f.problem}: {f.where}/{f.name}: {f.detail}" for f in result.findings)
     lines.extend(f"refetch pending: {name}: fetched again by the next run" for name in result.refetch_pending)

@@ -114,7 +114,7 @@ def test_audit_of_a_damaged_ledger_exits_2(server: Server, run: Runner) -> None:
     result = run("audit")
 
     assert result.code == 2, result.output
-    assert "1 damaged line(s)" in result.stdout
+    assert f"{server.ledger}: 1 damaged line(s)" in result.stdout
     assert "Traceback" not in result.output
 
 
