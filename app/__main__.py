@@ -1,4 +1,5 @@
-"""Command line: ``python -m app`` (or ``sftp-ipi``) runs the job once."""
+"""Command line: ``python -m app`` (or ``sftp-ipi``) runs the job once; ``status``, ``audit``
+and ``refetch`` work on the local state only."""
 
 from __future__ import annotations
 
@@ -7,17 +8,32 @@ import datetime as dt
 import json
 import os
 import sys
+import textwrap
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from loguru import logger
 
 from app import __version__, interrupt
-from app.config import Settings, load_settings, read_environment, setting_docs
+from app.audit import audit
+from app.audit import render as render_audit
+from app.config import (
+    MissingSettingError,
+    Settings,
+    StateSettings,
+    load_settings,
+    load_state_settings,
+    read_environment,
+    setting_docs,
+    state_setting_names,
+)
 from app.errors import EXIT_LOCKED, EXIT_STORAGE, Interrupted, JobError, LocalStorageError
 from app.job import Job, build_report, summary_line
 from app.logs import setup, setup_bootstrap
+from app.refetch import refetch
 from app.report import write_report
 from app.status import gather, render
 
@@ -38,37 +54,133 @@ def _help_epilog() -> str:
     return "\n".join(lines)
 
 
+# Commands that read local state only: they need no connection settings and never connect.
+STATE_COMMANDS = ("status", "audit", "refetch")
+_JSON_COMMANDS = ("status", "audit")
+_DRY_RUN_COMMANDS = ("run", "refetch")
+
+
+def _state_epilog(command: str) -> str:
+    changes = "changes nothing" if command != "refetch" else "changes only the state it names"
+    text = (
+        f"reads only these settings (environment variables, also read from ./.env): {', '.join(state_setting_names())};"
+        f" never connects, {changes}. Every setting: sftp-ipi --help."
+    )
+    return textwrap.fill(text, width=100)
+
+
+def _add_options(parser: argparse.ArgumentParser, command: str | None) -> None:
+    """The options of ``command`` (None: the top level, where they mean run's, or any command's).
+
+    After a command they default to SUPPRESS, so that ``--env-file X status`` and
+    ``status --env-file X`` both work: a command's own default would undo the one given before it.
+    """
+    default = None if command is None else argparse.SUPPRESS
+    parser.add_argument(
+        "--env-file", type=Path, metavar="PATH", default=default, help="read settings from this dotenv file"
+    )
+    if command in (None, *_DRY_RUN_COMMANDS):
+        what = (
+            "print what would change; change nothing"
+            if command == "refetch"
+            else "connect, list and print what would be downloaded; change nothing"
+        )
+        parser.add_argument("--dry-run", action="store_true", default=default or False, help=what)
+    if command in (None, *_JSON_COMMANDS):
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            default=default or False,
+            help="print JSON for machines" if command else "with status or audit: print JSON for machines",
+        )
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="sftp-ipi",
         description="Pull the next IPI file(s) from an SFTP server: resumable, verified, published atomically.",
+        usage="%(prog)s [run|status|audit|refetch] [options]",
         epilog=_help_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "command",
-        nargs="?",
-        choices=("run", "status"),
-        default="run",
-        help="run: one run of the job (the default); status: report from local state only, without connecting"
-        " (exit 0 if the last run succeeded, 1 otherwise)",
-    )
-    parser.add_argument("--env-file", type=Path, metavar="PATH", help="read settings from this dotenv file")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="connect, list and print what would be downloaded; change nothing"
-    )
-    parser.add_argument("--json", action="store_true", help="with status: print JSON for machines")
+    _add_options(parser, None)
     parser.add_argument("--version", action="version", version=f"sftp-ipi {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands (default: run)")
+    described = {
+        "run": "one run of the job (the default)",
+        "status": "report from local state only, without connecting (exit 0 if the last run succeeded, 1 otherwise)",
+        "audit": "re-hash SERVER_DIR (and LOCAL_DIR's copies) against the ledger; report missing, changed and"
+        " unknown files (exit 0 if all match, 1 otherwise, 2 if the ledger is damaged)",
+        "refetch": "make delivered files due again: the next run fetches each once and records it again",
+    }
+    for command, text in described.items():
+        sub = commands.add_parser(
+            command,
+            prog=f"sftp-ipi {command}",
+            help=text,
+            description=text,
+            epilog=_help_epilog() if command == "run" else _state_epilog(command),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _add_options(sub, command)
+        if command == "refetch":
+            sub.add_argument("names", nargs="+", metavar="NAME", help="a delivered file's name, as in the ledger")
     args = parser.parse_args(argv)
-    if args.json and args.command != "status":
-        parser.error("--json goes with the status command")
+    args.command = args.command or "run"
+    if args.json and args.command not in _JSON_COMMANDS:
+        parser.error(f"--json goes with the {' and '.join(_JSON_COMMANDS)} commands")
+    if args.dry_run and args.command not in _DRY_RUN_COMMANDS:
+        parser.error(f"--dry-run goes with the {' and '.join(_DRY_RUN_COMMANDS)} commands")
     return args
 
 
-def _status(settings: Settings, as_json: bool) -> int:
+_Loaded = TypeVar("_Loaded", Settings, StateSettings)
+
+
+def _load(args: argparse.Namespace, loader: Callable[[Mapping[str, str]], _Loaded]) -> _Loaded:
+    environment = read_environment(args.env_file, os.environ)
+    # Logged at once (to the console), so a misspelt name shows even when it makes the settings fail.
+    for warning in environment.warnings:
+        logger.warning("{}", warning)
+    try:
+        return loader(environment)
+    except MissingSettingError as exc:
+        if args.env_file is None and not Path(".env").is_file():
+            raise MissingSettingError(
+                f"{exc} (there is no ./.env in {Path.cwd()}: use --env-file PATH, or set it in the environment)"
+            ) from None
+        raise
+
+
+def _status(settings: StateSettings, as_json: bool) -> int:
     state = gather(settings)
     print(json.dumps(state.to_json(), indent=2) if as_json else render(state))
     return 0 if state.healthy else 1
+
+
+def _audit(settings: StateSettings, as_json: bool) -> int:
+    result = audit(settings)
+    print(json.dumps(result.to_json(), indent=2) if as_json else render_audit(result))
+    return result.exit_code
+
+
+def _state_command(args: argparse.Namespace) -> int:
+    settings = _load(args, load_state_settings)
+    os.umask(settings.umask)
+    changes = args.command == "refetch" and not args.dry_run
+    # Only a refetch changes state, so only it leaves its trace in LOG_FILE.
+    setup(settings.log_level, settings.log_format, settings.log_file if changes else None, ())
+    if args.env_file is None and not Path(".env").is_file() and not set(state_setting_names()) & set(os.environ):
+        logger.warning(
+            "no ./.env in {} and no state setting in the environment: reading the default paths from here"
+            " (use --env-file PATH)",
+            Path.cwd(),
+        )
+    if args.command == "status":
+        return _status(settings, args.json)
+    if args.command == "audit":
+        return _audit(settings, args.json)
+    return refetch(settings, args.names, dry_run=args.dry_run, out=sys.stdout)
 
 
 def _after_run(settings: Settings, job: Job, code: int, error: str | None, started: dt.datetime) -> None:
@@ -102,15 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     settings: Settings | None = None
     error: str | None = None
     try:
-        environment = read_environment(args.env_file, os.environ)
-        # Logged at once (to the console), so a misspelt name shows even when it makes the settings fail.
-        for warning in environment.warnings:
-            logger.warning("{}", warning)
-        settings = load_settings(environment)
+        if args.command in STATE_COMMANDS:
+            return _state_command(args)
+        settings = _load(args, load_settings)
         os.umask(settings.umask)
-        if args.command == "status":
-            setup(settings.log_level, settings.log_format, None, settings.secrets)
-            return _status(settings, args.json)
         setup(settings.log_level, settings.log_format, settings.log_file, settings.secrets)
         job = Job(settings, dry_run=args.dry_run, out=sys.stdout)
         code = job.run()

@@ -50,8 +50,39 @@ def _required(doc: str) -> Any:
     return field(metadata={"doc": doc, "sensitive": False, "shown": "", "required": True})
 
 
+class _StateLayout:
+    """Where the local state sits: shared by Settings and StateSettings."""
+
+    last_file_record: Path
+    ledger_file: Path | None
+    report_file: Path | None
+    file_mode: int
+
+    @property
+    def umask(self) -> int:
+        """The umask that gives files FILE_MODE and directories the same bits plus search."""
+        dir_mode = self.file_mode | ((self.file_mode & 0o444) >> 2)
+        return 0o777 & ~dir_mode
+
+    @property
+    def ledger_path(self) -> Path:
+        if self.ledger_file is not None:
+            return self.ledger_file
+        return self.last_file_record.parent / "completed_files.jsonl"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.last_file_record.with_name(self.last_file_record.name + ".lock")
+
+    @property
+    def report_path(self) -> Path:
+        if self.report_file is not None:
+            return self.report_file
+        return self.last_file_record.parent / "run_report.json"
+
+
 @dataclass(frozen=True)
-class Settings:
+class Settings(_StateLayout):
     """Everything the job needs to know, validated. Secrets are left out of ``repr``."""
 
     sftp_host: str = _required("SFTP server host name or address.")
@@ -170,32 +201,32 @@ class Settings:
     notify_smtp_pass: str | None = field(default=None, repr=False, metadata={"internal": True})
 
     @property
-    def umask(self) -> int:
-        """The umask that gives files FILE_MODE and directories the same bits plus search."""
-        dir_mode = self.file_mode | ((self.file_mode & 0o444) >> 2)
-        return 0o777 & ~dir_mode
-
-    @property
-    def ledger_path(self) -> Path:
-        if self.ledger_file is not None:
-            return self.ledger_file
-        return self.last_file_record.parent / "completed_files.jsonl"
-
-    @property
-    def lock_path(self) -> Path:
-        return self.last_file_record.with_name(self.last_file_record.name + ".lock")
-
-    @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in any output."""
         candidates = (self.sftp_pass, self.sftp_key_passphrase, self.notify_webhook_url, self.notify_smtp_pass)
         return tuple(s for s in candidates if s)
 
-    @property
-    def report_path(self) -> Path:
-        if self.report_file is not None:
-            return self.report_file
-        return self.last_file_record.parent / "run_report.json"
+
+@dataclass(frozen=True)
+class StateSettings(_StateLayout):
+    """The settings of the commands that work on local state only (status, audit,
+    refetch): no connection, no credentials, so none of those is required.
+
+    Only the names and types are declared here; defaults, docs and parsers are
+    Settings' own (load_state_settings reads them from there), and a test keeps
+    the types in step.
+    """
+
+    local_dir: Path
+    server_dir: Path
+    log_file: Path
+    last_file_record: Path
+    ledger_file: Path | None
+    report_file: Path | None
+    file_mode: int
+    order_by: str
+    log_level: str
+    log_format: str
 
 
 def env_name(field_name: str) -> str:
@@ -513,24 +544,52 @@ def _read_secret_file(name: str, path: Path) -> str:
     return text
 
 
-def load_settings(env: Mapping[str, str]) -> Settings:
-    """Build and validate Settings from a mapping of environment variables.
+class MissingSettingError(ConfigError):
+    """A required setting is not set (the command line adds where it looked)."""
 
-    Empty values count as unset, as in most env_file conventions. Raises
-    ConfigError naming the first offending setting.
+
+def _parse(env: Mapping[str, str], names: frozenset[str] | None = None) -> dict[str, Any]:
+    """The set values among Settings' fields (all, or only ``names``), parsed.
+
+    Empty values count as unset, as in most env_file conventions.
     """
     values: dict[str, Any] = {}
     for f in fields(Settings):
-        if f.metadata.get("internal"):
+        if f.metadata.get("internal") or (names is not None and f.name not in names):
             continue
         name = env_name(f.name)
         raw = env.get(name)
         if raw is None or raw.strip() == "":
             if f.default is MISSING:
-                raise ConfigError(f"{name} is required but not set")
+                raise MissingSettingError(f"{name} is required but not set")
             continue
         values[f.name] = _PARSERS[f.name](name, raw)
+    return values
 
+
+STATE_FIELDS = frozenset(f.name for f in fields(StateSettings))
+
+
+def state_setting_names() -> list[str]:
+    """The environment variables StateSettings reads, in declaration order."""
+    return [env_name(f.name) for f in fields(StateSettings)]
+
+
+def load_state_settings(env: Mapping[str, str]) -> StateSettings:
+    """Only the settings describing local state, parsed and checked as load_settings
+    does; connection settings and credentials are neither needed nor read."""
+    defaults = {f.name: f.default for f in fields(Settings) if f.name in STATE_FIELDS}
+    settings = StateSettings(**{**defaults, **_parse(env, STATE_FIELDS)})
+    _check_paths(settings)
+    return settings
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Build and validate Settings from a mapping of environment variables.
+
+    Raises ConfigError naming the first offending setting.
+    """
+    values = _parse(env)
     if values.get("sftp_pass") is not None and values.get("sftp_pass_file") is not None:
         raise ConfigError("set only one of SFTP_PASS and SFTP_PASS_FILE")
     pass_file = values.get("sftp_pass_file")
@@ -558,7 +617,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     return settings
 
 
-def _check_paths(s: Settings) -> None:
+def _check_paths(s: Settings | StateSettings) -> None:
     named = {
         "LOCAL_DIR": s.local_dir.resolve(),
         "SERVER_DIR": s.server_dir.resolve(),

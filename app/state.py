@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from app import interrupt
 from app.errors import ConfigError, LockedError
 from app.fsutil import atomic_write, fsync_dir, storage_error
 from app.names import invalid_name_reason
@@ -52,9 +56,24 @@ def write_record(path: Path, name: str, *, durable: bool = True) -> None:
 
 
 @dataclass(frozen=True)
+class RefetchNote:
+    """A ledger line asking for a completed file to be fetched again (``sftp-ipi refetch``).
+
+    It takes the file out of the completed set until a later entry records it again.
+    """
+
+    name: str
+    requested_at: str
+    requested_by: str
+    refetch: bool = True  # what tells this line from a LedgerEntry's
+
+
+@dataclass(frozen=True)
 class Ledger:
     entries: tuple[LedgerEntry, ...]
     damaged_lines: int = 0
+    # Refetch requests not yet followed by a new entry for their file.
+    refetch_pending: tuple[RefetchNote, ...] = ()
 
     @property
     def names(self) -> frozenset[str]:
@@ -73,19 +92,48 @@ def read_ledger(path: Path) -> Ledger:
         return Ledger(entries=())
     except OSError as exc:
         raise storage_error("read the ledger", path, exc) from None
-    entries: list[LedgerEntry] = []
+    items: list[LedgerEntry | RefetchNote] = []
     damaged = 0
     for line in raw.splitlines():
         if not line.strip():
             continue
         try:
-            entries.append(LedgerEntry(**json.loads(line)))
+            items.append(_ledger_item(json.loads(line)))
         except (ValueError, TypeError):
             damaged += 1
-    return Ledger(entries=tuple(entries), damaged_lines=damaged)
+    entries, pending = _apply_refetches(items)
+    return Ledger(entries=entries, damaged_lines=damaged, refetch_pending=pending)
 
 
-def append_ledger(path: Path, *entries: LedgerEntry) -> None:
+def _ledger_item(data: object) -> LedgerEntry | RefetchNote:
+    if not isinstance(data, dict):
+        raise TypeError("not a JSON object")
+    if data.get("refetch") is True:
+        return RefetchNote(**data)
+    return LedgerEntry(**data)
+
+
+def _apply_refetches(
+    items: list[LedgerEntry | RefetchNote],
+) -> tuple[tuple[LedgerEntry, ...], tuple[RefetchNote, ...]]:
+    """Drop the entries a later refetch note cancels; return the entries left and
+    the notes that no newer entry has answered yet."""
+    last_note: dict[str, tuple[int, RefetchNote]] = {}
+    for i, item in enumerate(items):
+        if isinstance(item, RefetchNote):
+            last_note[item.name] = (i, item)
+    entries = tuple(
+        item
+        for i, item in enumerate(items)
+        if isinstance(item, LedgerEntry) and i > last_note.get(item.name, (-1, None))[0]
+    )
+    if not last_note:
+        return entries, ()
+    done = {e.name for e in entries}
+    return entries, tuple(note for _, note in last_note.values() if note.name not in done)
+
+
+def append_ledger(path: Path, *entries: LedgerEntry | RefetchNote) -> None:
     """Append entries durably, in one write. A torn line from an earlier crash is
     closed off first, so a new entry never fuses with it."""
     line = b"".join((json.dumps(asdict(e), sort_keys=True) + "\n").encode("utf-8") for e in entries)
@@ -145,3 +193,35 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+# How long audit and refetch wait for a run in progress: long enough for a run
+# that is finishing; short enough that, during a long download, they say so
+# instead of appearing to hang.
+LOCK_WAIT_SECONDS = 60.0
+# How often a waiting command tries the lock again: cheap, and quick enough for a person.
+LOCK_POLL_SECONDS = 0.5
+
+
+@contextlib.contextmanager
+def run_lock_waiting(path: Path, seconds: float, sleep: Callable[[float], None] = interrupt.sleep) -> Iterator[None]:
+    """Hold the run lock, after waiting up to ``seconds`` for the run holding it to end."""
+    if not path.exists():
+        # Every run creates the lock file and leaves it: without it, no run has ever
+        # started, and there is no state to protect (nor a directory to put it in).
+        yield
+        return
+    lock = RunLock(path)
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            lock.acquire()
+            break
+        except LockedError:
+            if time.monotonic() >= deadline:
+                raise
+            sleep(LOCK_POLL_SECONDS)
+    try:
+        yield
+    finally:
+        lock.release()

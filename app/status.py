@@ -6,10 +6,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from app.config import Settings
+from app.config import StateSettings
 from app.names import invalid_name_reason
 from app.report import read_report
-from app.state import read_ledger, read_record
+from app.state import RefetchNote, read_ledger, read_record
 from app.transfer import Paths, read_partial_meta
 
 
@@ -31,6 +31,7 @@ class Status:
     last_file_record: str | None
     last_run: dict[str, Any] | None
     partials: list[Partial]
+    refetch_pending: list[RefetchNote]
 
     @property
     def healthy(self) -> bool:
@@ -63,7 +64,7 @@ def _partials(local_dir: Path) -> list[Partial]:
     return found
 
 
-def gather(settings: Settings) -> Status:
+def gather(settings: StateSettings) -> Status:
     ledger = read_ledger(settings.ledger_path)
     last = ledger.entries[-1] if ledger.entries else None
     return Status(
@@ -72,6 +73,7 @@ def gather(settings: Settings) -> Status:
         last_file_record=read_record(settings.last_file_record),
         last_run=read_report(settings.report_path),
         partials=_partials(settings.local_dir),
+        refetch_pending=list(ledger.refetch_pending),
     )
 
 
@@ -94,4 +96,6 @@ def render(status: Status) -> str:
     for part in status.partials:
         of = f" of {part.size} bytes ({part.percent}%)" if part.size else " bytes"
         lines.append(f"in progress: {part.name}: {part.bytes}{of}")
+    for note in status.refetch_pending:
+        lines.append(f"due again: {note.name} (refetch asked {note.requested_at} by {note.requested_by})")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ import json
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +79,9 @@ class Paths:
         )
 
 
-def hash_file(path: Path, limit: int | None = None) -> hashlib._Hash:
+def hash_file(path: Path, limit: int | None = None, on_block: Callable[[int], None] | None = None) -> hashlib._Hash:
+    """SHA-256 of ``path`` (its first ``limit`` bytes), read in blocks; ``on_block``
+    hears each block's length, for a progress display."""
     digest = hashlib.sha256()
     remaining = limit
     with open(path, "rb") as fh:
@@ -88,6 +91,8 @@ def hash_file(path: Path, limit: int | None = None) -> hashlib._Hash:
             if not block:
                 break
             digest.update(block)
+            if on_block is not None:
+                on_block(len(block))
             if remaining is not None:
                 remaining -= len(block)
     return digest

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from app.config import MiB, Settings, load_settings, read_environment
+from app.config import (
+    MiB,
+    MissingSettingError,
+    Settings,
+    StateSettings,
+    load_settings,
+    load_state_settings,
+    read_environment,
+)
 from app.errors import EXIT_CONFIG, ConfigError
 
 PASSWORD = "pw-Zq81-never-shown"
@@ -513,3 +522,54 @@ def test_known_names_and_compose_variables_get_no_warning(tmp_path: Path) -> Non
     dotenv = tmp_path / "job.env"
     dotenv.write_text("SFTP_HOST=h\nSFTP_TEST_PORT=2222\nBASE_IMAGE=python:3.13-slim\nUNRELATED=1\n")
     assert read_environment(dotenv, {"SFTP_USER": "u", "PATH": "/bin"}).warnings == ()
+
+
+# -- the state settings of status, audit and refetch ------------------------------------------
+
+
+def test_state_settings_declare_the_types_of_the_settings_they_share() -> None:
+    declared = {f.name: f.type for f in fields(Settings)}
+    for f in fields(StateSettings):
+        assert f.type == declared[f.name], f.name
+
+
+def test_state_settings_need_no_connection_settings_or_credentials(tmp_path: Path) -> None:
+    record = tmp_path / "state" / "last_file.txt"
+    env = {"LAST_FILE_RECORD": str(record), "SFTP_PASS_FILE": str(tmp_path / "no-such-file"), "SFTP_PORT": "x"}
+    s = load_state_settings(env)
+    assert s.last_file_record == record
+    assert s.ledger_path == record.parent / "completed_files.jsonl"
+    assert s.lock_path == record.parent / "last_file.txt.lock"
+    assert s.report_path == record.parent / "run_report.json"
+
+
+def test_state_settings_take_the_same_defaults_and_parsers(env: dict[str, str]) -> None:
+    env.update({"FILE_MODE": "0600", "ORDER_BY": "MTIME", "LOG_LEVEL": "debug", "REPORT_FILE": "~/r.json"})
+    full, state = load_settings(env), load_state_settings(env)
+    for f in fields(StateSettings):
+        assert getattr(state, f.name) == getattr(full, f.name), f.name
+    assert state.umask == full.umask == 0o077
+    defaults, state_defaults = (
+        load_settings({"SFTP_HOST": "h", "SFTP_USER": "u", "SFTP_PASS": "p"}),
+        (load_state_settings({})),
+    )
+    for f in fields(StateSettings):
+        assert getattr(state_defaults, f.name) == getattr(defaults, f.name), f.name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "culprit"),
+    [({"FILE_MODE": "rw"}, "FILE_MODE"), ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"), ({"SERVER_DIR": "same"}, "SERVER_DIR")],
+)
+def test_state_settings_are_checked_like_all_settings(
+    overrides: dict[str, str], culprit: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=culprit):
+        load_state_settings({"LOCAL_DIR": "same", **overrides})
+
+
+def test_missing_required_setting_is_a_missing_setting_error(env: dict[str, str]) -> None:
+    del env["SFTP_HOST"]
+    with pytest.raises(MissingSettingError, match="SFTP_HOST is required"):
+        load_settings(env)

@@ -280,3 +280,40 @@ def test_misspelt_dotenv_name_is_warned_about_with_the_likely_name(server: Serve
 
     assert result.code == 0, result.output
     assert ".env:1: SELECT_MOD is not a setting and is ignored; did you mean SELECT_MODE?" in result.stderr
+
+
+def test_missing_required_setting_without_dot_env_says_there_is_none(tmp_path: Path) -> None:
+    result = run_job({}, tmp_path)
+    assert_clean_failure(result, 2, "SFTP_HOST is required", "no ./.env", "--env-file")
+
+
+def test_missing_required_setting_with_a_dot_env_gives_no_such_hint(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("SFTP_USER=ipi\n")
+    result = run_job({}, tmp_path)
+    assert_clean_failure(result, 2, "SFTP_HOST is required")
+    assert "no ./.env" not in result.output
+
+
+@pytest.mark.parametrize("command", ["status", "audit", "refetch"])
+def test_each_state_command_has_its_own_short_help(tmp_path: Path, command: str) -> None:
+    result = run_job({}, tmp_path, command, "--help")
+    assert result.code == 0, result.output
+    assert result.stdout.startswith(f"usage: sftp-ipi {command}")
+    assert len(result.stdout.splitlines()) < 25
+    assert "LAST_FILE_RECORD" in result.stdout and "SFTP_HOST" not in result.stdout
+
+
+def test_run_help_lists_every_setting(tmp_path: Path) -> None:
+    result = run_job({}, tmp_path, "run", "--help")
+    assert result.code == 0
+    for name in ("SFTP_HOST", "SFTP_PASS_FILE", "SELECT_MODE", "LEDGER_FILE"):
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "culprit"), [(("--json",), "--json"), (("status", "--dry-run"), "--dry-run"), (("refetch",), "NAME")]
+)
+def test_options_out_of_place_exit_2_naming_them(tmp_path: Path, args: tuple[str, ...], culprit: str) -> None:
+    result = run_job({}, tmp_path, *args)
+    assert result.code == 2
+    assert culprit in result.stderr and "Traceback" not in result.output

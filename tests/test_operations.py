@@ -130,6 +130,41 @@ def test_status_is_healthy_after_success_and_unhealthy_before_any_run(server: Se
     assert "last run: exit 0" in after.stdout
 
 
+STATE_SETTINGS = ("LOCAL_DIR", "SERVER_DIR", "LAST_FILE_RECORD", "LOG_FILE")
+
+
+def test_status_needs_only_the_state_settings(server: Server) -> None:
+    server.put("20250428.IPI", b"ok")
+    assert run_job(server.env(), server.tmp / "cwd").code == 0
+    state_only = {k: v for k, v in server.env().items() if k in STATE_SETTINGS}
+    state_only["SFTP_PASS_FILE"] = str(server.tmp / "no-such-password-file")  # a secret not mounted here
+
+    result = run_job(state_only, server.tmp / "another-directory", "status")
+
+    assert result.code == 0, result.output
+    assert "last completed file: 20250428.IPI" in result.stdout
+    assert "last run: exit 0" in result.stdout
+
+
+def test_status_reads_an_env_file_given_before_or_after_the_command(server: Server) -> None:
+    server.put("20250428.IPI", b"ok")
+    assert run_job(server.env(), server.tmp / "cwd").code == 0
+    env_file = server.tmp / "state.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in server.env().items() if k in STATE_SETTINGS))
+    elsewhere = server.tmp / "elsewhere"
+
+    for args in (("--env-file", str(env_file), "status"), ("status", "--env-file", str(env_file))):
+        result = run_job({}, elsewhere, *args)
+        assert result.code == 0, result.output
+        assert "LAST_FILE_RECORD: 20250428.IPI" in result.stdout
+
+
+def test_status_without_any_state_settings_warns_where_it_looks(tmp_path: Path) -> None:
+    result = run_job({}, tmp_path, "status")
+    assert result.code == 1, "no run recorded here"
+    assert "no ./.env" in result.stderr and "--env-file" in result.stderr
+
+
 # -- Prometheus -----------------------------------------------------------------------
 
 

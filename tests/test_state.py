@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 
 from app.errors import ConfigError, LockedError
-from app.state import Ledger, LedgerEntry, RunLock, append_ledger, read_ledger, read_record, write_record
+from app.state import (
+    Ledger,
+    LedgerEntry,
+    RunLock,
+    append_ledger,
+    read_ledger,
+    read_record,
+    run_lock_waiting,
+    write_record,
+)
 
 
 def ledger_entry(name: str, mtime: int = 1_745_800_000) -> LedgerEntry:
@@ -264,3 +273,27 @@ def test_release_without_acquire_is_harmless(tmp_path: Path) -> None:
     lock.release()
     lock.release()
     assert other_process_can_lock(tmp_path / "x.lock")
+
+
+def test_waiting_for_the_lock_gives_up_after_the_wait(tmp_path: Path) -> None:
+    path = tmp_path / "last_file.txt.lock"
+    naps: list[float] = []
+    with RunLock(path), pytest.raises(LockedError), run_lock_waiting(path, 0.2, sleep=naps.append):
+        pass
+    assert naps, "it tried again before giving up"
+
+
+def test_waiting_for_the_lock_takes_it_once_free(tmp_path: Path) -> None:
+    path = tmp_path / "last_file.txt.lock"
+    holder = RunLock(path)
+    holder.acquire()
+    with run_lock_waiting(path, 10, sleep=lambda _: holder.release()):
+        assert not other_process_can_lock(path)
+    assert other_process_can_lock(path)
+
+
+def test_without_a_lock_file_no_run_ever_started_and_none_is_created(tmp_path: Path) -> None:
+    path = tmp_path / "absent" / "last_file.txt.lock"
+    with run_lock_waiting(path, 0):
+        pass
+    assert not path.parent.exists()
