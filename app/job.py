@@ -139,7 +139,7 @@ class Job:
                     policy.progressed()
                 delay = policy.next_delay()
                 self.summary.retries.append(RetryRecord(number, str(exc), round(delay or 0.0, 3)))
-                if delay is None:
+                if delay is None or self.dry_run:  # a dry run is a quick look: one attempt
                     raise JobError(f"{exc}; giving up after {policy.failures} attempt(s) without progress") from None
                 logger.bind(attempt=number, delay=round(delay, 2)).warning(
                     "attempt {} failed: {}; retrying in {:.1f} s", number, exc, delay
