@@ -7,13 +7,14 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Server, size_of, start_job, wait_until
+from conftest import Server, job_env, size_of, start_job, wait_until
 from relay import Relay
 from sshd import free_port
 
@@ -101,6 +102,22 @@ def run_until(
         proc.kill()
     assert proc.poll() is None, f"the job ended before the phase under test:\n{err.text()}"
     return stop_and_time(proc, err)
+
+
+def test_sigterm_while_the_name_lookup_hangs(server: Server) -> None:
+    # A resolver that never answers, in a real job process: only name lookup is faked.
+    hang = "import socket, time; socket.getaddrinfo = lambda *a, **k: time.sleep(120)"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"{hang}; from app.__main__ import run; run()"],
+        cwd=server.tmp,
+        env=job_env(server.env(SFTP_HOST="sftp.example.com", LOG_LEVEL="DEBUG"), server.tmp),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    err = Stderr(proc)
+    assert wait_until(lambda: err.has("connecting to"), 60), err.text()
+    time.sleep(0.3)
+    assert_stopped(*stop_and_time(proc, err))
 
 
 def test_sigterm_while_tcp_connect_gets_no_answer(server: Server) -> None:
