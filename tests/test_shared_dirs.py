@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
-from conftest import Server, file_sha256, run_job, sha256, start_job
+from conftest import Server, file_sha256, run_job, sha256, start_job, stop_mid_publish, temp_names
 
-from app.fsutil import atomic_write, create_temp, hold, is_temp_name, remove_stale_temps, temp_path
+from app.fsutil import atomic_write, create_temp, hold, remove_stale_temps, temp_path
 
 MiB = 1024 * 1024
-
-
-def temps(directory: Path) -> list[str]:
-    return [name for name in os.listdir(directory) if is_temp_name(name)] if directory.exists() else []
 
 
 def test_second_feed_starting_mid_publish_leaves_the_first_feeds_temp_alone(server: Server) -> None:
@@ -24,12 +19,7 @@ def test_second_feed_starting_mid_publish_leaves_the_first_feeds_temp_alone(serv
     (server.remote / "feed2").mkdir()
     first = start_job(server.env(PUBLISH_METHOD="copy"), server.tmp / "cwd1")
     try:
-        # Catch the first feed with its publish temp in SERVER_DIR, and hold it there.
-        deadline = time.monotonic() + 60
-        while not temps(server.served) and first.poll() is None and time.monotonic() < deadline:
-            pass
-        first.send_signal(signal.SIGSTOP)
-        held = temps(server.served)
+        held = stop_mid_publish(first, server.served)
         assert held, "the first feed was never caught mid-publish"
 
         second = run_job(
@@ -41,14 +31,14 @@ def test_second_feed_starting_mid_publish_leaves_the_first_feeds_temp_alone(serv
             server.tmp / "cwd2",
         )
         assert second.code == 0, second.output
-        assert temps(server.served) == held, "the second feed's start-up removed the first's temp"
+        assert temp_names(server.served) == held, "the second feed's start-up removed the first's temp"
     finally:
         first.send_signal(signal.SIGCONT)
     out, err = first.communicate(timeout=120)
 
     assert first.returncode == 0, out + err
     assert file_sha256(server.served / "20250428.IPI") == sha256(data)
-    assert temps(server.served) == []
+    assert temp_names(server.served) == []
 
 
 def test_cleanup_removes_a_temp_once_its_writer_lets_go(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Server, job_env, size_of, start_job, wait_until
+from conftest import Server, job_env, size_of, start_job, stop_mid_publish, temp_names, wait_until
 from relay import Relay
 from sshd import free_port
 
@@ -164,3 +164,22 @@ def test_sigterm_during_the_backoff_sleep(server: Server, tmp_path: Path) -> Non
     )
     assert_stopped(code, took, text)
     assert "Connection refused" in text
+
+
+def test_sigterm_during_publication(server: Server) -> None:
+    data = os.urandom(64 * MiB)
+    server.put("20250428.IPI", data)
+    proc = start_job(server.env(PUBLISH_METHOD="copy"), server.tmp / "cwd")
+    err = Stderr(proc)
+    published = server.served / "20250428.IPI"
+    try:
+        assert stop_mid_publish(proc, server.served), "the job was never caught mid-publish"
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    sent = time.monotonic()
+    proc.wait(timeout=30)
+
+    assert_stopped(proc.returncode, time.monotonic() - sent, err.text())
+    assert temp_names(server.served) == []
+    assert not published.exists() or published.read_bytes() == data, "SERVER_DIR never shows a partial file"
