@@ -78,7 +78,7 @@ def _status(settings: Settings, as_json: bool) -> int:
     return 0 if state.healthy else 1
 
 
-def run_lock(settings: Settings) -> RunLock:
+def _run_lock(settings: Settings) -> RunLock:
     """The lock that makes this the only run writing this feed's state."""
     # It lives beside LAST_FILE_RECORD, whose directory a first run creates.
     ensure_dir(settings.last_file_record.parent, "the LAST_FILE_RECORD directory")
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             setup(settings.log_level, settings.log_format, settings.log_file, settings.secrets)
             job = Job(settings, dry_run=args.dry_run, out=sys.stdout)
             if not args.dry_run:
-                held.enter_context(run_lock(settings))
+                held.enter_context(_run_lock(settings))
             code = job.run()
         except JobError as exc:
             logger.error("{}", exc)
