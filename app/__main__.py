@@ -4,6 +4,7 @@ and ``refetch`` work on the local state only."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -30,12 +31,16 @@ from app.config import (
     setting_docs,
     state_setting_names,
 )
-from app.errors import EXIT_LOCKED, EXIT_STORAGE, Interrupted, JobError, LocalStorageError
+from app.errors import EXIT_LOCKED, EXIT_STORAGE, Interrupted, JobError, describe
+from app.fsutil import ensure_dir
 from app.job import Job, build_report, summary_line
 from app.logs import setup, setup_bootstrap
 from app.refetch import refetch
 from app.report import write_report
+from app.state import RunLock
 from app.status import gather, render
+
+T = TypeVar("T")
 
 # Restrictive by default: downloaded files are readable by the group, not by others.
 DEFAULT_UMASK = 0o027
@@ -183,24 +188,46 @@ def _state_command(args: argparse.Namespace) -> int:
     return refetch(settings, args.names, dry_run=args.dry_run, out=sys.stdout)
 
 
+def _run_lock(settings: Settings) -> RunLock:
+    """The lock that makes this the only run writing this feed's state."""
+    # It lives beside LAST_FILE_RECORD, whose directory a first run creates.
+    ensure_dir(settings.last_file_record.parent, "the LAST_FILE_RECORD directory")
+    return RunLock(settings.lock_path)
+
+
 def _after_run(settings: Settings, job: Job, code: int, error: str | None, started: dt.datetime) -> None:
-    """Report, metrics and alerts: each failure here is logged, none changes the exit code."""
-    report = build_report(settings, job.summary, code, error, started, dt.datetime.now(dt.UTC))
+    """Report, metrics and alerts, still under the run lock: each failure here is
+    one line, and none changes the exit code."""
+    report = _step("run report not built", lambda: build_report(settings, job.summary, code, error, started, _now()))
+    if report is None:
+        return
     # A run refused by the lock did nothing; its report would hide the running one's.
     if code != EXIT_LOCKED:
-        try:
-            write_report(settings.report_path, report)
-        except LocalStorageError as exc:
-            logger.warning("run report not written: {}", exc)
+        _step("run report not written", lambda: write_report(settings.report_path, report))
         if settings.metrics_pushgateway_url or settings.metrics_textfile:
             # Imported only when used: prometheus-client adds start-up time to every run.
             from app.metrics import publish_metrics
 
-            publish_metrics(settings, report)
+            _step("metrics not published", lambda: publish_metrics(settings, report))
     if settings.notify_webhook_url or settings.notify_smtp_host:
         from app.notify import notify
 
-        notify(settings, report)
+        _step("notification not sent", lambda: notify(settings, report))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _step(failure: str, step: Callable[[], T]) -> T | None:
+    """Run one after-run step; whatever it raises becomes one warning line."""
+    try:
+        return step()
+    except JobError as exc:
+        logger.warning("{}: {}", failure, exc)
+    except Exception as exc:  # noqa: BLE001 - reporting never turns a run's result into a traceback
+        logger.warning("{}: {}", failure, describe(exc))
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,37 +236,42 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(DEFAULT_UMASK)
     setup_bootstrap()
     started = time.monotonic()
-    started_at = dt.datetime.now(dt.UTC)
+    started_at = _now()
     job: Job | None = None
     settings: Settings | None = None
     error: str | None = None
-    try:
-        if args.command in STATE_COMMANDS:
-            return _state_command(args)
-        settings = _load(args, load_settings)
-        os.umask(settings.umask)
-        setup(settings.log_level, settings.log_format, settings.log_file, settings.secrets)
-        job = Job(settings, dry_run=args.dry_run, out=sys.stdout)
-        code = job.run()
-    except JobError as exc:
-        logger.error("{}", exc)
-        code, error = exc.exit_code, str(exc)
-    except Interrupted as exc:
-        logger.warning("stopped by signal {}; any partial download is kept for the next run", exc.signum)
-        code, error = exc.exit_code, str(exc)
-    except OSError as exc:
-        # Anything local that escaped translation still deserves one line and exit 5.
-        logger.error("local storage error: {}", exc)
-        code, error = EXIT_STORAGE, f"local storage error: {exc}"
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
-        logger.error("internal error: {}: {}", exc.__class__.__name__, exc)
-        # Formatted here, not by loguru, so that the secret redaction sees it too.
-        trace = "".join(traceback.format_exception(exc))
-        logger.bind(_file_only=True).error("traceback of the internal error:\n{}", trace)
-        code, error = 1, f"internal error: {exc.__class__.__name__}"
-    if job is not None and settings is not None and not args.dry_run:
-        logger.info(summary_line(job.summary, code, time.monotonic() - started))
-        _after_run(settings, job, code, error, started_at)
+    # Released last: the report, metrics and alerts are state too, and a second
+    # run must not start while this one is still writing them.
+    with contextlib.ExitStack() as held:
+        try:
+            if args.command in STATE_COMMANDS:
+                return _state_command(args)
+            settings = _load(args, load_settings)
+            os.umask(settings.umask)
+            setup(settings.log_level, settings.log_format, settings.log_file, settings.secrets)
+            job = Job(settings, dry_run=args.dry_run, out=sys.stdout)
+            if not args.dry_run:
+                held.enter_context(_run_lock(settings))
+            code = job.run()
+        except JobError as exc:
+            logger.error("{}", exc)
+            code, error = exc.exit_code, str(exc)
+        except Interrupted as exc:
+            logger.warning("stopped by signal {}; any partial download is kept for the next run", exc.signum)
+            code, error = exc.exit_code, str(exc)
+        except OSError as exc:
+            # Anything local that escaped translation still deserves one line and exit 5.
+            logger.error("local storage error: {}", exc)
+            code, error = EXIT_STORAGE, f"local storage error: {exc}"
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+            logger.error("internal error: {}: {}", exc.__class__.__name__, exc)
+            # Formatted here, not by loguru, so that the secret redaction sees it too.
+            trace = "".join(traceback.format_exception(exc))
+            logger.bind(_file_only=True).error("traceback of the internal error:\n{}", trace)
+            code, error = 1, f"internal error: {exc.__class__.__name__}"
+        if job is not None and settings is not None and not args.dry_run:
+            logger.info(summary_line(job.summary, code, time.monotonic() - started))
+            _after_run(settings, job, code, error, started_at)
     return code
 
 

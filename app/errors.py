@@ -77,3 +77,9 @@ class Interrupted(BaseException):
         super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
         self.exit_code = exit_code
+
+
+def describe(exc: BaseException) -> str:
+    """An unexpected exception in one line: its class and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0][:200]}" if text else exc.__class__.__name__

@@ -3,12 +3,19 @@
 Every file that others can observe is written under a temporary name in the
 same directory, fsynced, then renamed over its final name, and the directory
 is fsynced so that the rename itself survives a power cut.
+
+A temp file is held with a shared flock by its writer until it is renamed or
+removed. Several jobs may share a directory (two feeds publishing into one
+SERVER_DIR, or keeping their state side by side), each with its own run lock:
+a job cleaning up at start-up removes only the temps nobody holds, that is,
+those whose writer is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import secrets
 import threading
@@ -17,8 +24,8 @@ from pathlib import Path
 
 from app.errors import LocalStorageError
 
-# Temporary names are hidden and carry this marker, so a later run (holding the
-# run lock) can recognise and remove the leftovers of a killed one.
+# Temporary names are hidden and carry this marker, so a later run can recognise
+# and remove the leftovers of a killed one.
 TEMP_MARKER = ".sftp-ipi-tmp"
 
 # Created files get 0o666 & ~umask; the umask is set once at start-up.
@@ -85,6 +92,49 @@ def replace_durably(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
+def create_temp(final: Path) -> tuple[Path, int]:
+    """A new temp file beside ``final``, open for writing and held as ours.
+
+    Keep the descriptor open until the temp is renamed or removed: closing it
+    ends the hold, and a cleaner may then take the temp for a leftover.
+    """
+    while True:
+        tmp = temp_path(final)
+        fd = open_exclusive(tmp)
+        try:
+            # Blocks only while a cleaner that got here between the create and
+            # this line holds it; that cleaner then removed it, so start afresh.
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if _names(tmp, fd):
+                return tmp, fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def hold(path: Path) -> int:
+    """Hold an existing file as a temp's content, for a temp made by os.link:
+    the hold is on the inode, which the temp name shares. Close the result to end it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` is still a name of the file open as ``fd``."""
+    try:
+        named = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
 def atomic_write(final: Path, data: bytes, label: str, *, durable: bool = True) -> None:
     """Replace ``final`` with ``data`` so readers see the old or the new file, never a mix.
 
@@ -92,16 +142,14 @@ def atomic_write(final: Path, data: bytes, label: str, *, durable: bool = True) 
     killed process, but a power cut may bring back the old content. Only for
     files the job can rebuild.
     """
-    tmp = temp_path(final)
     try:
-        fd = open_exclusive(tmp)
-        try:
-            write_all(fd, data)
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        tmp, fd = create_temp(final)
+    except OSError as exc:
+        raise storage_error(f"write {label}", final, exc) from None
+    try:
+        write_all(fd, data)
         if durable:
+            os.fsync(fd)
             replace_durably(tmp, final)
         else:
             os.replace(tmp, final)
@@ -109,22 +157,50 @@ def atomic_write(final: Path, data: bytes, label: str, *, durable: bool = True) 
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise storage_error(f"write {label}", final, exc) from None
+    finally:
+        os.close(fd)
 
 
 def remove_stale_temps(directory: Path) -> list[Path]:
-    """Delete temp files left by a killed run. Only safe while holding the run lock."""
-    removed: list[Path] = []
+    """Delete the temp files whose writer is gone (killed, or crashed).
+
+    A temp some other process still holds is left alone, whichever job it
+    belongs to; so is anything that is not a plain file or link.
+    """
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
-        return removed
-    for name in names:
-        if is_temp_name(name):
-            path = directory / name
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed.append(path)
-    return removed
+        return []
+    return [directory / name for name in names if is_temp_name(name) and _remove_abandoned(directory / name)]
+
+
+def _remove_abandoned(path: Path) -> bool:
+    try:
+        # O_NONBLOCK: a FIFO under a temp name must not hang the start-up.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            return False
+        # A symbolic link is nothing a writer holds; it can only be a leftover.
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            return True
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its writer is alive
+        if not _names(path, fd):
+            return False  # renamed away (published) since we opened it
+        path.unlink()
+        return True
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return False
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

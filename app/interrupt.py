@@ -16,8 +16,15 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import TypeVar
 
 from app.errors import EXIT_SIGINT, EXIT_SIGTERM, Interrupted
+
+T = TypeVar("T")
+
+# How often a wait on something a signal cannot wake (a helper thread, a
+# non-blocking connect) looks for a stop request: well inside the 2 s a stop may take.
+POLL_SECONDS = 0.1
 
 _state: dict[str, int | None] = {"signum": None}
 _wakeup = threading.Event()
@@ -67,3 +74,28 @@ def on_interrupt(abort: Callable[[], None]) -> Iterator[None]:
         yield
     finally:
         _aborts.remove(abort)
+
+
+def call(blocking: Callable[[], T]) -> T:
+    """Run a call that no signal can wake (getaddrinfo retries through EINTR) in a
+    helper thread, and stop waiting for it as soon as a stop is requested. The
+    helper is a daemon: one that hangs is abandoned, never joined."""
+    done = threading.Event()
+    value: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            value.append(blocking())
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            error.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="interruptible-call", daemon=True).start()
+    while not done.wait(POLL_SECONDS):
+        check()
+    check()
+    if error:
+        raise error[0]
+    return value[0]

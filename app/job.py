@@ -41,7 +41,7 @@ from app.selection import (
     order,
     record_key,
 )
-from app.state import Ledger, LedgerEntry, RunLock, append_ledger, read_ledger, read_record, write_record
+from app.state import Ledger, LedgerEntry, append_ledger, read_ledger, read_record, write_record
 from app.transfer import Counter, TransferResult, download
 
 # Skipped files named one by one in the log, per reason, before they are counted.
@@ -107,6 +107,8 @@ class Job:
     # -- entry point --------------------------------------------------------
 
     def run(self) -> int:
+        """One run. Except in a dry run, the caller holds the run lock (app/__main__.py
+        keeps it until the report, metrics and alerts are out)."""
         key = load_private_key(self.s)
         verifier = HostKeyVerifier(self.s)
         if self.dry_run:
@@ -118,11 +120,10 @@ class Job:
             ("the LEDGER_FILE directory", self.s.ledger_path.parent),
         ):
             ensure_dir(directory, label)
-        with RunLock(self.s.lock_path):
-            for directory in {self.s.local_dir, self.s.server_dir, self.s.last_file_record.parent}:
-                for path in remove_stale_temps(directory):
-                    logger.info("removed {} left by an interrupted run", path)
-            return self._with_retries(lambda: self._attempt(key, verifier))
+        for directory in {self.s.local_dir, self.s.server_dir, self.s.last_file_record.parent}:
+            for path in remove_stale_temps(directory):
+                logger.info("removed {} left by an interrupted run", path)
+        return self._with_retries(lambda: self._attempt(key, verifier))
 
     def _with_retries(self, attempt: Callable[[], int]) -> int:
         policy = RetryPolicy(self.s.retry_max_tries, self.s.retry_max_time, self.s.retry_backoff_factor, time.monotonic)
@@ -139,7 +140,7 @@ class Job:
                     policy.progressed()
                 delay = policy.next_delay()
                 self.summary.retries.append(RetryRecord(number, str(exc), round(delay or 0.0, 3)))
-                if delay is None:
+                if delay is None or self.dry_run:  # a dry run is a quick look: one attempt
                     raise JobError(f"{exc}; giving up after {policy.failures} attempt(s) without progress") from None
                 logger.bind(attempt=number, delay=round(delay, 2)).warning(
                     "attempt {} failed: {}; retrying in {:.1f} s", number, exc, delay

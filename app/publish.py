@@ -25,7 +25,7 @@ from pathlib import Path
 
 from app import interrupt
 from app.errors import LocalStorageError
-from app.fsutil import BackgroundFsync, open_exclusive, storage_error, temp_path
+from app.fsutil import BackgroundFsync, create_temp, hold, storage_error, temp_path
 from app.transfer import hash_file
 
 # Upper bound for one copy_file_range/sendfile call, so an interrupt is seen between calls.
@@ -83,35 +83,50 @@ def _clone(src_fd: int, dst_fd: int) -> bool:
     return True
 
 
-def _fill(source: Path, tmp: Path, method: str, size: int, sha256: str) -> str:
-    """Give ``tmp`` the verified bytes of ``source``; returns the method used."""
-    if method == "hardlink":
-        os.link(source, tmp)
-        return "hardlink"
+def _fill(source: Path, tmp: Path, dst_fd: int, method: str, size: int, sha256: str) -> str:
+    """Give ``tmp`` (open as ``dst_fd``) the verified bytes of ``source``; returns the method used."""
     with open(source, "rb") as src:
-        dst_fd = open_exclusive(tmp)
-        try:
-            used = "reflink" if method in ("auto", "reflink") and _clone(src.fileno(), dst_fd) else "copy"
-            if used == "copy" and method == "reflink":
-                raise LocalStorageError(f"PUBLISH_METHOD=reflink: the file system of {tmp.parent} cannot clone files")
-            if used == "copy":
-                _copy(src.fileno(), dst_fd, size)
-                # A large copy is written to disk while it is read back and checked.
-                syncing = BackgroundFsync(dst_fd, tmp) if size >= _OVERLAP_MIN else None
+        used = "reflink" if method in ("auto", "reflink") and _clone(src.fileno(), dst_fd) else "copy"
+        if used == "copy" and method == "reflink":
+            raise LocalStorageError(f"PUBLISH_METHOD=reflink: the file system of {tmp.parent} cannot clone files")
+        if used == "copy":
+            _copy(src.fileno(), dst_fd, size)
+            # A large copy is written to disk while it is read back and checked.
+            syncing = BackgroundFsync(dst_fd, tmp) if size >= _OVERLAP_MIN else None
+            if syncing is not None:
+                syncing.request()
+            try:
+                matches = hash_file(tmp).hexdigest() == sha256
+            finally:
                 if syncing is not None:
-                    syncing.request()
-                try:
-                    matches = hash_file(tmp).hexdigest() == sha256
-                finally:
-                    if syncing is not None:
-                        syncing.close()
-                if not matches:
-                    raise LocalStorageError(f"the copy {tmp} in SERVER_DIR does not match the verified download")
-            # For a copy, this returns at once when the helper's fsync covered it all.
-            os.fsync(dst_fd)
-        finally:
-            os.close(dst_fd)
+                    syncing.close()
+            if not matches:
+                raise LocalStorageError(f"the copy {tmp} in SERVER_DIR does not match the verified download")
+        # For a copy, this returns at once when the helper's fsync covered it all.
+        os.fsync(dst_fd)
     return used
+
+
+def _make_temp(source: Path, final: Path, method: str, size: int, sha256: str) -> tuple[Path, int, str]:
+    """The temp file, filled; the descriptor that holds it as ours (see fsutil); the method used."""
+    if method == "hardlink":
+        # Held before the name exists: the temp is a second name of the held inode.
+        held = hold(source)
+        tmp = temp_path(final)
+        try:
+            os.link(source, tmp)
+        except BaseException:
+            os.close(held)
+            raise
+        return tmp, held, "hardlink"
+    tmp, held = create_temp(final)
+    try:
+        return tmp, held, _fill(source, tmp, held, method, size, sha256)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        os.close(held)
+        raise
 
 
 def publish(source: Path, server_dir: Path, size: int, mtime: int, sha256: str, method: str = "auto") -> str | None:
@@ -130,22 +145,31 @@ def publish(source: Path, server_dir: Path, size: int, mtime: int, sha256: str, 
     except OSError as exc:
         raise storage_error("inspect", final, exc) from None
 
-    tmp = temp_path(final)
+    tmp: Path | None = None
+    held: int | None = None
     try:
-        used = _fill(source, tmp, method, size, sha256)
+        tmp, held, used = _make_temp(source, final, method, size, sha256)
         if used != "hardlink":
             os.utime(tmp, (mtime, mtime))
         os.replace(tmp, final)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        _discard(tmp)
         if method == "hardlink" and exc.errno == errno.EXDEV:
             raise LocalStorageError(
                 "PUBLISH_METHOD=hardlink: LOCAL_DIR and SERVER_DIR are on different file systems"
             ) from None
         raise storage_error("publish", final, exc) from None
     except BaseException:
+        _discard(tmp)
+        raise
+    finally:
+        # Only now, renamed or removed, does the temp stop being ours.
+        if held is not None:
+            os.close(held)
+    return used
+
+
+def _discard(tmp: Path | None) -> None:
+    if tmp is not None:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise
-    return used

@@ -12,14 +12,19 @@ import errno
 import hashlib
 import os
 import posixpath
+import select
 import socket
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import paramiko
+from loguru import logger
 
+from app import interrupt
 from app.config import Settings
 from app.errors import AuthError, ConfigError, HostKeyError, RemoteFileError, TransientError
 from app.pipeline import ReadLimit, list_directory, open_sftp
@@ -220,7 +225,49 @@ class Connection:
 
 
 def _open_socket(settings: Settings) -> socket.socket:
-    sock = socket.create_connection((settings.sftp_host, settings.sftp_port), timeout=settings.connect_timeout)
+    """A TCP connection to the server, as socket.create_connection makes it, except
+    that a stop request ends every step at once: a blocking getaddrinfo or connect
+    would only notice it after CONNECT_TIMEOUT."""
+    host, port = settings.sftp_host, settings.sftp_port
+    addresses = interrupt.call(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    failure: OSError = OSError(f"no address for {host}")
+    for family, kind, proto, _, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            _connect_interruptibly(sock, address, settings.connect_timeout)
+        except OSError as exc:
+            sock.close()
+            failure = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(settings.connect_timeout)
+        _tune(sock)
+        return sock
+    raise failure
+
+
+def _connect_interruptibly(sock: socket.socket, address: tuple[Any, ...], timeout: float) -> None:
+    """connect() without blocking, looking for a stop request every POLL_SECONDS."""
+    sock.setblocking(False)
+    code = sock.connect_ex(address)
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    deadline = time.monotonic() + timeout
+    while code in (errno.EINPROGRESS, errno.EAGAIN):
+        interrupt.check()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        if poller.poll(min(left, interrupt.POLL_SECONDS) * 1000):
+            interrupt.check()
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))
+
+
+def _tune(sock: socket.socket) -> None:
     # SFTP requests are small packets; without this, Nagle holds each one back
     # until the previous is acknowledged, and delayed ACKs make that ~40 ms.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -232,7 +279,6 @@ def _open_socket(settings: Settings) -> socket.socket:
     ):
         if hasattr(socket, option):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
-    return sock
 
 
 def _authenticate(transport: paramiko.Transport, settings: Settings, key: paramiko.PKey | None) -> None:
@@ -267,6 +313,23 @@ def connect(settings: Settings, key: paramiko.PKey | None, verifier: HostKeyVeri
     target = f"{settings.sftp_host}:{settings.sftp_port}"
     with remote_errors(f"connect to {target}"):
         sock = _open_socket(settings)
+    # From here on, a stop request cuts the socket: paramiko's thread sees the
+    # end of the stream and whatever step the session was in fails at once.
+    with interrupt.on_interrupt(lambda: _shutdown(sock)):
+        try:
+            return _start_session(settings, sock, key, verifier)
+        except BaseException:
+            sock.close()
+            # A cut during login looks like a refused login: report it as the stop it is.
+            interrupt.check()
+            raise
+
+
+def _start_session(
+    settings: Settings, sock: socket.socket, key: paramiko.PKey | None, verifier: HostKeyVerifier
+) -> Connection:
+    target = f"{settings.sftp_host}:{settings.sftp_port}"
+    with remote_errors(f"connect to {target}"):
         transport = paramiko.Transport(
             sock,
             default_window_size=settings.ssh_window_size,
@@ -285,6 +348,7 @@ def connect(settings: Settings, key: paramiko.PKey | None, verifier: HostKeyVeri
     watchdog.daemon = True
     watchdog.start()
     try:
+        logger.debug("SSH handshake with {}", target)
         with remote_errors(f"SSH handshake with {target}"):
             transport.banner_timeout = settings.connect_timeout
             transport.handshake_timeout = settings.connect_timeout
@@ -296,11 +360,15 @@ def connect(settings: Settings, key: paramiko.PKey | None, verifier: HostKeyVeri
             options.ciphers = prefer(tuple(options.ciphers), _AEAD_CIPHERS)
             transport.start_client(timeout=settings.connect_timeout)
             server_key = transport.get_remote_server_key()
+        interrupt.check()
         verifier.verify(server_key)
+        logger.debug("logging in to {} as {}", target, settings.sftp_user)
         with remote_errors(f"log in to {target} as {settings.sftp_user}"):
             _authenticate(transport, settings, key)
             if settings.keepalive_interval:
                 transport.set_keepalive(settings.keepalive_interval)
+            interrupt.check()
+            logger.debug("opening the sftp session")
             sftp = open_sftp(transport, settings.ssh_window_size, MAX_PACKET_SIZE)
             # A read that waits this long without data means the link is dead,
             # even if TCP has not noticed: give up and let the job reconnect.

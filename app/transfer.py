@@ -28,7 +28,7 @@ from loguru import logger
 from app import interrupt
 from app.config import Settings
 from app.errors import RemoteFileError
-from app.fsutil import BackgroundFsync, atomic_write, open_exclusive, storage_error, temp_path, write_all
+from app.fsutil import BackgroundFsync, atomic_write, create_temp, open_exclusive, storage_error, write_all
 from app.names import invalid_name_reason
 from app.pipeline import open_for_reading, read_range
 from app.progress import Progress
@@ -241,11 +241,11 @@ def download(conn: Connection, settings: Settings, entry: RemoteEntry, counter: 
         # Too small to be worth resuming: no partial, no metadata, just a hidden
         # temp file (removed at start-up if a run dies) renamed when complete.
         _discard_partial(paths)
-        target, offset, digest = temp_path(paths.final), 0, hashlib.sha256()
+        offset, digest = 0, hashlib.sha256()
         try:
-            fd = open_exclusive(target)
+            target, fd = create_temp(paths.final)
         except OSError as exc:
-            raise storage_error("create", target, exc) from None
+            raise storage_error("create a temp file for", paths.final, exc) from None
     else:
         target = paths.part
         offset = _resume_offset(conn, settings, entry, paths)

@@ -8,6 +8,7 @@ import getpass
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -265,3 +266,22 @@ def size_of(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+def temp_names(directory: Path) -> list[str]:
+    """The job's temporary files in ``directory``."""
+    from app.fsutil import is_temp_name
+
+    return [name for name in os.listdir(directory) if is_temp_name(name)] if directory.exists() else []
+
+
+def stop_mid_publish(proc: subprocess.Popen[str], directory: Path, timeout: float = 60) -> list[str]:
+    """SIGSTOP the job as soon as it has a temp file in ``directory``; returns the temps it holds.
+
+    Busy-polls: a publication lasts a fraction of a second. Send SIGCONT when done.
+    """
+    deadline = time.monotonic() + timeout
+    while not temp_names(directory) and proc.poll() is None and time.monotonic() < deadline:
+        pass
+    proc.send_signal(signal.SIGSTOP)
+    return temp_names(directory)
