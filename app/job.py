@@ -24,6 +24,7 @@ from app.errors import (
     TransientError,
 )
 from app.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_errors
+from app.names import shown
 from app.publish import publish
 from app.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
 from app.report import FileReport, RetryRecord, RunReport, iso, last_success, outcome, read_report
@@ -313,7 +314,7 @@ class Job:
             if skip.reason in (SkipReason.NO_DATE, SkipReason.TOO_YOUNG, SkipReason.UNSAFE_NAME):
                 named[skip.reason] = named.get(skip.reason, 0) + 1
                 if named[skip.reason] <= SKIPS_NAMED:
-                    logger.bind(file=repr(skip.name)).warning("{!r}: skipped, {}", skip.name, skip.reason.value)
+                    logger.bind(file=shown(skip.name)).warning("{}: skipped, {}", shown(skip.name), skip.reason.value)
         for reason, count in named.items():
             if count > SKIPS_NAMED:
                 logger.warning("{} more file(s) skipped: {}", count - SKIPS_NAMED, reason.value)
@@ -341,7 +342,7 @@ class Job:
         quiet = {SkipReason.NOT_AFTER_RECORD, SkipReason.COMPLETED}
         for skip in plan.skipped:
             if skip.reason not in quiet:
-                print(f"skip: {skip.name}: {skip.reason.value}", file=out)
+                print(f"skip: {shown(skip.name)}: {skip.reason.value}", file=out)
         for reason in quiet:
             count = plan.skipped_by_reason.get(reason, 0)
             if count:
