@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             setup(settings.log_level, settings.log_format, None, settings.secrets)
             return _status(settings, args.json)
-        setup(settings.log_level, settings.log_format, settings.log_file, settings.secrets)
+        # A dry run writes nothing: not even LOG_FILE or its directory.
+        log_file = None if args.dry_run else settings.log_file
+        setup(settings.log_level, settings.log_format, log_file, settings.secrets)
         job = Job(settings, dry_run=args.dry_run, out=sys.stdout)
         code = job.run()
     except JobError as exc:

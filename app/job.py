@@ -109,7 +109,7 @@ class Job:
 
     def run(self) -> int:
         key = load_private_key(self.s)
-        verifier = HostKeyVerifier(self.s)
+        verifier = HostKeyVerifier(self.s, record=not self.dry_run)
         if self.dry_run:
             return self._with_retries(lambda: self._attempt(key, verifier))
         for label, directory in (
