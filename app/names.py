@@ -15,7 +15,9 @@ BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u206
 
 def _is_control(c: str) -> bool:
     # C0, DEL and C1 (U+0080-U+009F): U+009B alone is a terminal escape (CSI).
-    return ord(c) < 32 or 127 <= ord(c) <= 159
+    # The line and paragraph separators (U+2028, U+2029) end a line in many viewers,
+    # so a name holding one could forge a log line.
+    return ord(c) < 32 or 127 <= ord(c) <= 159 or unicodedata.category(c) in ("Zl", "Zp")
 
 
 def invalid_name_reason(name: str) -> str | None:

@@ -32,6 +32,8 @@ from app.names import MAX_NAME_BYTES, invalid_name_reason, shown
         pytest.param("2025\x9b31m.IPI", id="c1-csi"),
         pytest.param("a\x80b", id="c1-first"),
         pytest.param("a\x9fb", id="c1-last"),
+        pytest.param("a\u2028b", id="line-separator"),
+        pytest.param("a\u2029b", id="paragraph-separator"),
         pytest.param("evil\u202egpj.IPI", id="bidi-override"),
         pytest.param("a\u202ab", id="bidi-embedding"),
         pytest.param("a\u2066b\u2069", id="bidi-isolate"),
