@@ -66,7 +66,8 @@ class Settings:
     sftp_key_file: Path | None = _setting(None, "Private key file (OpenSSH format) for public-key login.")
     sftp_key_passphrase: str | None = _setting(None, "Passphrase of SFTP_KEY_FILE, if it is encrypted.", secret=True)
     sftp_known_hosts: Path = _setting(
-        Path("~/.ssh/known_hosts"), "OpenSSH known_hosts file; [host]:port entries are honoured."
+        Path("~/.ssh/known_hosts"),
+        "OpenSSH known_hosts file; [host]:port, hashed entries and host patterns are honoured, @revoked keys refused.",
     )
     sftp_host_key_policy: str = _setting(
         "strict",
