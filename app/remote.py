@@ -147,7 +147,7 @@ class HostKeyVerifier:
         self.port = settings.sftp_port
         self.name = known_hosts_name(settings.sftp_host, settings.sftp_port)
         self.pins = settings.sftp_host_key_fingerprint
-        self.record = record
+        self.may_write = record
         entries = known_hosts.HostKeys()
         if self.path.is_file():
             try:
@@ -221,7 +221,7 @@ class HostKeyVerifier:
                 f"host key for {self.name} is not in {self.path} (SFTP_HOST_KEY_POLICY=strict):"
                 f" the server offered {offered}; verify it out of band and add it, or use accept-new once"
             )
-        if not self.record:
+        if not self.may_write:
             logger.warning(
                 "dry run: the new host key of {} ({}) would be recorded in {} (SFTP_HOST_KEY_POLICY=accept-new);"
                 " nothing written",
