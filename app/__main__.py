@@ -248,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                 return _state_command(args)
             settings = _load(args, load_settings)
             os.umask(settings.umask)
-            setup(settings.log_level, settings.log_format, settings.log_file, settings.secrets)
+            # A dry run writes nothing: not even LOG_FILE or its directory.
+            log_file = None if args.dry_run else settings.log_file
+            setup(settings.log_level, settings.log_format, log_file, settings.secrets)
             job = Job(settings, dry_run=args.dry_run, out=sys.stdout)
             if not args.dry_run:
                 held.enter_context(_run_lock(settings))

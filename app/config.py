@@ -19,6 +19,7 @@ from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
 from app.errors import ConfigError
+from app.urls import split_credentials
 
 HOST_KEY_POLICIES = ("strict", "accept-new")
 ORDERINGS = ("name-date", "mtime", "name")
@@ -26,6 +27,9 @@ SELECT_MODES = ("next", "latest", "all")
 LOG_FORMATS = ("text", "json")
 PUBLISH_METHODS = ("auto", "copy", "reflink", "hardlink")
 NOTIFY_ON = ("failure", "always")
+SMTP_SECURITY = ("starttls", "tls", "none")
+# The port of SMTP over implicit TLS (RFC 8314 "submissions").
+SMTPS_PORT = 465
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 MiB = 1024 * 1024
@@ -95,7 +99,8 @@ class Settings(_StateLayout):
     sftp_key_file: Path | None = _setting(None, "Private key file (OpenSSH format) for public-key login.")
     sftp_key_passphrase: str | None = _setting(None, "Passphrase of SFTP_KEY_FILE, if it is encrypted.", secret=True)
     sftp_known_hosts: Path = _setting(
-        Path("~/.ssh/known_hosts"), "OpenSSH known_hosts file; [host]:port entries are honoured."
+        Path("~/.ssh/known_hosts"),
+        "OpenSSH known_hosts file; [host]:port, hashed entries and host patterns are honoured, @revoked keys refused.",
     )
     sftp_host_key_policy: str = _setting(
         "strict",
@@ -174,7 +179,10 @@ class Settings(_StateLayout):
         None, "JSON report of the last run, written atomically.", example="run_report.json beside LAST_FILE_RECORD"
     )
     metrics_pushgateway_url: str | None = _setting(
-        None, "Prometheus Pushgateway to push run metrics to after every run, e.g. http://pushgateway:9091."
+        None,
+        "Prometheus Pushgateway to push run metrics to after every run, e.g. http://pushgateway:9091;"
+        " user:password@ in it is sent as basic auth.",
+        secret=True,
     )
     metrics_instance: str | None = _setting(
         None, "The 'instance' grouping label of pushed metrics; SFTP_HOST when unset."
@@ -189,8 +197,14 @@ class Settings(_StateLayout):
     )
     notify_on: str = _setting("failure", "failure: notify on failed runs only; always: after every run.")
     notify_timeout: int = _setting(10, "Seconds allowed for each notification.")
-    notify_smtp_host: str | None = _setting(None, "SMTP server for e-mail alerts (STARTTLS when offered).")
-    notify_smtp_port: int = _setting(587, "SMTP port; 465 means TLS from the start.")
+    notify_smtp_host: str | None = _setting(None, "SMTP server for e-mail alerts.")
+    notify_smtp_port: int = _setting(587, "SMTP port; 465 when NOTIFY_SMTP_SECURITY=tls and this is unset.")
+    notify_smtp_security: str = _setting(
+        "starttls",
+        "starttls: upgrade to TLS with STARTTLS, and send nothing if the server does not offer it;"
+        " tls: TLS from the start (implicit TLS, port 465); none: no TLS, the login and the message"
+        " go in the clear (warned on every use). Unset with NOTIFY_SMTP_PORT=465 means tls.",
+    )
     notify_smtp_user: str | None = _setting(None, "SMTP login user, if the server wants one.")
     notify_smtp_pass_file: Path | None = _setting(None, "File holding the SMTP password.")
     notify_smtp_from: str | None = _setting(None, "Sender address of alert e-mails.")
@@ -203,7 +217,9 @@ class Settings(_StateLayout):
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in any output."""
-        candidates = (self.sftp_pass, self.sftp_key_passphrase, self.notify_webhook_url, self.notify_smtp_pass)
+        urls = tuple(u for u in (self.metrics_pushgateway_url, self.notify_webhook_url) if u)
+        passwords = tuple(split_credentials(u).password for u in urls)
+        candidates = (self.sftp_pass, self.sftp_key_passphrase, self.notify_smtp_pass, *urls, *passwords)
         return tuple(s for s in candidates if s)
 
 
@@ -430,6 +446,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "notify_timeout": _int(1, 300),
     "notify_smtp_host": _host,
     "notify_smtp_port": _int(1, 65535),
+    "notify_smtp_security": _choice(SMTP_SECURITY),
     "notify_smtp_user": _text,
     "notify_smtp_pass_file": _path,
     "notify_smtp_from": _address,
@@ -608,6 +625,11 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         values["notify_smtp_pass"] = _read_secret_file("NOTIFY_SMTP_PASS_FILE", smtp_pass_file)
     if values.get("notify_smtp_host") and not (values.get("notify_smtp_from") and values.get("notify_smtp_to")):
         raise ConfigError("NOTIFY_SMTP_HOST is set: set NOTIFY_SMTP_FROM and NOTIFY_SMTP_TO too")
+    # Port 465 meant implicit TLS before NOTIFY_SMTP_SECURITY existed, and it is that mode's port.
+    if "notify_smtp_security" not in values and values.get("notify_smtp_port") == SMTPS_PORT:
+        values["notify_smtp_security"] = "tls"
+    if values.get("notify_smtp_security") == "tls" and "notify_smtp_port" not in values:
+        values["notify_smtp_port"] = SMTPS_PORT
 
     # The default is written with "~" for the documentation; expand it now, for the
     # user running the job (only values read from the environment were expanded).

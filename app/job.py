@@ -24,6 +24,7 @@ from app.errors import (
     TransientError,
 )
 from app.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_errors
+from app.names import shown
 from app.publish import publish
 from app.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
 from app.report import FileReport, RetryRecord, RunReport, iso, last_success, outcome, read_report
@@ -110,7 +111,7 @@ class Job:
         """One run. Except in a dry run, the caller holds the run lock (app/__main__.py
         keeps it until the report, metrics and alerts are out)."""
         key = load_private_key(self.s)
-        verifier = HostKeyVerifier(self.s)
+        verifier = HostKeyVerifier(self.s, record=not self.dry_run)
         if self.dry_run:
             return self._with_retries(lambda: self._attempt(key, verifier))
         for label, directory in (
@@ -314,7 +315,7 @@ class Job:
             if skip.reason in (SkipReason.NO_DATE, SkipReason.TOO_YOUNG, SkipReason.UNSAFE_NAME):
                 named[skip.reason] = named.get(skip.reason, 0) + 1
                 if named[skip.reason] <= SKIPS_NAMED:
-                    logger.bind(file=repr(skip.name)).warning("{!r}: skipped, {}", skip.name, skip.reason.value)
+                    logger.bind(file=shown(skip.name)).warning("{}: skipped, {}", shown(skip.name), skip.reason.value)
         for reason, count in named.items():
             if count > SKIPS_NAMED:
                 logger.warning("{} more file(s) skipped: {}", count - SKIPS_NAMED, reason.value)
@@ -342,7 +343,7 @@ class Job:
         quiet = {SkipReason.NOT_AFTER_RECORD, SkipReason.COMPLETED}
         for skip in plan.skipped:
             if skip.reason not in quiet:
-                print(f"skip: {skip.name}: {skip.reason.value}", file=out)
+                print(f"skip: {shown(skip.name)}: {skip.reason.value}", file=out)
         for reason in quiet:
             count = plan.skipped_by_reason.get(reason, 0)
             if count:

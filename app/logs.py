@@ -1,6 +1,7 @@
 """loguru setup: console (stderr) and LOG_FILE, as text or one JSON object per line.
 
-Secrets are removed from every message by a patcher, and ``diagnose=False``
+Secrets are kept out of messages where the messages are built; a patcher is the
+last resort for text we do not build (library exceptions), and ``diagnose=False``
 keeps variable values (which may hold them) out of any traceback.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,12 +31,23 @@ TEXT_FORMAT = "{time:YYYY-MM-DDTHH:mm:ss.SSSZ!UTC} | {level: <8} | {message}"
 ROTATION = "20 MB"
 RETENTION = 10
 REDACTED = "***"
+# The last-resort filter masks only secrets at least this long. A shorter one is
+# guessable from the few characters around a mask, and as a plain substring it
+# also matches ordinary text (SFTP_PASS=0101 inside 20250101_IPI.dat): masking it
+# there would mangle file names and, by showing where it matched, reveal it.
+MIN_REDACTED_LENGTH = 8
+# Around a masked secret there must be no letter or digit: a secret is masked where
+# it stands as a token of its own (after "=", ":", a space, inside quotes...), never
+# inside a longer word or number that merely contains it.
+_WORD_CHAR = "[^\\W_]"
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each long-enough secret that stands as a whole token masked; other text unchanged."""
     for secret in secrets:
-        if secret and secret in text:
-            text = text.replace(secret, REDACTED)
+        if len(secret) >= MIN_REDACTED_LENGTH and secret in text:
+            pattern = f"(?<!{_WORD_CHAR}){re.escape(secret)}(?!{_WORD_CHAR})"
+            text = re.sub(pattern, REDACTED, text)
     return text
 
 
@@ -63,21 +76,43 @@ def _console_only(record: Record) -> bool:
     return not record["extra"].get("_file_only", False)
 
 
+def _is_traceback_line(text: str) -> bool:
+    """paramiko logs a traceback as one record per line (util.tb_strings)."""
+    return (
+        not text.strip()
+        or text[0].isspace()
+        or text.startswith(("Traceback (most recent call last)", "During handling of the above exception"))
+        or text.startswith("The above exception was the direct cause")
+    )
+
+
 class _InterceptHandler(logging.Handler):
-    """Route paramiko's standard-library log records into loguru's sinks."""
+    """Route paramiko's standard-library log records into loguru's sinks, at DEBUG.
+
+    Whatever paramiko reports that matters to a run (a reset connection, a banner
+    timeout) reaches the job as an exception and is logged once, by the job, with
+    context; paramiko's own account of it is detail for LOG_LEVEL=DEBUG. Each record
+    becomes one line: tracebacks (exc_info, or a traceback logged line by line) are
+    dropped, as everywhere else in the job's output.
+    """
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            level: str | int = logger.level(record.levelname).name
-        except ValueError:
-            level = record.levelno
-        logger.bind(source=record.name).log(level, "{}: {}", record.name, record.getMessage())
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed library record must not break logging
+            text = str(record.msg)
+        if _is_traceback_line(text):
+            return
+        first = text.strip().splitlines()[0]
+        logger.bind(source=record.name).debug("{}: {}", record.name, first)
 
 
-def _route_paramiko() -> None:
+def _route_paramiko(level: str) -> None:
     paramiko_logger = logging.getLogger("paramiko")
     paramiko_logger.handlers = [_InterceptHandler()]
-    paramiko_logger.setLevel(logging.WARNING)
+    # Records below our own level would be dropped anyway: do not have paramiko build them.
+    verbose = logger.level(level).no <= logger.level("DEBUG").no
+    paramiko_logger.setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
     paramiko_logger.propagate = False
 
 
@@ -116,4 +151,4 @@ def setup(level: str, fmt: str, log_file: Path | None, secrets: Iterable[str]) -
             )
         except OSError as exc:
             raise LocalStorageError(f"cannot write LOG_FILE={log_file}: {exc.strerror or exc}") from None
-    _route_paramiko()
+    _route_paramiko(level)

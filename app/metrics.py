@@ -6,15 +6,20 @@ A metrics failure is logged and never changes the job's exit code.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
+from collections.abc import Callable
+from typing import Any
 
 from loguru import logger
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to_gateway
+from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from app.config import Settings
 from app.errors import LocalStorageError
 from app.fsutil import atomic_write
 from app.report import RunReport
+from app.urls import reason, safe_url, split_credentials
 
 JOB = "sftp_ipi"
 
@@ -55,22 +60,28 @@ def publish_metrics(settings: Settings, report: RunReport) -> None:
             atomic_write(settings.metrics_textfile, generate_latest(registry), "METRICS_TEXTFILE")
         except LocalStorageError as exc:
             logger.warning("metrics not written: {}", exc)
-    if settings.metrics_pushgateway_url:
+    url = settings.metrics_pushgateway_url
+    if url:
         instance = settings.metrics_instance or settings.sftp_host
+        target = split_credentials(url)
         try:
             push_to_gateway(
-                settings.metrics_pushgateway_url,
+                target.url,
                 job=JOB,
                 registry=registry,
                 grouping_key={"instance": instance},
                 timeout=settings.notify_timeout,
+                handler=_handler(target.username, target.password),
             )
         except Exception as exc:  # noqa: BLE001 - any push failure is reported, never fatal
-            logger.warning("metrics not pushed to METRICS_PUSHGATEWAY_URL: {}", _reason(exc))
+            # The URL may carry credentials, and library errors echo pieces of it.
+            logger.warning("metrics not pushed to METRICS_PUSHGATEWAY_URL={}: {}", safe_url(url), reason(exc, url))
         else:
             logger.info("metrics pushed to the Pushgateway (instance {})", instance)
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0][:200]}" if text else exc.__class__.__name__
+def _handler(username: str | None, password: str | None) -> Callable[..., Any]:
+    """Basic auth from the URL's userinfo, which urllib would otherwise take for part of the host."""
+    if username is None:
+        return default_handler
+    return functools.partial(basic_auth_handler, username=username, password=password)

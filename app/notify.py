@@ -20,6 +20,11 @@ from loguru import logger
 from app.config import Settings
 from app.logs import redact
 from app.report import RunReport
+from app.urls import reason, safe_url, split_credentials
+
+
+class NotificationError(Exception):
+    """A notification that was not sent, for a reason the job itself determined."""
 
 
 def should_notify(settings: Settings, report: RunReport) -> bool:
@@ -52,10 +57,15 @@ def message(settings: Settings, report: RunReport) -> dict[str, Any]:
 
 
 def _post_webhook(url: str, body: dict[str, Any], timeout: int) -> None:
+    target = split_credentials(url)
+    headers = {"Content-Type": "application/json"}
+    authorization = target.authorization()
+    if authorization is not None:
+        headers["Authorization"] = authorization
     request = urllib.request.Request(  # noqa: S310 - the scheme is checked to be http(s) by config
-        url,
+        target.url,
         data=json.dumps(body).encode("utf-8"),
-        headers={"Content-Type": "application/json"},
+        headers=headers,
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310  # nosec B310
@@ -70,18 +80,31 @@ def _send_mail(settings: Settings, host: str, sender: str, body: dict[str, Any])
     mail.set_content(body["text"] + "\n")
     context = ssl.create_default_context()
     port, timeout = settings.notify_smtp_port, settings.notify_timeout
+    security = settings.notify_smtp_security
+    user, password = settings.notify_smtp_user, settings.notify_smtp_pass
     smtp: smtplib.SMTP
-    if port == 465:
+    if security == "tls":
         smtp = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
     else:
         smtp = smtplib.SMTP(host, port, timeout=timeout)
     with smtp:
         smtp.ehlo()
-        if port != 465 and smtp.has_extn("starttls"):
+        if security == "starttls":
+            # Falling back to plain text here is what lets anyone on the path read
+            # the password (a stripped STARTTLS offer): refuse instead.
+            if not smtp.has_extn("starttls"):
+                raise NotificationError(
+                    f"{host}:{port} does not offer STARTTLS (NOTIFY_SMTP_SECURITY=starttls); nothing was sent"
+                )
             smtp.starttls(context=context)
             smtp.ehlo()
-        if settings.notify_smtp_user and settings.notify_smtp_pass:
-            smtp.login(settings.notify_smtp_user, settings.notify_smtp_pass)
+        elif security == "none":
+            what = "the SMTP login and the message" if user and password else "the message"
+            logger.warning(
+                "NOTIFY_SMTP_SECURITY=none: {} go to {}:{} without TLS, readable on the way", what, host, port
+            )
+        if user and password:
+            smtp.login(user, password)
         smtp.send_message(mail)
 
 
@@ -93,7 +116,9 @@ def notify(settings: Settings, report: RunReport) -> None:
         try:
             _post_webhook(settings.notify_webhook_url, body, settings.notify_timeout)
         except Exception as exc:  # noqa: BLE001 - a notifier never changes the run's result
-            logger.warning("webhook notification failed: {}", _reason(exc, settings))
+            # The URL is a secret (its path or userinfo holds the token), and library errors echo pieces of it.
+            url = settings.notify_webhook_url
+            logger.warning("webhook notification failed ({}): {}", safe_url(url), reason(exc, url))
         else:
             logger.info("webhook notification sent")
     if settings.notify_smtp_host and settings.notify_smtp_from:
@@ -106,6 +131,8 @@ def notify(settings: Settings, report: RunReport) -> None:
 
 
 def _reason(exc: BaseException, settings: Settings) -> str:
+    if isinstance(exc, NotificationError):
+        return str(exc)
     text = str(exc).strip().splitlines()
     reason = f"{exc.__class__.__name__}: {text[0][:200]}" if text else exc.__class__.__name__
     return redact(reason, settings.secrets)

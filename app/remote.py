@@ -24,7 +24,7 @@ from typing import Any
 import paramiko
 from loguru import logger
 
-from app import interrupt
+from app import interrupt, known_hosts
 from app.config import Settings
 from app.errors import AuthError, ConfigError, HostKeyError, RemoteFileError, TransientError
 from app.pipeline import ReadLimit, list_directory, open_sftp
@@ -34,6 +34,9 @@ from app.selection import RemoteEntry
 _ALGORITHMS_FOR_KEY_TYPE = {
     "ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"),
 }
+
+# Unusable known_hosts lines named one by one in the warning, before they are counted.
+_UNUSABLE_NAMED = 5
 
 # paramiko's own default is 32 KiB. The server sends channel data in packets of at
 # most this size, and paramiko pays a fixed Python cost per packet. Measured by
@@ -134,22 +137,42 @@ def load_private_key(settings: Settings) -> paramiko.PKey | None:
 
 
 class HostKeyVerifier:
-    """known_hosts checking with OpenSSH's semantics (strict or accept-new)."""
+    """known_hosts checking with OpenSSH's semantics (strict or accept-new).
 
-    def __init__(self, settings: Settings) -> None:
+    With ``record=False`` (a dry run) a new key that accept-new would trust is
+    trusted in memory only, and nothing is written.
+    """
+
+    def __init__(self, settings: Settings, *, record: bool = True) -> None:
         self.path = settings.sftp_known_hosts
         self.policy = settings.sftp_host_key_policy
+        self.host = settings.sftp_host
+        self.port = settings.sftp_port
         self.name = known_hosts_name(settings.sftp_host, settings.sftp_port)
         self.pins = settings.sftp_host_key_fingerprint
-        self.keys = paramiko.HostKeys()
+        self.may_write = record
+        entries = known_hosts.HostKeys()
         if self.path.is_file():
             try:
-                self.keys.load(str(self.path))
-            except (OSError, UnicodeDecodeError, paramiko.SSHException) as exc:
-                raise ConfigError(f"SFTP_KNOWN_HOSTS={self.path}: cannot read it ({_short(exc)})") from None
+                # Undecodable bytes can only spoil the line they are on, which is then named.
+                text = self.path.read_bytes().decode("utf-8", errors="replace")
+            except OSError as exc:
+                raise ConfigError(f"SFTP_KNOWN_HOSTS={self.path}: cannot read it ({exc.strerror})") from None
+            entries = known_hosts.parse(text, self.name)
+            self._warn_unusable(entries.unusable)
         elif self.path.exists():
             raise ConfigError(f"SFTP_KNOWN_HOSTS={self.path} is not a file")
-        self.known = dict(self.keys.lookup(self.name) or {})
+        self.known: dict[str, list[bytes]] = {t: list(blobs) for t, blobs in entries.keys.items()}
+        self.revoked = entries.revoked
+
+    def _warn_unusable(self, unusable: tuple[known_hosts.Unusable, ...]) -> None:
+        if not unusable:
+            return
+        shown = "; ".join(f"line {u.line}: {u.why}" for u in unusable[:_UNUSABLE_NAMED])
+        more = len(unusable) - _UNUSABLE_NAMED
+        if more > 0:
+            shown += f"; and {more} more line(s)"
+        logger.warning("SFTP_KNOWN_HOSTS={}: skipped what the job cannot use ({})", self.path, shown)
 
     def preferred_algorithms(self, offered: tuple[str, ...]) -> tuple[str, ...]:
         """Ask first for the key types we already know, as OpenSSH does, so that a
@@ -161,6 +184,13 @@ class HostKeyVerifier:
 
     def verify(self, key: paramiko.PKey) -> None:
         offered = f"{key.get_name()} {fingerprint(key)}"
+        revoked_at = self.revoked.get(key.asbytes())
+        if revoked_at is not None:
+            # Checked before anything else: no pin or policy makes a revoked key good again.
+            raise HostKeyError(
+                f"host key for {self.name} is marked @revoked in {self.path} (line {revoked_at}):"
+                f" the server offered {offered}; refusing it"
+            )
         if self.pins:
             # The pin is the operator's out-of-band word on the key: it decides alone.
             if fingerprint(key) in self.pins:
@@ -170,7 +200,7 @@ class HostKeyVerifier:
             )
         known = self.known.get(key.get_name())
         if known is not None:
-            if known.asbytes() == key.asbytes():
+            if key.asbytes() in known:
                 return
             raise HostKeyError(
                 f"host key for {self.name} does not match {self.path}: the server offered {offered}."
@@ -182,25 +212,54 @@ class HostKeyVerifier:
                 f" {offered}; verify it out of band"
             )
         if self.policy != "accept-new":
+            if not self.path.exists():
+                raise HostKeyError(
+                    f"SFTP_KNOWN_HOSTS={self.path} does not exist, so the host key of {self.name} cannot be"
+                    f" checked (the server offered {offered}). To create it safely: ssh-keyscan -p {self.port}"
+                    f" -t {key.get_name()} {self.host} > {self.path}, then check that `ssh-keygen -lf {self.path}`"
+                    " shows the fingerprint the server's administrator gives you out of band; or run once with"
+                    " SFTP_HOST_KEY_POLICY=accept-new"
+                )
             raise HostKeyError(
                 f"host key for {self.name} is not in {self.path} (SFTP_HOST_KEY_POLICY=strict):"
                 f" the server offered {offered}; verify it out of band and add it, or use accept-new once"
             )
-        self._record(key)
+        if not self.may_write:
+            logger.warning(
+                "dry run: the new host key of {} ({}) would be recorded in {} (SFTP_HOST_KEY_POLICY=accept-new);"
+                " nothing written",
+                self.name,
+                offered,
+                self.path,
+            )
+        else:
+            self._record(key)
+            logger.warning(
+                "recorded the new host key of {} ({}) in {} (SFTP_HOST_KEY_POLICY=accept-new);"
+                " verify this fingerprint out of band",
+                self.name,
+                offered,
+                self.path,
+            )
+        self.known[key.get_name()] = [key.asbytes()]
 
     def _record(self, key: paramiko.PKey) -> None:
         line = f"{self.name} {key.get_name()} {key.get_base64()}\n"
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
+                # A file whose last line lacks its newline would have the new entry glued to it.
+                end = os.lseek(fd, 0, os.SEEK_END)
+                if end and os.pread(fd, 1, end - 1) != b"\n":
+                    line = "\n" + line
+                # One write of a line opened O_APPEND: a reader sees the whole line or none of it.
                 os.write(fd, line.encode("ascii"))
                 os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
             raise HostKeyError(f"cannot record the new host key in {self.path}: {exc.strerror}") from None
-        self.known[key.get_name()] = key
 
 
 @dataclass

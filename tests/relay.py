@@ -1,6 +1,8 @@
 """A TCP relay between the job and sshd that injects network faults for real.
 
-* cut: after N bytes from the server on a connection, close both sides.
+* cut: after N bytes from the server on a connection, close both sides
+  (with ``reset``, end the client's side with an RST, as a firewall or a
+  rebooted NAT does, instead of a FIN).
 * stall: after N bytes, stop forwarding but keep both sockets open, as a dead
   NAT mapping or a pulled cable does (no FIN, no RST).
 * delay: hold every chunk for a fixed time in each direction (a long link).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ class Fault:
     cut_after: int | None = None
     stall_after: int | None = None
     faulty_connections: int = 1
+    reset: bool = False
 
 
 class Relay:
@@ -39,6 +43,7 @@ class Relay:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._sockets: list[socket.socket] = []
+        self._aborted: set[socket.socket] = set()
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
@@ -47,9 +52,16 @@ class Relay:
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
         self._thread.start()
 
-    def set_fault(self, *, cut_after: int | None = None, stall_after: int | None = None, connections: int = 1) -> None:
+    def set_fault(
+        self,
+        *,
+        cut_after: int | None = None,
+        stall_after: int | None = None,
+        connections: int = 1,
+        reset: bool = False,
+    ) -> None:
         with self._lock:
-            self.fault = Fault(cut_after, stall_after, connections)
+            self.fault = Fault(cut_after, stall_after, connections, reset)
             self.connections = 0
 
     def reset_counters(self) -> None:
@@ -106,6 +118,9 @@ class Relay:
                     if limit is not None and forwarded + len(data) >= limit:
                         data = data[: max(0, limit - forwarded)]
                         self._send(dst, data)
+                        if fault.cut_after is not None and fault.reset:
+                            self._reset(server=src, client=dst)
+                            return
                         if fault.cut_after is not None:
                             cut.set()
                             self._cut(server=src, client=dst)
@@ -143,11 +158,26 @@ class Relay:
         with contextlib.suppress(OSError):
             client.shutdown(socket.SHUT_WR)
 
-    @staticmethod
-    def _close_pair(a: socket.socket, b: socket.socket) -> None:
+    def _reset(self, server: socket.socket, client: socket.socket) -> None:
+        """End the client's connection with an RST: with a zero linger time, close() aborts it.
+
+        The other direction's pump is blocked reading the client socket, which keeps
+        it open: shutting down its read side wakes that pump, which closes it.
+        """
+        with self._lock:
+            self._aborted.add(client)
+        with contextlib.suppress(OSError):
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.shutdown(socket.SHUT_RD)
+        with contextlib.suppress(OSError):
+            server.close()
+
+    def _close_pair(self, a: socket.socket, b: socket.socket) -> None:
         for s in (a, b):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
+            # A shutdown would send a FIN ahead of the RST of an aborted socket.
+            if s not in self._aborted:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 s.close()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.names import MAX_NAME_BYTES, invalid_name_reason
+from app.names import MAX_NAME_BYTES, invalid_name_reason, shown
 
 
 @pytest.mark.parametrize(
@@ -29,6 +29,16 @@ from app.names import MAX_NAME_BYTES, invalid_name_reason
         pytest.param("20250428.IPI.part", id="ipi-part"),
         pytest.param("20250428.IPI.part.json", id="part-json"),
         pytest.param("a\udc80b", id="lone-surrogate"),
+        pytest.param("2025\x9b31m.IPI", id="c1-csi"),
+        pytest.param("a\x80b", id="c1-first"),
+        pytest.param("a\x9fb", id="c1-last"),
+        pytest.param("a\u2028b", id="line-separator"),
+        pytest.param("a\u2029b", id="paragraph-separator"),
+        pytest.param("evil\u202egpj.IPI", id="bidi-override"),
+        pytest.param("a\u202ab", id="bidi-embedding"),
+        pytest.param("a\u2066b\u2069", id="bidi-isolate"),
+        pytest.param("a\u200fb", id="rtl-mark"),
+        pytest.param("a\u061cb", id="arabic-letter-mark"),
     ],
 )
 def test_unsafe_names_have_a_reason(name: str) -> None:
@@ -58,3 +68,33 @@ def test_reasons_explain_the_problem() -> None:
     assert invalid_name_reason("a/b") == "contains a path separator"
     assert invalid_name_reason("x" * 256) == "longer than 255 bytes"
     assert invalid_name_reason("..") == "a relative directory reference"
+
+
+def test_c1_and_bidi_reasons_name_the_problem() -> None:
+    assert invalid_name_reason("a\x9bb") == "contains control characters"
+    assert invalid_name_reason("a\u202eb") == "contains bidirectional text controls"
+
+
+@pytest.mark.parametrize("name", ["20250428.IPI", "IPI 2025-04-28 é.dat", "x.partial"])
+def test_ordinary_names_are_shown_as_they_are(name: str) -> None:
+    assert shown(name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("a\x1b[31mb", "'a\\x1b[31mb'"),
+        ("a\x9bb", "'a\\x9bb'"),
+        ("evil\u202egpj.IPI", "'evil\\u202egpj.IPI'"),
+        ("a\u2066b", "'a\\u2066b'"),
+        ("a\u200bb", "'a\\u200bb'"),
+        ("a\nb", "'a\\nb'"),
+        ("a\udc80b", "'a\\udc80b'"),
+        ("", "''"),
+        ("a\\x9b", "'a\\\\x9b'"),
+    ],
+)
+def test_other_names_are_shown_quoted_and_escaped(name: str, expected: str) -> None:
+    text = shown(name)
+    assert text == expected
+    assert text.isascii() and text.isprintable()

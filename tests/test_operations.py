@@ -354,6 +354,7 @@ def test_failure_sends_an_email(server: Server, smtp_server: tuple[int, list[Any
         NOTIFY_SMTP_PORT=port,
         NOTIFY_SMTP_FROM="sftp-ipi@example.org",
         NOTIFY_SMTP_TO="ops@example.org, oncall@example.org",
+        NOTIFY_SMTP_SECURITY="none",  # this test server has no TLS: tests/test_alert_secrets.py covers TLS
     )
 
     result = run_job(env, server.tmp / "cwd")

@@ -42,6 +42,9 @@ CRAFTED = [
     b"20250509" + b"x" * 260 + b".IPI",
     b"\xff\xfe20250510.IPI",
     b"20250511.IPI.part",
+    "20250513\u009b31m.IPI".encode(),  # C1 CSI: one byte that a terminal takes as an escape
+    "20250514_\u202egpj.IPI".encode(),  # a right-to-left override displays the name reversed
+    "20250515_\u2066x\u2069.IPI".encode(),
 ]
 
 
@@ -60,7 +63,10 @@ def test_crafted_names_never_become_local_paths(hostile: HostileSftpServer, tmp_
     created_outside = {p for p in everything_under(tmp_path) - before if jail not in p.parents and p != jail}
     assert {p.name for p in created_outside} <= {"cwd", "hostile_known_hosts"}, created_outside
     assert result.stderr.count("unsafe file name from the server") == len(CRAFTED)
-    assert "\x1b" not in result.stderr, "control characters from names are escaped in logs"
+    for sink in (result.stderr, (jail / "state" / "job.log").read_text()):
+        assert "\x1b" not in sink, "control characters from names are escaped in logs"
+        assert not any(c in sink for c in "\u009b\u202e\u2066\u2069"), "C1 and bidi controls are escaped in logs"
+    assert "'20250514_\\u202egpj.IPI': skipped" in result.stderr
 
 
 def test_file_longer_than_its_stat_is_refused(hostile: HostileSftpServer, tmp_path: Path, keys: dict) -> None:
