@@ -21,6 +21,8 @@ def test_probe_learns_openssh_read_cap_and_reads_exact_bytes(server: Server) -> 
     settings = load_settings(server.env())
     conn = connect(settings, load_private_key(settings), HostKeyVerifier(settings))
     try:
+        # Never waited for: the answer is used once it has arrived.
+        assert wait_until(lambda: conn.read_limit.get() is not None, 5)
         assert conn.read_limit.get() == 255 * 1024, "OpenSSH announces its 255 KiB read limit"
         with open_for_reading(conn.sftp, str(path)) as handle:
             got = b"".join(read_range(conn.sftp, handle, 0, len(data), 2 * MiB, 8, check_end=True, probe=True))
