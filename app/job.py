@@ -27,6 +27,7 @@ from app.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_e
 from app.publish import publish
 from app.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
 from app.report import RetryRecord, RunReport, iso, last_success, outcome, read_report
+from app.retention import apply_retention
 from app.retry import RetryPolicy
 from app.selection import (
     Criteria,
@@ -115,7 +116,11 @@ class Job:
             for directory in {self.s.local_dir, self.s.server_dir, self.s.last_file_record.parent}:
                 for path in remove_stale_temps(directory):
                     logger.info("removed {} left by an interrupted run", path)
-            return self._with_retries(lambda: self._attempt(key, verifier))
+            code = self._with_retries(lambda: self._attempt(key, verifier))
+            apply_retention(
+                self.s.ledger_path, self.s.local_dir, self.s.server_dir, self.s.local_retention, dt.datetime.now(dt.UTC)
+            )
+            return code
 
     def _with_retries(self, attempt: Callable[[], int]) -> int:
         policy = RetryPolicy(self.s.retry_max_tries, self.s.retry_max_time, self.s.retry_backoff_factor, time.monotonic)

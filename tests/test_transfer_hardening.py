@@ -326,3 +326,46 @@ def test_interrupted_run_reports_bytes_received_and_kept(server: Server, relay: 
     summary = [line for line in err.splitlines() if "run finished" in line][-1]
     assert "bytes kept of 1 unfinished file(s)" in summary
     assert " 0 bytes transferred" not in summary
+
+
+# -- LOCAL_RETENTION ---------------------------------------------------------------
+
+
+def test_delete_after_publish_removes_only_published_and_recorded_local_copies(server: Server) -> None:
+    server.put("20250401.IPI", b"one" * 1000)
+    server.put("20250402.IPI", os.urandom(2 * MiB))
+    server.local.mkdir(parents=True)
+    # Not this run's business: a partial of another file and a download not yet recorded.
+    (server.local / "20250301.IPI.part").write_bytes(b"partial")
+    (server.local / "20250302.IPI").write_bytes(b"downloaded, not yet published")
+
+    result = run_job(server.env(SELECT_MODE="all", LOCAL_RETENTION="delete-after-publish"), server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    assert sorted(p.name for p in server.local.iterdir()) == ["20250301.IPI.part", "20250302.IPI"]
+    assert (server.served / "20250401.IPI").read_bytes() == b"one" * 1000
+    assert [e["name"] for e in ledger(server.ledger)] == ["20250401.IPI", "20250402.IPI"]
+    assert "LOCAL_RETENTION: deleted 2 published file(s)" in result.stderr
+
+
+def test_retention_in_days_keeps_recent_copies_and_those_missing_from_server_dir(server: Server) -> None:
+    for day in (1, 2, 3):
+        server.put(f"2025040{day}.IPI", f"file {day}".encode())
+    assert run_job(server.env(SELECT_MODE="all"), server.tmp / "cwd").code == 0
+    entries = ledger(server.ledger)
+    for entry in entries[:2]:
+        entry["completed_at"] = "2025-01-01T00:00:00+00:00"  # long ago
+    server.ledger.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    (server.served / "20250402.IPI").unlink()  # a consumer took it: LOCAL_DIR's is the only copy
+
+    result = run_job(server.env(LOCAL_RETENTION=7), server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    assert sorted(p.name for p in server.local.iterdir()) == ["20250402.IPI", "20250403.IPI"]
+
+
+def test_bad_local_retention_is_a_configuration_error(server: Server) -> None:
+    result = run_job(server.env(LOCAL_RETENTION="forever"), server.tmp / "cwd")
+
+    assert result.code == 2, result.output
+    assert "LOCAL_RETENTION='forever'" in result.stderr and "Traceback" not in result.output
