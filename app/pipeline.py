@@ -224,6 +224,8 @@ def read_ranges(
 ) -> dict[int, bytes]:
     """The bytes of several ``[start, end)`` ranges, all requested in one pipelined
     batch (one round trip for a handful of small ranges); keyed by start."""
+    if not ranges:
+        return {}
     found: dict[int, list[bytes]] = {}
     ordered = sorted(ranges)
     for (range_start, range_end), following in itertools.pairwise(ordered):

@@ -284,10 +284,10 @@ def download(conn: Connection, settings: Settings, entry: RemoteEntry, tally: Fi
         _discard_partial(paths)
         try:
             existing = hash_file(paths.final).hexdigest()
+            size = paths.final.stat().st_size
         except OSError as exc:
             raise storage_error("read", paths.final, exc) from None
         log.info("{}: already complete in LOCAL_DIR, not downloading it again", entry.name)
-        size = paths.final.stat().st_size
         tally.kept, tally.completed = size, True
         return TransferResult(entry.name, size, entry.mtime, existing, 0, 0.0, size)
 
@@ -420,7 +420,8 @@ def _check_unchanged(conn: Connection, settings: Settings, entry: RemoteEntry, r
         if after.size is None:
             with open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle:
                 size, _ = _request_size(conn, settings)
-                extra = b"".join(read_range(conn.sftp, handle, received, None, size, 1))
+                # One reply tells: data (it grew) or end-of-file; a grown file is not read on.
+                extra = next(read_range(conn.sftp, handle, received, None, size, 1), b"")
             grown: int | None = received + len(extra)
         else:
             grown = after.size
