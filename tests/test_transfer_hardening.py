@@ -186,6 +186,32 @@ def test_damaged_partial_is_detected_and_not_published(server: Server, relay: Re
     assert file_sha256(server.served / "20250428.IPI") == sha256(data)
 
 
+@pytest.mark.parametrize("where", ["partial", "server"])
+def test_one_changed_byte_in_a_sampled_block_is_found(server: Server, where: str) -> None:
+    """A single byte is found where the sample looks; the places are drawn from the
+    operating system's randomness in the job, from a fixed seed here."""
+    data = os.urandom(8 * MiB)
+    have = 6 * MiB
+    path = server.put("20250428.IPI", data)
+    settings = load_settings(server.env(RESUME_VERIFY_BYTES=MiB))
+    paths = transfer.Paths.for_name(settings.local_dir, "20250428.IPI")
+    settings.local_dir.mkdir(parents=True)
+    paths.part.write_bytes(data[:have])
+    middle = sample_ranges(have, MiB, random.Random(3))[SAMPLE_STRATA // 2]
+    flip = (middle[0] + middle[1]) // 2
+    assert middle[1] < have - MiB, "a sampled block far from the resume point"
+    changed = bytearray(data)
+    changed[flip] ^= 0xFF
+    (paths.part if where == "partial" else path).write_bytes(bytes(changed[:have] if where == "partial" else changed))
+    entry = RemoteEntry("20250428.IPI", len(data), int(path.stat().st_mtime))
+    conn = connect(settings, load_private_key(settings), HostKeyVerifier(settings))
+    try:
+        found = not transfer._prefix_matches(conn, settings, entry, paths, have, random.Random(3))
+    finally:
+        conn.close()
+    assert found
+
+
 # -- item 8: names of 233-255 bytes --------------------------------------------------
 
 
