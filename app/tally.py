@@ -71,9 +71,12 @@ class FileTally:
 
 
 def total_kept(tallies: dict[str, FileTally]) -> int:
-    """What the run has to show for itself: bytes kept, plus one per completed file
-    (so that completing a file already on disk still counts as progress)."""
-    return sum(t.kept + (1 if t.completed else 0) for t in tallies.values())
+    """What the run has to show for itself: bytes kept beyond where each file's first
+    attempt started (a partial found at start-up is not this run's doing), plus one
+    per completed file (so completing a file already on disk counts too)."""
+    return sum(
+        t.kept - (t.resume_offsets[0] if t.resume_offsets else 0) + (1 if t.completed else 0) for t in tallies.values()
+    )
 
 
 def file_reports(

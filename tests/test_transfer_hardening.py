@@ -395,3 +395,15 @@ def test_bad_local_retention_is_a_configuration_error(server: Server) -> None:
 
     assert result.code == 2, result.output
     assert "LOCAL_RETENTION='forever'" in result.stderr and "Traceback" not in result.output
+
+
+def test_progress_is_bytes_kept_beyond_where_the_run_found_each_file() -> None:
+    from app.tally import total_kept
+
+    resumed = FileTally("a", received=3 * MiB, kept=5 * MiB, resume_offsets=[5 * MiB, 5 * MiB])
+    restarted = FileTally("b", received=900 * 1024, kept=0, resume_offsets=[0, 0, 0])
+    assert total_kept({"a": resumed, "b": restarted}) == 0, "received, not kept: no progress"
+    resumed.kept += 1
+    assert total_kept({"a": resumed, "b": restarted}) == 1
+    restarted.kept, restarted.completed = 900 * 1024, True
+    assert total_kept({"b": restarted}) == 900 * 1024 + 1
