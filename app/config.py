@@ -168,7 +168,15 @@ class Settings(_StateLayout):
     )
     keepalive_interval: int = _setting(15, "Seconds between SSH keepalives (0 disables them).")
     resume_verify_bytes: int = _setting(
-        MiB, "Bytes before the resume point re-read from the server and compared before resuming."
+        MiB,
+        "Bytes before the resume point re-read from the server and compared before resuming (with the first"
+        " block and sampled blocks of the kept prefix; see the README).",
+    )
+    local_retention: int | None = _setting(
+        None,
+        "LOCAL_DIR copies of published files: keep; delete-after-publish; or a number of days after"
+        " publication. Only files recorded in the ledger and present in SERVER_DIR are deleted.",
+        example="keep",
     )
     retry_max_tries: int = _setting(7, "Attempts in a row without progress before the run gives up.")
     retry_max_time: int = _setting(1800, "Seconds without progress before the run gives up retrying.")
@@ -364,6 +372,18 @@ def _addresses(name: str, raw: str) -> tuple[str, ...]:
     return tuple(_address(name, part) for part in raw.split(",") if part.strip())
 
 
+def _retention(name: str, raw: str) -> int | None:
+    """None for keep, 0 for delete-after-publish, else whole days."""
+    value = raw.strip().lower()
+    if value == "keep":
+        return None
+    if value == "delete-after-publish":
+        return 0
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise ConfigError(f"{name}={raw!r} is not one of: keep, delete-after-publish, or a number of days (1 or more)")
+
+
 def _path(name: str, raw: str) -> Path:
     if "\x00" in raw:
         raise ConfigError(f"{name} contains a NUL byte")
@@ -434,6 +454,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "io_timeout": _int(1, 86400),
     "keepalive_interval": _int(0, 86400),
     "resume_verify_bytes": _int(0, 64 * MiB),
+    "local_retention": _retention,
     "retry_max_tries": _int(1, 1000),
     "retry_max_time": _int(0),
     "retry_backoff_factor": _float(0.0),

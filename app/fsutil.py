@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import secrets
 import threading
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.errors import LocalStorageError
+from app.names import MAX_NAME_BYTES
 
 # Temporary names are hidden and carry this marker, so a later run can recognise
 # and remove the leftovers of a killed one.
@@ -33,7 +35,20 @@ _FILE_MODE = 0o666
 
 
 def temp_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}.{secrets.token_hex(4)}{TEMP_MARKER}")
+    return final.with_name(fitting_name(final.name, prefix=".", suffix=f".{secrets.token_hex(4)}{TEMP_MARKER}"))
+
+
+def fitting_name(name: str, *, prefix: str = "", suffix: str = "") -> str:
+    """``prefix + name + suffix``; where that exceeds NAME_MAX bytes, ``name`` is
+    replaced by its SHA-256, so names derived from any valid name can be created.
+
+    The digest is deterministic, so a later run finds the same derived name; the
+    real name is kept inside whatever the derived file holds (partial metadata).
+    """
+    full = f"{prefix}{name}{suffix}"
+    if len(full.encode("utf-8", "surrogateescape")) <= MAX_NAME_BYTES:
+        return full
+    return f"{prefix}{hashlib.sha256(name.encode('utf-8', 'surrogateescape')).hexdigest()}{suffix}"
 
 
 def is_temp_name(name: str) -> bool:

@@ -27,7 +27,8 @@ from app.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_e
 from app.names import shown
 from app.publish import publish
 from app.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
-from app.report import FileReport, RetryRecord, RunReport, iso, last_success, outcome, read_report
+from app.report import RetryRecord, RunReport, iso, last_success, outcome, read_report
+from app.retention import apply_retention
 from app.retry import RetryPolicy
 from app.selection import (
     Criteria,
@@ -43,7 +44,8 @@ from app.selection import (
     record_key,
 )
 from app.state import Ledger, LedgerEntry, append_ledger, read_ledger, read_record, write_record
-from app.transfer import Counter, TransferResult, download
+from app.tally import FileTally, file_reports, total_kept
+from app.transfer import TransferResult, download
 
 # Skipped files named one by one in the log, per reason, before they are counted.
 SKIPS_NAMED = 20
@@ -54,19 +56,12 @@ GROUP_COMMIT_SECONDS = 1.0
 
 
 @dataclass
-class FileTally:
-    """One file's bytes and time across every attempt of this run."""
-
-    counter: Counter = field(default_factory=Counter)
-    started: float = field(default_factory=time.monotonic)
-
-
-@dataclass
 class RunSummary:
     fetched: list[TransferResult] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     retries: list[RetryRecord] = field(default_factory=list)
     recorded: dict[str, LedgerEntry] = field(default_factory=dict)  # seconds and bytes across attempts
+    tallies: dict[str, FileTally] = field(default_factory=dict)  # every file tried, finished or not
 
 
 @dataclass
@@ -100,7 +95,6 @@ class Job:
             min_age=settings.min_file_age,
         )
         self.summary = RunSummary()
-        self.tallies: dict[str, FileTally] = {}
         self._unsynced_record: str | None = None
         self._uncommitted: list[LedgerEntry] = []
         self._last_commit = time.monotonic()
@@ -124,33 +118,37 @@ class Job:
         for directory in {self.s.local_dir, self.s.server_dir, self.s.last_file_record.parent}:
             for path in remove_stale_temps(directory):
                 logger.info("removed {} left by an interrupted run", path)
-        return self._with_retries(lambda: self._attempt(key, verifier))
+        code = self._with_retries(lambda: self._attempt(key, verifier))
+        apply_retention(
+            self.s.ledger_path, self.s.local_dir, self.s.server_dir, self.s.local_retention, dt.datetime.now(dt.UTC)
+        )
+        return code
 
     def _with_retries(self, attempt: Callable[[], int]) -> int:
         policy = RetryPolicy(self.s.retry_max_tries, self.s.retry_max_time, self.s.retry_backoff_factor, time.monotonic)
         number = 1
         while True:
             interrupt.check()
-            mark = self._progress()
+            mark = total_kept(self.summary.tallies)
             try:
                 return attempt()
             except TransientError as exc:
                 # A stop request shows up as a dropped connection: report it as what it is.
                 interrupt.check()
-                if self._progress() != mark:
+                # Bytes received and then thrown away (a small file restarts from 0)
+                # are no progress: only a partial that grew or a completed file is.
+                if total_kept(self.summary.tallies) > mark:
                     policy.progressed()
                 delay = policy.next_delay()
-                self.summary.retries.append(RetryRecord(number, str(exc), round(delay or 0.0, 3)))
                 if delay is None or self.dry_run:  # a dry run is a quick look: one attempt
                     raise JobError(f"{exc}; giving up after {policy.failures} attempt(s) without progress") from None
+                # Only retries actually made are recorded; the last error is the run's error.
+                self.summary.retries.append(RetryRecord(number, str(exc), round(delay, 3)))
                 logger.bind(attempt=number, delay=round(delay, 2)).warning(
                     "attempt {} failed: {}; retrying in {:.1f} s", number, exc, delay
                 )
                 self.sleep(delay)
                 number += 1
-
-    def _progress(self) -> int:
-        return sum(t.counter.value for t in self.tallies.values()) + len(self.summary.fetched)
 
     # -- one connection -----------------------------------------------------
 
@@ -249,10 +247,10 @@ class Job:
     # -- one file -----------------------------------------------------------
 
     def _process(self, conn: Connection, entry: RemoteEntry, snap: _Snapshot) -> _Snapshot:
-        tally = self.tallies.setdefault(entry.name, FileTally())
+        tally = self.summary.tallies.setdefault(entry.name, FileTally(entry.name))
         log = logger.bind(file=entry.name)
-        log.info("{}: downloading {} bytes", entry.name, entry.size)
-        result = download(conn, self.s, entry, tally.counter)
+        log.info("{}: downloading {} bytes", entry.name, "an unknown number of" if entry.size is None else entry.size)
+        result = download(conn, self.s, entry, tally)
         log.bind(sha256=result.sha256, size=result.size).info(
             "{}: verified {} bytes, sha256 {}", entry.name, result.size, result.sha256
         )
@@ -274,7 +272,7 @@ class Job:
             size=result.size,
             mtime=result.mtime,
             sha256=result.sha256,
-            bytes_transferred=tally.counter.value,
+            bytes_transferred=tally.received,
             seconds=round(seconds, 3),
             completed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
@@ -361,22 +359,7 @@ def build_report(
     finished: dt.datetime,
 ) -> RunReport:
     """The run report, from the run's own results and the ledger."""
-    files = []
-    for result in summary.fetched:
-        done = summary.recorded.get(result.name)
-        seconds = done.seconds if done else result.seconds
-        received = done.bytes_transferred if done else result.bytes_transferred
-        files.append(
-            FileReport(
-                name=result.name,
-                size=result.size,
-                seconds=round(seconds, 3),
-                mb_per_s=round(received / seconds / 1e6, 3) if seconds > 0 else 0.0,
-                resumed_from=result.resumed_from,
-                sha256=result.sha256,
-                bytes_transferred=received,
-            )
-        )
+    files = file_reports(summary.tallies, summary.fetched, summary.recorded)
     try:
         entries = read_ledger(settings.ledger_path).entries
     except JobError:
@@ -398,18 +381,22 @@ def build_report(
         last_success_at=last_success(exit_code, finished_at, read_report(settings.report_path)),
         last_completed_file=newest.name if newest else None,
         last_completed_at=newest.completed_at if newest else None,
-        newest_completed_mtime=max((e.mtime for e in entries), default=None),
+        newest_completed_mtime=max((e.mtime for e in entries if e.mtime is not None), default=None),
     )
 
 
 def summary_line(summary: RunSummary, exit_code: int, seconds: float) -> str:
-    total = sum(e.bytes_transferred for e in summary.recorded.values())
-    rate = total / seconds / 1e6 if seconds > 0 else 0.0
+    received = sum(t.received for t in summary.tallies.values())
+    unfinished = [t for t in summary.tallies.values() if t.name not in summary.recorded]
+    rate = received / seconds / 1e6 if seconds > 0 else 0.0
     names = ", ".join(r.name for r in summary.fetched) or "none"
     meaning = EXIT_MEANINGS.get(exit_code, "unknown")
+    kept = ""
+    if unfinished:
+        kept = f" ({sum(t.kept for t in unfinished)} bytes kept of {len(unfinished)} unfinished file(s))"
     return (
         f"run finished: exit {exit_code} ({meaning}); fetched {len(summary.fetched)} file(s) [{names}],"
-        f" {total} bytes transferred in {seconds:.1f} s ({rate:.2f} MB/s);"
+        f" {received} bytes transferred{kept} in {seconds:.1f} s ({rate:.2f} MB/s);"
         f" {len(summary.retries)} retr{'y' if len(summary.retries) == 1 else 'ies'};"
         f" {len(summary.failed)} failed"
     )

@@ -40,7 +40,7 @@ def build_registry(report: RunReport, now: float | None = None) -> CollectorRegi
     gauge("last_success_timestamp_seconds", "When a run last succeeded.", _epoch(report.last_success_at))
     gauge("last_run_exit_code", "Exit code of the last run (0 is success).", report.exit_code)
     gauge("last_run_success", "1 if the last run succeeded, else 0.", 1 if report.ok else 0)
-    gauge("last_run_files_fetched", "Files fetched by the last run.", len(report.files))
+    gauge("last_run_files_fetched", "Files fetched by the last run.", sum(f.completed for f in report.files))
     gauge(
         "last_run_bytes_fetched",
         "Bytes received from the server by the last run.",

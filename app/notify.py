@@ -34,7 +34,7 @@ def should_notify(settings: Settings, report: RunReport) -> bool:
 def message(settings: Settings, report: RunReport) -> dict[str, Any]:
     machine = socket.gethostname()
     status = "succeeded" if report.ok else "FAILED"
-    fetched = ", ".join(f.name for f in report.files) or "nothing"
+    fetched = ", ".join(f.name for f in report.files if f.completed) or "nothing"
     text = (
         f"sftp-ipi on {machine}: run {status} (exit {report.exit_code}: {report.outcome})."
         f" Server {report.sftp_host}. Fetched: {fetched}."

@@ -16,10 +16,12 @@ file, and covered by the tests against a real sshd.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import paramiko
 from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
@@ -129,6 +131,20 @@ class ChunkPipe(BufferedPipe):  # type: ignore[misc]
         with self._lock:
             return self._size
 
+    def peek(self, nbytes: int) -> bytes:
+        """Up to ``nbytes`` from the front, left in place; never waits."""
+        with self._lock:
+            parts: list[bytes] = []
+            offset, want = self._offset, nbytes
+            for chunk in self._chunks:
+                if want <= 0:
+                    break
+                piece = chunk[offset : offset + want]
+                parts.append(piece)
+                want -= len(piece)
+                offset = 0
+            return b"".join(parts)
+
 
 def open_sftp(transport: paramiko.Transport, window_size: int, max_packet_size: int) -> paramiko.SFTPClient:
     """Open the sftp subsystem on a channel that buffers with a ChunkPipe."""
@@ -169,14 +185,14 @@ def read_range(
     sftp: paramiko.SFTPClient,
     handle: bytes,
     start: int,
-    end: int,
+    end: int | None,
     request_size: int,
     depth: int,
     *,
     check_end: bool = False,
     probe: bool = True,
 ) -> Iterator[bytes]:
-    """Yield the bytes of ``[start, end)`` in order.
+    """Yield the bytes of ``[start, end)`` in order; with ``end=None``, up to the end of the file.
 
     Servers may answer a read with fewer bytes than asked (OpenSSH caps reads at
     255 KiB); the reader asks again for the rest and lowers its request size to
@@ -187,47 +203,117 @@ def read_range(
     With ``check_end``, ``end`` must be the end of the file: one more byte is
     asked for at ``end`` (alongside the last requests, so it costs no extra
     round trip) and must come back as end-of-file. A server that stats a file
-    shorter than it serves would otherwise get it silently truncated.
+    shorter than it serves would otherwise get it silently truncated; this holds
+    for ``end == start`` too, so a file listed as empty is only empty if it is.
+
+    ``end=None`` is for a file whose size the server did not send: requests run
+    ahead as usual and the first end-of-file reply marks the end.
     """
+    for _, chunk in _read(sftp, handle, [(start, end)], request_size, depth, check_end=check_end, probe=probe):
+        yield chunk
+
+
+def read_ranges(
+    sftp: paramiko.SFTPClient,
+    handle: bytes,
+    ranges: list[tuple[int, int]],
+    request_size: int,
+    depth: int,
+    *,
+    probe: bool = True,
+) -> dict[int, bytes]:
+    """The bytes of several ``[start, end)`` ranges, all requested in one pipelined
+    batch (one round trip for a handful of small ranges); keyed by start."""
+    if not ranges:
+        return {}
+    found: dict[int, list[bytes]] = {}
+    ordered = sorted(ranges)
+    for (range_start, range_end), following in itertools.pairwise(ordered):
+        if range_end > following[0]:
+            raise ValueError(f"overlapping ranges at {range_start} and {following[0]}")
+    owner = 0
+    for offset, chunk in _read(sftp, handle, ordered, request_size, depth, check_end=False, probe=probe):
+        while owner + 1 < len(ordered) and offset >= ordered[owner + 1][0]:
+            owner += 1
+        found.setdefault(ordered[owner][0], []).append(chunk)
+    return {offset: b"".join(found.get(offset, [])) for offset, _ in ranges}
+
+
+def _read(
+    sftp: paramiko.SFTPClient,
+    handle: bytes,
+    ranges: Sequence[tuple[int, int | None]],
+    request_size: int,
+    depth: int,
+    *,
+    check_end: bool,
+    probe: bool,
+) -> Iterator[tuple[int, bytes]]:
+    """The pipelined reader behind read_range and read_ranges: yields ``(offset,
+    chunk)`` in file order over sorted, disjoint ranges; only the last may be
+    open-ended (``None``), and ``check_end`` concerns the last one."""
     sink = _Responses()
     inflight: dict[int, tuple[int, int]] = {}
     ready: dict[int, bytes] = {}
-    next_offset = start
-    position = start
+    to_send = deque(ranges)  # ranges with bytes not yet requested, front one partly
+    to_yield = deque(ranges)  # ranges with bytes not yet yielded
+    position = ranges[0][0]
+    outstanding = 0  # bytes requested and not yet yielded
     size = request_size
     probing = probe  # until the first reply tells us the server's read limit
-    end_probe: int | None = None  # request number of the read at ``end``
-    end_confirmed = not check_end
+    open_ended = ranges[-1][1] is None
+    eof: int | None = None  # where an open-ended read found the file to end
+    last_end = ranges[-1][1]
+    end_probe: int | None = None  # request number of the read at the last range's end
+    end_confirmed = not check_end or open_ended
 
     def send(offset: int, length: int) -> int:
+        nonlocal outstanding
         num: int = sftp._async_request(sink, CMD_READ, handle, int64(offset), int(length))
         inflight[num] = (offset, length)
+        outstanding += length
         return num
 
-    while position < end or not end_confirmed:
+    def range_done() -> bool:
+        _, head_end = to_yield[0]
+        stop = head_end if head_end is not None else eof
+        return stop is not None and position >= stop
+
+    while to_yield or not end_confirmed:
         window = 1 if probing else depth
         ahead = min(depth * size, MAX_AHEAD)
-        while len(inflight) < window and next_offset < end and next_offset - position < ahead:
-            length = min(size, end - next_offset)
+        while to_send and len(inflight) < window and outstanding < ahead:
+            next_offset, range_end = to_send[0]
+            stop = range_end if range_end is not None else eof
+            if stop is not None and next_offset >= stop:
+                to_send.popleft()
+                continue
+            length = size if stop is None else min(size, stop - next_offset)
             send(next_offset, length)
-            next_offset += length
-        if check_end and end_probe is None and next_offset >= end:
-            end_probe = send(end, 1)
+            to_send[0] = (next_offset + length, range_end)
+        if check_end and end_probe is None and not to_send and last_end is not None:
+            end_probe = send(last_end, 1)
 
-        sftp._read_response()
+        if inflight:
+            sftp._read_response()
         if sink.error is not None:
             raise RemoteFileError(f"server refused a read: {sink.error}")
         if end_probe is not None and end_probe in sink.data:
             inflight.pop(end_probe)
+            outstanding -= 1
             if sink.data.pop(end_probe) is not None:
-                raise RemoteFileError(f"the file is longer than its listed size of {end} bytes")
+                raise RemoteFileError(f"the file is longer than its listed size of {last_end} bytes")
             end_confirmed = True
         for num in [n for n in sink.data if n in inflight]:
             offset, length = inflight.pop(num)
             reply = sink.data.pop(num)
             data = reply.get_string() if reply is not None else None
-            if data is None or not data:
-                raise RemoteFileError(f"file ended at byte {offset}, before its listed size of {end}")
+            outstanding -= length - len(data or b"")
+            if not data:
+                if not open_ended or offset < ranges[-1][0]:
+                    raise RemoteFileError(f"file ended at byte {offset}, before its listed size of {last_end}")
+                eof = offset if eof is None else min(eof, offset)
+                continue
             if len(data) > length:
                 raise RemoteFileError(f"server sent {len(data)} bytes for a read of {length}")
             if len(data) < length:
@@ -242,10 +328,20 @@ def read_range(
                     rest += piece
             probing = False
             ready[offset] = data
-        while position in ready:
+        if eof is not None and (eof < position or any(offset + len(data) > eof for offset, data in ready.items())):
+            raise RemoteFileError(f"the file changed while it was read: it ended at byte {eof}, then went on")
+        while to_yield:
+            if range_done():
+                to_yield.popleft()
+                if to_yield:
+                    position = to_yield[0][0]
+                continue
+            if position not in ready:
+                break
             chunk = ready.pop(position)
+            outstanding -= len(chunk)
+            yield position, chunk
             position += len(chunk)
-            yield chunk
 
 
 # READDIR requests kept in flight while listing; each reply carries a batch of names.
@@ -314,13 +410,29 @@ def open_for_reading(sftp: paramiko.SFTPClient, path: str) -> Iterator[bytes]:
             close_later(sftp, handle)
 
 
+def route_received(sftp: paramiko.SFTPClient) -> None:
+    """Hand every reply already received in full to its waiting request, never
+    waiting for more: each SFTP packet is a 4-byte length and its body."""
+    channel = sftp.get_channel()
+    pipe = channel.in_buffer if channel is not None else None
+    if not isinstance(pipe, ChunkPipe):
+        return
+    while True:
+        head = pipe.peek(4)
+        if len(head) < 4 or len(pipe) < 4 + struct.unpack(">I", head)[0]:
+            return
+        sftp._read_response()
+
+
 class ReadLimit:
     """The server's largest read, from OpenSSH's ``limits@openssh.com`` extension.
 
     Asked for once per session without waiting; the answer arrives with the
     replies to the listing, so reads can start at the right size without a
     probe round trip per file. Servers without the extension answer with an
-    error, and reads then probe as before.
+    error, and reads then probe as before. The extension is optional, so it is
+    never waited for: a server that ignores the request gets probing reads, and
+    a reply arriving later is routed to the sink here and left unused.
     """
 
     def __init__(self, sftp: paramiko.SFTPClient) -> None:
@@ -331,10 +443,12 @@ class ReadLimit:
 
     def get(self) -> int | None:
         if self._num is not None:
-            while self._num not in self._sink.data and self._sink.error is None:
-                self._sftp._read_response()
+            if self._num not in self._sink.data and self._sink.error is None:
+                route_received(self._sftp)
+            answered = self._num in self._sink.data or self._sink.error is not None
             reply = self._sink.data.pop(self._num, None)
-            self._num = None
+            if answered:
+                self._num = None
             if reply is not None:
                 reply.get_int64()  # max packet length
                 max_read = reply.get_int64()

@@ -129,13 +129,16 @@ def _make_temp(source: Path, final: Path, method: str, size: int, sha256: str) -
         raise
 
 
-def publish(source: Path, server_dir: Path, size: int, mtime: int, sha256: str, method: str = "auto") -> str | None:
+def publish(
+    source: Path, server_dir: Path, size: int, mtime: int | None, sha256: str, method: str = "auto"
+) -> str | None:
     """Make SERVER_DIR/<name> hold exactly ``source``'s verified bytes.
 
     The file's data is fsynced before the rename, so the name never shows an
     incomplete file; the rename itself becomes durable at the caller's next
     ``fsync_dir(server_dir)``, which must come before the file is recorded as
-    done (the job groups several files into one). Returns the method used, or
+    done (the job groups several files into one). ``mtime`` is the remote one
+    (None if the server sent none). Returns the method used, or
     None if an identical file was already there.
     """
     final = server_dir / source.name
@@ -149,7 +152,8 @@ def publish(source: Path, server_dir: Path, size: int, mtime: int, sha256: str, 
     held: int | None = None
     try:
         tmp, held, used = _make_temp(source, final, method, size, sha256)
-        if used != "hardlink":
+        # Without a remote mtime the copy keeps its own, as the download did.
+        if used != "hardlink" and mtime is not None:
             os.utime(tmp, (mtime, mtime))
         os.replace(tmp, final)
     except OSError as exc:

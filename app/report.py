@@ -24,13 +24,18 @@ class RetryRecord:
 
 @dataclass(frozen=True)
 class FileReport:
+    """One file the run worked on, finished (``completed``: published and recorded) or not."""
+
     name: str
-    size: int
+    size: int | None  # bytes received when complete; else the listed size (None if unlisted)
     seconds: float
     mb_per_s: float
-    resumed_from: int
-    sha256: str
-    bytes_transferred: int
+    resumed_from: int  # where the last attempt started
+    sha256: str | None  # None until complete
+    bytes_transferred: int  # received from the server, every attempt of this run
+    bytes_kept: int = 0  # held on disk at the end of the run (a partial, or the whole file)
+    resume_offsets: list[int] = field(default_factory=list)  # where each attempt started
+    completed: bool = True
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,12 @@ _DATE = re.compile(r"(?<!\d)(\d{8})(?!\d)")
 
 @dataclass(frozen=True)
 class RemoteEntry:
-    """One directory entry as listed by the server."""
+    """One directory entry as listed by the server. Each attribute is the server's claim, None where it sent none."""
 
     name: str
-    size: int
-    mtime: int
-    is_regular: bool = True
+    size: int | None
+    mtime: int | None
+    is_regular: bool | None = True
 
 
 class SkipReason(Enum):

@@ -22,8 +22,8 @@ class LedgerEntry:
     """One completed file, as appended to the JSON-lines ledger."""
 
     name: str
-    size: int
-    mtime: int
+    size: int  # bytes received and verified
+    mtime: int | None  # as the server claimed it when the file was fetched; None if it sent none
     sha256: str
     bytes_transferred: int
     seconds: float
@@ -81,7 +81,7 @@ class Ledger:
 
     @property
     def mtimes(self) -> dict[str, int]:
-        return {e.name: e.mtime for e in self.entries}
+        return {e.name: e.mtime for e in self.entries if e.mtime is not None}
 
 
 def read_ledger(path: Path) -> Ledger:

@@ -10,7 +10,7 @@ from app.config import StateSettings
 from app.names import invalid_name_reason
 from app.report import read_report
 from app.state import RefetchNote, read_ledger, read_record
-from app.transfer import Paths, read_partial_meta
+from app.transfer import Paths, partial_name, read_partial_meta
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def _partials(local_dir: Path) -> list[Partial]:
             have = paths.part.lstat().st_size
         except OSError:
             continue
-        found.append(Partial(name=name, bytes=have, size=meta[0] if meta else None))
+        found.append(Partial(name=partial_name(paths), bytes=have, size=meta[0] if meta else None))
     return found
 
 

@@ -10,6 +10,14 @@ On disk, while a download is under way:
 
 Only a complete, checked file is renamed to ``<name>``; it keeps the remote
 mtime, which is how a later run recognises it as complete.
+
+Where ``<name>.part.json`` would exceed NAME_MAX, both derived names use the
+SHA-256 of the name instead (``<sha256>.part``); the metadata keeps the real name.
+
+Server metadata is a claim: a file listed without a size is read to its end and
+checked by a second stat; one without a size or an mtime is fetched whole on
+every attempt (a partial could not be tied to one version of it) and keeps the
+local time of its download, never a made-up mtime.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import secrets
 import stat
 import time
 from collections.abc import Callable
@@ -28,12 +38,21 @@ from loguru import logger
 from app import interrupt
 from app.config import Settings
 from app.errors import RemoteFileError
-from app.fsutil import BackgroundFsync, atomic_write, create_temp, open_exclusive, storage_error, write_all
+from app.fsutil import (
+    BackgroundFsync,
+    atomic_write,
+    create_temp,
+    fitting_name,
+    open_exclusive,
+    storage_error,
+    write_all,
+)
 from app.names import invalid_name_reason
-from app.pipeline import open_for_reading, read_range
+from app.pipeline import open_for_reading, read_range, read_ranges
 from app.progress import Progress
 from app.remote import Connection, remote_errors, remote_path, stat_entry
 from app.selection import RemoteEntry
+from app.tally import FileTally
 
 # fsync the partial every so often, so that after a power cut at most this much
 # is re-fetched, without paying an fsync per chunk.
@@ -43,6 +62,14 @@ CHECKPOINT_BYTES = 64 * 1024 * 1024
 WHOLE_FILE_MAX = 1024 * 1024
 # Block size for hashing local files; large enough for sequential reads.
 HASH_BLOCK = 1024 * 1024
+# Before resuming, the kept prefix is compared with the server's bytes: its first
+# block, one block at an unpredictable place in each of SAMPLE_STRATA equal
+# slices of it, and the last RESUME_VERIFY_BYTES. One block per slice means any
+# difference spanning two slices is always seen, at a cost of 17 small reads in
+# one pipelined batch; a smaller difference is seen with probability about
+# SAMPLE_BLOCK / slice. Only a server digest of the prefix (issue 11) sees all.
+SAMPLE_BLOCK = 16 * 1024
+SAMPLE_STRATA = 16
 
 
 @dataclass(frozen=True)
@@ -50,8 +77,8 @@ class TransferResult:
     """What one file's download produced; the ledger, summary and report read it."""
 
     name: str
-    size: int
-    mtime: int
+    size: int  # bytes received and verified
+    mtime: int | None  # as the server claimed it; None if it sent none
     sha256: str
     bytes_transferred: int
     seconds: float
@@ -65,6 +92,7 @@ class Paths:
     meta: Path
 
     PART_SUFFIX = ".part"
+    META_SUFFIX = ".part.json"
 
     @classmethod
     def for_name(cls, local_dir: Path, name: str) -> Paths:
@@ -72,10 +100,12 @@ class Paths:
         reason = invalid_name_reason(name)
         if reason is not None:
             raise RemoteFileError(f"refusing remote file name {name!r}: {reason}")
+        # Both derived names shorten together, so one is always found beside the other.
+        base = fitting_name(name, suffix=cls.META_SUFFIX).removesuffix(cls.META_SUFFIX)
         return cls(
             final=local_dir / name,
-            part=local_dir / f"{name}{cls.PART_SUFFIX}",
-            meta=local_dir / f"{name}{cls.PART_SUFFIX}.json",
+            part=local_dir / f"{base}{cls.PART_SUFFIX}",
+            meta=local_dir / f"{base}{cls.META_SUFFIX}",
         )
 
 
@@ -99,7 +129,13 @@ def hash_file(path: Path, limit: int | None = None, on_block: Callable[[int], No
 
 
 def complete_local(paths: Paths, entry: RemoteEntry) -> bool:
-    """True if LOCAL_DIR already holds this exact remote version, complete."""
+    """True if LOCAL_DIR already holds this exact remote version, complete.
+
+    Recognised by size and mtime, so never for a file the server listed without
+    either: a stale local file could match whatever was guessed.
+    """
+    if entry.size is None or entry.mtime is None:
+        return False
     try:
         st = paths.final.lstat()
     except FileNotFoundError:
@@ -116,6 +152,16 @@ def read_partial_meta(paths: Paths) -> tuple[int, int] | None:
         return int(meta["size"]), int(meta["mtime"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def partial_name(paths: Paths) -> str:
+    """The remote name a partial belongs to, as its metadata records it (a long
+    name's partial has a derived name); the partial's own name otherwise."""
+    try:
+        name = json.loads(paths.meta.read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    return name if isinstance(name, str) else paths.final.name
 
 
 def _discard_partial(paths: Paths) -> None:
@@ -140,14 +186,9 @@ def _start_partial(paths: Paths, entry: RemoteEntry) -> None:
         raise storage_error("create", paths.part, exc) from None
 
 
-class Counter:
-    """Bytes received from the server for one file, across every attempt in a run."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-
-def _resume_offset(conn: Connection, settings: Settings, entry: RemoteEntry, paths: Paths) -> int:
+def _resume_offset(
+    conn: Connection, settings: Settings, entry: RemoteEntry, paths: Paths, size: int, mtime: int
+) -> int:
     """How much of the partial can be kept; 0 after discarding it."""
     meta = read_partial_meta(paths)
     try:
@@ -166,15 +207,15 @@ def _resume_offset(conn: Connection, settings: Settings, entry: RemoteEntry, pat
             log.warning("{}: partial download without its metadata; starting again", entry.name)
         _start_partial(paths, entry)
         return 0
-    if meta != (entry.size, entry.mtime):
+    if meta != (size, mtime):
         log.warning(
             "{}: remote file changed since the partial was taken (size {} -> {}, mtime {} -> {});"
             " discarding {} bytes and starting again",
-            entry.name, meta[0], entry.size, meta[1], entry.mtime, have,
+            entry.name, meta[0], size, meta[1], mtime, have,
         )  # fmt: skip
         _start_partial(paths, entry)
         return 0
-    if have > entry.size:
+    if have > size:
         log.warning("{}: partial is larger than the remote file; starting again", entry.name)
         _start_partial(paths, entry)
         return 0
@@ -185,30 +226,45 @@ def _resume_offset(conn: Connection, settings: Settings, entry: RemoteEntry, pat
     return have
 
 
-def _prefix_matches(conn: Connection, settings: Settings, entry: RemoteEntry, paths: Paths, have: int) -> bool:
-    """Re-read the last RESUME_VERIFY_BYTES before ``have`` from the server and compare.
+def sample_ranges(have: int, window: int, rng: random.Random) -> list[tuple[int, int]]:
+    """The parts of a kept prefix of ``have`` bytes compared before resuming (see
+    SAMPLE_BLOCK): sorted, disjoint ``[start, end)`` ranges. Pure; ``rng`` decides
+    the sampled places, and must be unpredictable outside tests."""
+    wanted = [(0, min(SAMPLE_BLOCK, have)), (have - min(window, have), have)]
+    slice_size = have // SAMPLE_STRATA
+    if slice_size > SAMPLE_BLOCK:
+        for n in range(SAMPLE_STRATA):
+            start = n * slice_size + rng.randrange(slice_size - SAMPLE_BLOCK + 1)
+            wanted.append((start, start + SAMPLE_BLOCK))
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(r for r in wanted if r[1] > r[0]):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _prefix_matches(
+    conn: Connection, settings: Settings, entry: RemoteEntry, paths: Paths, have: int, rng: random.Random | None = None
+) -> bool:
+    """Compare a sample of the kept prefix with the server's bytes (sample_ranges).
 
     Catches a file rewritten in place with the same size and mtime, which the
-    metadata check alone cannot see.
+    metadata check alone cannot see, and a damaged partial.
     """
-    window = min(settings.resume_verify_bytes, have)
-    if window == 0:
-        return True
+    ranges = sample_ranges(have, settings.resume_verify_bytes, rng or secrets.SystemRandom())
     with (
         remote_errors(f"verify resume point of {entry.name!r}", conn=conn),
         open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle,
     ):
         size, probe = _request_size(conn, settings)
-        theirs = b"".join(
-            read_range(conn.sftp, handle, have - window, have, size, settings.pipeline_depth, probe=probe)
-        )
+        theirs = read_ranges(conn.sftp, handle, ranges, size, settings.pipeline_depth, probe=probe)
     try:
         with open(paths.part, "rb") as fh:
-            fh.seek(have - window)
-            ours = fh.read(window)
+            return all(os.pread(fh.fileno(), end - start, start) == theirs[start] for start, end in ranges)
     except OSError as exc:
         raise storage_error("read", paths.part, exc) from None
-    return theirs == ours
 
 
 def _request_size(conn: Connection, settings: Settings) -> tuple[int, bool]:
@@ -220,11 +276,12 @@ def _request_size(conn: Connection, settings: Settings) -> tuple[int, bool]:
     return min(settings.chunk_size, limit), False
 
 
-def download(conn: Connection, settings: Settings, entry: RemoteEntry, counter: Counter) -> TransferResult:
+def download(conn: Connection, settings: Settings, entry: RemoteEntry, tally: FileTally) -> TransferResult:
     """Bring ``entry`` into LOCAL_DIR complete and checked, resuming any partial."""
     paths = Paths.for_name(settings.local_dir, entry.name)
     started = time.monotonic()
-    received_before = counter.value
+    received_before = tally.received
+    tally.size = entry.size
     log = logger.bind(file=entry.name)
 
     if complete_local(paths, entry):
@@ -232,13 +289,16 @@ def download(conn: Connection, settings: Settings, entry: RemoteEntry, counter: 
         _discard_partial(paths)
         try:
             existing = hash_file(paths.final).hexdigest()
+            size = paths.final.stat().st_size
         except OSError as exc:
             raise storage_error("read", paths.final, exc) from None
         log.info("{}: already complete in LOCAL_DIR, not downloading it again", entry.name)
-        return TransferResult(entry.name, entry.size, entry.mtime, existing, 0, 0.0, entry.size)
+        tally.kept, tally.completed = size, True
+        return TransferResult(entry.name, size, entry.mtime, existing, 0, 0.0, size)
 
-    if entry.size <= WHOLE_FILE_MAX:
-        # Too small to be worth resuming: no partial, no metadata, just a hidden
+    if entry.size is None or entry.mtime is None or entry.size <= WHOLE_FILE_MAX:
+        # Too small to be worth resuming, or without the size and mtime that tie a
+        # partial to one version of the file: no partial, no metadata, just a hidden
         # temp file (removed at start-up if a run dies) renamed when complete.
         _discard_partial(paths)
         offset, digest = 0, hashlib.sha256()
@@ -248,27 +308,34 @@ def download(conn: Connection, settings: Settings, entry: RemoteEntry, counter: 
             raise storage_error("create a temp file for", paths.final, exc) from None
     else:
         target = paths.part
-        offset = _resume_offset(conn, settings, entry, paths)
+        offset = _resume_offset(conn, settings, entry, paths, entry.size, entry.mtime)
         if offset:
             log.info("{}: resuming at byte {} of {}", entry.name, offset, entry.size)
         try:
-            digest = hash_file(paths.part, offset)
+            cached = tally.digest_of_prefix(paths.part, offset)
+            digest = cached if cached is not None else hash_file(paths.part, offset)
             fd = os.open(paths.part, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
             raise storage_error("open", paths.part, exc) from None
+    tally.resume_offsets.append(offset)
+    tally.kept = offset
     try:
-        _fill(conn, settings, entry, fd, offset, digest, counter, target)
+        received = _fill(conn, settings, entry, fd, offset, digest, tally, target)
     except BaseException:
         if target != paths.part:
             target.unlink(missing_ok=True)
+            tally.kept = 0
+        else:
+            tally.remember_prefix(paths.part, tally.kept, digest)
         raise
     finally:
         os.close(fd)
 
     try:
-        if target.stat().st_size != entry.size:
-            raise RemoteFileError(f"{entry.name}: downloaded size differs from the remote size {entry.size}")
-        os.utime(target, (entry.mtime, entry.mtime))
+        if target.stat().st_size != received:
+            raise RemoteFileError(f"{entry.name}: {target} does not hold the {received} bytes received")
+        if entry.mtime is not None:
+            os.utime(target, (entry.mtime, entry.mtime))
         # The data is fsynced; the rename need not be: if a power cut undoes it,
         # the next run finds the complete partial, verifies it and renames again.
         # SERVER_DIR, which consumers read, gets a durable rename in publish.
@@ -276,13 +343,14 @@ def download(conn: Connection, settings: Settings, entry: RemoteEntry, counter: 
         paths.meta.unlink(missing_ok=True)
     except OSError as exc:
         raise storage_error("finish", paths.final, exc) from None
+    tally.kept, tally.completed, tally.prefix = received, True, None
     seconds = time.monotonic() - started
     return TransferResult(
         name=entry.name,
-        size=entry.size,
+        size=received,
         mtime=entry.mtime,
         sha256=digest.hexdigest(),
-        bytes_transferred=counter.value - received_before,
+        bytes_transferred=tally.received - received_before,
         seconds=seconds,
         resumed_from=offset,
     )
@@ -295,55 +363,76 @@ def _fill(
     fd: int,
     offset: int,
     digest: hashlib._Hash,
-    counter: Counter,
+    tally: FileTally,
     target: Path,
-) -> None:
-    """Write the rest of the file into ``fd`` from ``offset``, re-check the remote, fsync."""
+) -> int:
+    """Write the rest of the file into ``fd`` from ``offset``, re-check the remote,
+    fsync; returns the file's size. Reads up to the listed size and checks that
+    the file ends there (also for a size of 0), or, with no size listed, to the end."""
     try:
         os.ftruncate(fd, offset)
         os.lseek(fd, offset, os.SEEK_SET)
     except OSError as exc:
         raise storage_error("prepare", target, exc) from None
-    if offset < entry.size:
-        progress = Progress(entry.name, entry.size, offset)
-        position = offset
-        since_sync = 0
-        checkpoints: BackgroundFsync | None = None  # started at the first checkpoint: small files need none
-        try:
-            with (
-                remote_errors(f"download {entry.name!r}", conn=conn),
-                open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle,
+    partial = target.name.endswith(Paths.PART_SUFFIX)
+    progress = Progress(entry.name, entry.size or 0, offset)
+    position = offset
+    since_sync = 0
+    checkpoints: BackgroundFsync | None = None  # started at the first checkpoint: small files need none
+    try:
+        with (
+            remote_errors(f"download {entry.name!r}", conn=conn),
+            open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle,
+        ):
+            size, probe = _request_size(conn, settings)
+            for chunk in read_range(
+                conn.sftp, handle, offset, entry.size, size, settings.pipeline_depth, check_end=True, probe=probe
             ):
-                size, probe = _request_size(conn, settings)
-                for chunk in read_range(
-                    conn.sftp, handle, offset, entry.size, size, settings.pipeline_depth, check_end=True, probe=probe
-                ):
-                    interrupt.check()
-                    try:
-                        write_all(fd, chunk)
-                    except OSError as exc:
-                        raise storage_error("write", target, exc) from None
-                    since_sync += len(chunk)
-                    if since_sync >= CHECKPOINT_BYTES:
-                        checkpoints = checkpoints or BackgroundFsync(fd, target)
-                        checkpoints.request()
-                        since_sync = 0
-                    digest.update(chunk)
-                    position += len(chunk)
-                    counter.value += len(chunk)
-                    progress.update(position)
-        finally:
-            if checkpoints is not None:
-                checkpoints.close()
-        progress.finish()
-    with remote_errors(f"re-check remote file {entry.name!r}", conn=conn):
-        after = stat_entry(conn, settings, entry.name)
-    if (after.size, after.mtime) != (entry.size, entry.mtime):
-        raise RemoteFileError(
-            f"remote file {entry.name!r} changed during the download"
-            f" (size {entry.size} -> {after.size}, mtime {entry.mtime} -> {after.mtime}); not recording it"
-        )
+                interrupt.check()
+                try:
+                    write_all(fd, chunk)
+                except OSError as exc:
+                    raise storage_error("write", target, exc) from None
+                since_sync += len(chunk)
+                if since_sync >= CHECKPOINT_BYTES:
+                    checkpoints = checkpoints or BackgroundFsync(fd, target)
+                    checkpoints.request()
+                    since_sync = 0
+                digest.update(chunk)
+                position += len(chunk)
+                tally.received += len(chunk)
+                if partial:
+                    tally.kept = position
+                progress.update(position)
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
+    progress.finish()
+    _check_unchanged(conn, settings, entry, position)
     try:
         os.fsync(fd)
     except OSError as exc:
         raise storage_error("write", target, exc) from None
+    return position
+
+
+def _check_unchanged(conn: Connection, settings: Settings, entry: RemoteEntry, received: int) -> None:
+    """Stat the remote file again: it must still have the size received and the mtime
+    listed. Attributes the server leaves out are not guessed: without a size, a
+    second read at the end must still find the end of the file."""
+    with remote_errors(f"re-check remote file {entry.name!r}", conn=conn):
+        after = stat_entry(conn, settings, entry.name)
+        if after.size is None:
+            with open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle:
+                size, _ = _request_size(conn, settings)
+                # One reply tells: data (it grew) or end-of-file; a grown file is not read on.
+                extra = next(read_range(conn.sftp, handle, received, None, size, 1), b"")
+            grown: int | None = received + len(extra)
+        else:
+            grown = after.size
+    mtime_changed = None not in (entry.mtime, after.mtime) and after.mtime != entry.mtime
+    if grown != received or mtime_changed:
+        raise RemoteFileError(
+            f"remote file {entry.name!r} changed during the download"
+            f" (size {received} -> {grown}, mtime {entry.mtime} -> {after.mtime}); not recording it"
+        )

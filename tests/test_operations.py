@@ -65,7 +65,7 @@ def test_report_of_a_failed_run_keeps_the_last_success(server: Server) -> None:
     rep = report(server)
     assert rep["ok"] is False and rep["exit_code"] == 1
     assert "giving up" in rep["error"]
-    assert [r["attempt"] for r in rep["retries"]] == [1, 2]
+    assert [r["attempt"] for r in rep["retries"]] == [1], "two tries are one retry"
     assert all("connect to" in r["reason"] for r in rep["retries"])
     assert rep["last_success_at"] == success
 

@@ -21,6 +21,8 @@ def test_probe_learns_openssh_read_cap_and_reads_exact_bytes(server: Server) -> 
     settings = load_settings(server.env())
     conn = connect(settings, load_private_key(settings), HostKeyVerifier(settings))
     try:
+        # Never waited for: the answer is used once it has arrived.
+        assert wait_until(lambda: conn.read_limit.get() is not None, 5)
         assert conn.read_limit.get() == 255 * 1024, "OpenSSH announces its 255 KiB read limit"
         with open_for_reading(conn.sftp, str(path)) as handle:
             got = b"".join(read_range(conn.sftp, handle, 0, len(data), 2 * MiB, 8, check_end=True, probe=True))
@@ -64,3 +66,22 @@ def test_a_dead_connection_is_transient_not_a_file_failure(server: Server) -> No
             conn.sftp.stat(str(path))
     finally:
         conn.close()
+
+
+def test_several_ranges_in_one_batch_and_reads_to_the_end_without_a_size(server: Server) -> None:
+    from app.pipeline import read_ranges
+
+    data = os.urandom(3 * MiB + 999)
+    path = server.put("20250428.IPI", data)
+    settings = load_settings(server.env())
+    conn = connect(settings, load_private_key(settings), HostKeyVerifier(settings))
+    ranges = [(2 * MiB, 2 * MiB + 300_000), (0, 5), (MiB - 7, MiB + 7), (len(data) - 10, len(data))]
+    try:
+        with open_for_reading(conn.sftp, str(path)) as handle:
+            got = read_ranges(conn.sftp, handle, ranges, 2 * MiB, 8, probe=True)
+        with open_for_reading(conn.sftp, str(path)) as handle:
+            tail = b"".join(read_range(conn.sftp, handle, MiB + 1, None, 64 * 1024, 8, probe=False))
+    finally:
+        conn.close()
+    assert got == {start: data[start:end] for start, end in ranges}
+    assert tail == data[MiB + 1 :]
