@@ -16,7 +16,7 @@ from app.logs import REDACTED, redact
 
 MiB = 1024 * 1024
 # Every line the job writes in text format starts with its timestamp.
-LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \| ")
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 \| ")
 
 
 def assert_one_line_per_event(text: str) -> None:
