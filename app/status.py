@@ -33,6 +33,15 @@ class Status:
     partials: list[Partial]
 
     @property
+    def held_back(self) -> list[dict[str, Any]]:
+        """Files the last run did not deliver, with the reason and since when."""
+        return list((self.last_run or {}).get("held_back") or [])
+
+    @property
+    def late(self) -> list[dict[str, Any]]:
+        return list((self.last_run or {}).get("late") or [])
+
+    @property
     def healthy(self) -> bool:
         return bool(self.last_run and self.last_run.get("ok"))
 
@@ -40,6 +49,8 @@ class Status:
         data = asdict(self)
         data["partials"] = [{**asdict(p), "percent": p.percent} for p in self.partials]
         data["healthy"] = self.healthy
+        data["held_back"] = self.held_back
+        data["late"] = self.late
         return data
 
 
@@ -91,6 +102,9 @@ def render(status: Status) -> str:
             line += f": {run['error']}"
         lines.append(line)
         lines.append(f"last success: {run.get('last_success_at') or 'never'}")
+    for label, files in (("held back", status.held_back), ("late", status.late)):
+        for held in files:
+            lines.append(f"{label}: {held['name']!r}: {held['reason']} (since {held.get('since') or 'unknown'})")
     for part in status.partials:
         of = f" of {part.size} bytes ({part.percent}%)" if part.size else " bytes"
         lines.append(f"in progress: {part.name}: {part.bytes}{of}")

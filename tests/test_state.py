@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -34,21 +36,41 @@ def test_missing_record_reads_as_none(tmp_path: Path) -> None:
     assert read_record(tmp_path / "last_file.txt") is None
 
 
-@pytest.mark.parametrize("content", ["", "\n", "  \n\n", "\t"])
+@pytest.mark.parametrize("content", ["", "\n", "\r\n", "\ufeff", "\ufeff\n"])
 def test_blank_record_reads_as_none(tmp_path: Path, content: str) -> None:
     path = tmp_path / "last_file.txt"
-    path.write_text(content)
+    path.write_bytes(content.encode("utf-8"))
     assert read_record(path) is None
 
 
-@pytest.mark.parametrize("content", ["20250428.IPI\n", "20250428.IPI", "  20250428.IPI \r\n\n"])
+@pytest.mark.parametrize("content", ["20250428.IPI\n", "20250428.IPI", "20250428.IPI\r\n", "\ufeff20250428.IPI\r\n"])
 def test_record_reads_the_bare_name(tmp_path: Path, content: str) -> None:
     path = tmp_path / "last_file.txt"
-    path.write_text(content)
+    path.write_bytes(content.encode("utf-8"))
     assert read_record(path) == "20250428.IPI"
 
 
-@pytest.mark.parametrize("content", ["a/b\n", "../20250428.IPI\n", "..\n", "20250428.IPI\n20250429.IPI\n"])
+@pytest.mark.parametrize("name", ["20250428.IPI ", " 20250428.IPI", "a  b.IPI", "\u00e9t\u00e9 20250428.IPI  "])
+def test_record_round_trips_names_with_spaces_exactly(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "last_file.txt"
+    write_record(path, name)
+    assert read_record(path) == name
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "a/b\n",
+        "../20250428.IPI\n",
+        "..\n",
+        "20250428.IPI\n20250429.IPI\n",
+        "  \n\n",
+        "\t",
+        "   \n",
+        "20250428.IPI\n\n",
+        "20250428.IPI\r",
+    ],
+)
 def test_record_that_is_not_a_file_name_is_a_config_error(tmp_path: Path, content: str) -> None:
     path = tmp_path / "last_file.txt"
     path.write_text(content)
@@ -144,6 +166,11 @@ def test_append_to_a_ledger_torn_as_its_only_content(tmp_path: Path) -> None:
     assert ledger.damaged_lines == 1
 
 
+def valid_line(**changes: object) -> bytes:
+    data = {**asdict(ledger_entry("20250429.IPI")), **changes}
+    return json.dumps(data).encode()
+
+
 @pytest.mark.parametrize(
     "line",
     [
@@ -151,18 +178,36 @@ def test_append_to_a_ledger_torn_as_its_only_content(tmp_path: Path) -> None:
         b"[1, 2]",
         b"42",
         b'{"name": "x"}',  # missing fields
-        b'{"name": "x", "bogus": 1}',
         b"\xff\xfe",
+        valid_line(mtime="1745800000"),  # a string mtime
+        valid_line(mtime=1e400),  # infinity
+        valid_line(size=True),  # bool is not a size
+        valid_line(size=-1),
+        valid_line(mtime=12.5),
+        valid_line(sha256="ab" * 31),
+        valid_line(sha256="AB" * 32),
+        valid_line(name="../20250429.IPI"),
+        valid_line(name=None),
+        valid_line(seconds=float("nan")),
+        valid_line(completed_at="yesterday"),
     ],
 )
-def test_lines_that_are_not_ledger_entries_are_damaged_not_fatal(tmp_path: Path, line: bytes) -> None:
+def test_a_damaged_ledger_line_is_a_config_error_naming_file_and_line(tmp_path: Path, line: bytes) -> None:
     path = tmp_path / "completed_files.jsonl"
-    entry = ledger_entry("20250428.IPI")
-    path.write_bytes(line + b"\n")
-    append_ledger(path, entry)
-    ledger = read_ledger(path)
-    assert ledger.entries == (entry,)
-    assert ledger.damaged_lines == 1
+    append_ledger(path, ledger_entry("20250427.IPI"))
+    with path.open("ab") as f:
+        f.write(line + b"\n")
+    append_ledger(path, ledger_entry("20250428.IPI"))
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(path))}:2: "):
+        read_ledger(path)
+    assert path.read_bytes() == before, "reading never rewrites the ledger"
+
+
+def test_ledger_fields_added_by_a_newer_version_are_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    path.write_bytes(valid_line(origin="v2") + b"\n")
+    assert read_ledger(path).entries == (ledger_entry("20250429.IPI"),)
 
 
 def test_blank_lines_in_the_ledger_are_not_damage(tmp_path: Path) -> None:
