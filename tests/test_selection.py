@@ -775,3 +775,95 @@ def test_late_files_fetch_never_fetches_a_completed_file_twice() -> None:
 
 def test_late_files_ignore_treats_it_as_passed() -> None:
     assert skip_reasons(late_plan("ignore"))["A_20250428.IPI"] is SkipReason.NOT_AFTER_RECORD
+
+
+# -- properties over arbitrary listings (issue 10) --------------------------------
+
+NAME_PARTS = st.sampled_from(
+    ["20250428", "20250429", "20250501", "12340115", "22000101", "20251399", "x", "A_", "B_", " ", ".", "/", "é"]
+)
+
+
+@st.composite
+def wild_listings(draw: st.DrawFn) -> list[RemoteEntry]:
+    """Any names (dated, doubly dated, implausible, unsafe, spaced) with any claims: mtimes
+    missing, young, old or far ahead of our clock; sizes and types missing or not."""
+    names = draw(
+        st.lists(
+            st.lists(NAME_PARTS, min_size=1, max_size=4).map(lambda p: "".join(p) + ".IPI"), unique=True, max_size=12
+        )
+    )
+    mtimes = st.sampled_from([None, OLD, int(NOW) - 30, int(NOW) + 5, FUTURE])
+    return [
+        RemoteEntry(
+            name,
+            draw(st.sampled_from([None, 0, 10])),
+            draw(mtimes),
+            draw(st.sampled_from([True, True, True, None, False])),
+        )
+        for name in names
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    first=wild_listings(),
+    arrivals=wild_listings(),
+    order_by=st.sampled_from(["name-date", "mtime", "name"]),
+    mode=st.sampled_from(["next", "all"]),
+    policy=st.sampled_from(["warn", "fetch", "ignore"]),
+    failures=st.lists(st.booleans(), max_size=20),
+)
+def test_runs_over_wild_listings_never_fetch_twice_and_name_every_file(
+    first: list[RemoteEntry],
+    arrivals: list[RemoteEntry],
+    order_by: str,
+    mode: str,
+    policy: str,
+    failures: list[bool],
+) -> None:
+    """Simulated runs, a minute apart, with failing downloads and files arriving midway:
+    no file is due twice, the watermark never passes an incomplete file, and every
+    listed matching file is due, completed, behind the record (late only if first seen
+    there), or skipped with a named reason."""
+    crit = Criteria("*.IPI", order_by, mode, 60, late_files=policy)
+    fetched_mtimes: dict[str, int] = {}
+    record: str | None = None
+    observations: dict[str, Observation] | None = None
+    outcomes = iter(failures)
+    fetched: list[str] = []
+    now = NOW
+    for run in range(14):
+        listing = first + [e for e in arrivals if e.name not in {f.name for f in first}] if run >= 4 else first
+        completed = frozenset(fetched)
+        ordered = order(listing, crit, fetched_mtimes)
+        listed = {e.name: e.mtime for e in listing}
+        last_key = record_key(record, order_by, listed, fetched_mtimes)
+        observations = observe(observations, ordered, last_key, completed, now)
+        plan = make_plan(ordered, crit, last_key, completed, now, observations)
+
+        matching = [e.name for _, e in ordered.keyed] + [e.name for e in ordered.unplaced]
+        assert sorted(due_names(plan) + [s.name for s in plan.skipped]) == sorted(matching), "due or skipped, once"
+        for skip in plan.skipped:
+            observation = observations.get(skip.name)
+            if skip.reason is SkipReason.LATE:
+                assert observation is not None and observation.late and policy == "warn"
+            if skip.reason is SkipReason.NOT_AFTER_RECORD and skip.name not in completed:
+                assert policy == "ignore" or observation is None or not observation.late
+        for e in plan.due:
+            assert e.name not in completed, "never due twice"
+            if next(outcomes, False):
+                if mode != "all":
+                    break
+                continue
+            fetched.append(e.name)
+            if e.mtime is not None:
+                fetched_mtimes[e.name] = e.mtime
+            new = advance_record(ordered, crit, last_key, record, set(fetched))
+            if new != record and new is not None:
+                new_key = record_key(new, order_by, listed, fetched_mtimes)
+                passed = [x.name for k, x in ordered.keyed if (last_key is None or k > last_key) and k <= new_key]
+                assert all(n in fetched for n in passed), "the watermark passed an incomplete file"
+            record = new
+        now += 60
+    assert len(fetched) == len(set(fetched))
