@@ -8,6 +8,7 @@ from typing import Any
 
 from app.config import Settings
 from app.names import invalid_name_reason
+from app.planning import SKIPS_NAMED
 from app.report import read_report
 from app.state import read_ledger, read_record
 from app.transfer import Paths, read_partial_meta
@@ -103,8 +104,10 @@ def render(status: Status) -> str:
         lines.append(line)
         lines.append(f"last success: {run.get('last_success_at') or 'never'}")
     for label, files in (("held back", status.held_back), ("late", status.late)):
-        for held in files:
+        for held in files[:SKIPS_NAMED]:
             lines.append(f"{label}: {held['name']!r}: {held['reason']} (since {held.get('since') or 'unknown'})")
+        if len(files) > SKIPS_NAMED:
+            lines.append(f"{label}: {len(files) - SKIPS_NAMED} more (status --json lists them all)")
     for part in status.partials:
         of = f" of {part.size} bytes ({part.percent}%)" if part.size else " bytes"
         lines.append(f"in progress: {part.name}: {part.bytes}{of}")
