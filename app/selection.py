@@ -49,7 +49,7 @@ class RemoteEntry:
 class SkipReason(Enum):
     UNSAFE_NAME = "unsafe file name from the server"
     NOT_REGULAR = "not a regular file"
-    NO_DATE = "no plausible YYYYMMDD date in the name"
+    NO_DATE = "no YYYYMMDD date in the name"  # plausible: years 1970-2199
     AMBIGUOUS_DATE = "several different dates in the name (set DATE_PATTERN to choose one)"
     NO_MTIME = "no modification time from the server, so ORDER_BY=mtime cannot place it"
     NOT_AFTER_RECORD = "at or before the last completed file"

@@ -189,6 +189,21 @@ def test_a_late_file_is_named_and_fetched_only_when_asked(server: Server, run: R
     assert report_of(server.record)["late"] == []
 
 
+def test_a_file_uploaded_with_a_preserved_older_mtime_is_late_under_order_by_mtime(server: Server, run: Runner) -> None:
+    server.put("a.IPI", b"a", mtime=OLD)
+    server.put("b.IPI", b"b", mtime=OLD + 100)
+    assert run(ORDER_BY="mtime", SELECT_MODE="all").code == 0
+    server.put("old.IPI", b"copied with its mtime", mtime=OLD + 50)  # e.g. rsync -t, scp -p
+
+    warned = run(ORDER_BY="mtime", SELECT_MODE="all")
+    fetched = run(ORDER_BY="mtime", SELECT_MODE="all", LATE_FILES="fetch")
+
+    assert warned.code == 0 and fetched.code == 0, warned.output + fetched.output
+    assert "'old.IPI': skipped, arrived after the last completed file" in warned.stderr
+    assert (server.served / "old.IPI").read_bytes() == b"copied with its mtime"
+    assert server.record.read_text() == "b.IPI\n"
+
+
 def test_files_behind_a_migrated_record_are_the_baseline_not_late(server: Server, run: Runner) -> None:
     """The original script left only last_file.txt: what it fetched is not in the ledger."""
     for name in ("20250427.IPI", "20250428.IPI", "20250429.IPI", "20250430.IPI"):
