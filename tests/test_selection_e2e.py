@@ -282,3 +282,13 @@ def test_a_report_with_wrong_types_is_ignored_by_status(server: Server, run: Run
     assert status.code == 1, "a damaged report never reads as healthy"
     assert "last run: none recorded" in status.stdout
     assert f"run report {report} ignored" in status.stderr
+
+
+def test_a_dry_run_keeps_no_observations(server: Server, run: Runner) -> None:
+    server.put("20250428.IPI", b"x", mtime=4_102_444_800)
+
+    result = run("--dry-run", MIN_FILE_AGE=60)
+
+    assert result.code == 0, result.output
+    assert "skip: 20250428.IPI: not yet unchanged for MIN_FILE_AGE" in result.stdout
+    assert not server.record.parent.exists(), "a dry run writes no state"
