@@ -69,6 +69,8 @@ class Backlog:
 
 @dataclass
 class Planner:
+    """One per run: plans each attempt and keeps what the run must report."""
+
     settings: Settings
     dry_run: bool = False
     out: TextIO | None = None
@@ -99,7 +101,7 @@ class Planner:
         if failed:
             due = tuple(e for e in plan.due if e.name not in failed)
             plan = Plan(due, plan.skipped, plan.unmatched, plan.skipped_by_reason)
-        self.backlog = _backlog(plan, observations)
+        self.backlog = backlog_of(plan, observations)
         self._log_skew(entries, now)
         self._log(plan, observations, entries, record)
         if self.dry_run and self.out is not None:
@@ -175,7 +177,7 @@ def _since(observation: Observation | None) -> str | None:
     return iso(dt.datetime.fromtimestamp(observation.first_seen, dt.UTC))
 
 
-def _backlog(plan: Plan, observations: Mapping[str, Observation]) -> Backlog:
+def backlog_of(plan: Plan, observations: Mapping[str, Observation]) -> Backlog:
     held: list[HeldFile] = []
     late: list[HeldFile] = []
     for skip in plan.skipped:

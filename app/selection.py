@@ -225,8 +225,6 @@ def order(
         if not fnmatchcase(entry.name, criteria.pattern):
             unmatched += 1
             continue
-        reason: SkipReason | None = None
-        key: OrderKey | None = None
         if invalid_name_reason(entry.name) is not None:
             # Never used to build a local path; and out of the order entirely, so
             # that it can never hold the watermark back either.
@@ -238,13 +236,12 @@ def order(
         else:
             mtime = fetched_mtimes.get(entry.name, entry.mtime)
             key = order_key(entry.name, mtime, criteria.order_by, criteria.date_pattern)
-            if key is None:
-                reason = _unplaceable(entry, criteria)
-        if key is None:
-            skipped.append(Skip(entry.name, reason or SkipReason.NO_DATE))
-            unplaced.append(entry)
-            continue
-        keyed.append((key, entry))
+            if key is not None:
+                keyed.append((key, entry))
+                continue
+            reason = _unplaceable(entry, criteria)
+        skipped.append(Skip(entry.name, reason))
+        unplaced.append(entry)
     keyed.sort(key=lambda pair: pair[0])
     return Ordered(tuple(keyed), tuple(skipped), unmatched, tuple(unplaced))
 
