@@ -77,6 +77,9 @@ class Planner:
     criteria: Criteria = field(init=False)
     backlog: Backlog = field(default_factory=Backlog)
     _skew_logged: bool = False
+    # (name, reason) already named in this run: a retried attempt plans again, and
+    # says again only what changed.
+    _named: set[tuple[str, SkipReason]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.criteria = criteria_of(self.settings)
@@ -136,8 +139,9 @@ class Planner:
         # the log: the first few of each reason are named, the rest counted.
         named: dict[SkipReason, int] = {}
         for skip in plan.skipped:
-            if skip.reason in _DONE:
+            if skip.reason in _DONE or (skip.name, skip.reason) in self._named:
                 continue
+            self._named.add((skip.name, skip.reason))
             named[skip.reason] = named.get(skip.reason, 0) + 1
             if named[skip.reason] > SKIPS_NAMED:
                 continue

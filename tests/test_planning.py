@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
+from loguru import logger
 from prometheus_client import generate_latest
 
+from app.config import load_settings
 from app.job import RunSummary, summary_line
 from app.metrics import build_registry
-from app.planning import Backlog, backlog_of
+from app.planning import Backlog, Planner, backlog_of
 from app.report import HeldFile, RunReport, iso
-from app.selection import Observation, Plan, Skip, SkipReason
+from app.selection import Observation, Plan, RemoteEntry, Skip, SkipReason, order
 
 NOW = 1_750_000_000.0
 
@@ -71,3 +74,32 @@ def test_an_exit_0_summary_says_how_many_files_are_held_back() -> None:
     summary = RunSummary(backlog=Backlog(held_back=(HeldFile("a", "r", None),) * 2, late=(HeldFile("b", "r", None),)))
     assert summary_line(summary, 0, 1.0).endswith("; 0 failed; 2 held back; 1 late")
     assert summary_line(RunSummary(), 0, 1.0).endswith("; 0 failed")
+
+
+def test_a_retried_attempt_names_each_skipped_file_once_per_run(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "SFTP_HOST": "h",
+            "SFTP_USER": "u",
+            "SFTP_PASS": "p",
+            "LOCAL_DIR": str(tmp_path / "local"),
+            "SERVER_DIR": str(tmp_path / "server"),
+            "LAST_FILE_RECORD": str(tmp_path / "last_file.txt"),
+            "SELECT_MODE": "all",
+        }
+    )
+    planner = Planner(settings)
+    entries = [RemoteEntry("undated.IPI", 1, 1), RemoteEntry("20250428.IPI", 1, 4_102_444_800)]
+    ordered = order(entries, planner.criteria)
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="INFO")
+    try:
+        for _attempt in range(3):
+            planner.plan(entries, ordered, None, None, frozenset(), {})
+    finally:
+        logger.remove(sink)
+    assert sum("'undated.IPI': skipped" in line for line in lines) == 1
+    assert sum("'20250428.IPI': skipped" in line for line in lines) == 1
+    assert sum("ahead of our clock" in line for line in lines) == 1
+    assert sum("plan: 0 due" in line for line in lines) == 3
+    assert {h.name for h in planner.backlog.held_back} == {"undated.IPI", "20250428.IPI"}
