@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from app.names import invalid_name_reason
 from app.report import last_success, read_report
 from app.selection import Observation
 from app.state import (
+    LEDGER_CHECKS,
     Ledger,
     LedgerEntry,
     RunLock,
@@ -219,6 +220,10 @@ def test_a_damaged_ledger_line_is_a_config_error_naming_file_and_line(tmp_path: 
     with pytest.raises(ConfigError, match=rf"{re.escape(str(path))}:2: "):
         read_ledger(path)
     assert path.read_bytes() == before, "reading never rewrites the ledger"
+
+
+def test_every_ledger_field_is_validated() -> None:
+    assert set(LEDGER_CHECKS) == {f.name for f in fields(LedgerEntry)}
 
 
 def test_ledger_fields_added_by_a_newer_version_are_ignored(tmp_path: Path) -> None:
