@@ -234,7 +234,17 @@ def _observation(name: str, value: object) -> Observation:
 
 def write_observations(path: Path, observations: Mapping[str, Observation]) -> None:
     # Not fsynced: a lost or damaged file is rebuilt from the next listing.
-    files = {name: asdict(obs) for name, obs in sorted(observations.items())}
+    # Built by hand: asdict's deep copy is the slowest part with 100,000 names listed.
+    files = {
+        name: {
+            "first_seen": o.first_seen,
+            "stable_since": o.stable_since,
+            "size": o.size,
+            "mtime": o.mtime,
+            "late": o.late,
+        }
+        for name, o in observations.items()
+    }
     data = json.dumps({"version": OBSERVATIONS_VERSION, "files": files}, separators=(",", ":")) + "\n"
     atomic_write(path, data.encode("utf-8"), "observations", durable=False)
 
