@@ -122,15 +122,14 @@ def read_report(path: Path) -> dict[str, Any] | None:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         data = None
-    valid = isinstance(data, dict) and all(key in data for key in _REQUIRED)
-    if isinstance(data, dict) and valid:
-        bad = [key for key, check in _REPORT_CHECKS.items() if key in data and not check(data[key])]
-        if not bad:
-            return data
+    if not isinstance(data, dict) or not all(key in data for key in _REQUIRED):
+        logger.warning("run report {} ignored: damaged (not a run report)", path)
+        return None
+    bad = [key for key, check in _REPORT_CHECKS.items() if key in data and not check(data[key])]
+    if bad:
         logger.warning("run report {} ignored: damaged ({} has the wrong type)", path, bad[0])
         return None
-    logger.warning("run report {} ignored: damaged (not a run report)", path)
-    return None
+    return data
 
 
 def write_report(path: Path, report: RunReport) -> None:
