@@ -30,6 +30,7 @@ NOTIFY_ON = ("failure", "always")
 SMTP_SECURITY = ("starttls", "tls", "none")
 # The port of SMTP over implicit TLS (RFC 8314 "submissions").
 SMTPS_PORT = 465
+LATE_POLICIES = ("warn", "fetch", "ignore")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 MiB = 1024 * 1024
@@ -149,7 +150,19 @@ class Settings(_StateLayout):
         " all: every due file, oldest first.",
     )
     min_file_age: int = _setting(
-        60, "Seconds since a remote file's last modification before it is taken (it may still be written)."
+        60,
+        "Seconds since a remote file's last modification before it is taken (it may still be written);"
+        " without an mtime, or with one ahead of our clock, seconds it has been seen unchanged.",
+    )
+    date_pattern: str | None = _setting(
+        None,
+        "Regex with a named group 'date' capturing the YYYYMMDD of names with several 8-digit dates;"
+        " unset, such names are skipped with a warning.",
+    )
+    late_files: str = _setting(
+        "warn",
+        "Files that appear behind the last completed file: warn (name them in log, report, status, metrics),"
+        " fetch (download them once; the record does not move back), or ignore.",
     )
     chunk_size: int = _setting(
         2 * MiB,
@@ -404,6 +417,16 @@ def _pattern(name: str, raw: str) -> str:
     return raw
 
 
+def _date_pattern(name: str, raw: str) -> str:
+    try:
+        compiled = re.compile(raw)
+    except (re.error, OverflowError, RecursionError) as exc:
+        raise ConfigError(f"{name}={raw!r} is not a valid regular expression: {exc}") from None
+    if "date" not in compiled.groupindex:
+        raise ConfigError(f"{name}={raw!r} has no named group 'date', e.g. (?P<date>\\d{{8}})")
+    return raw
+
+
 def _host(name: str, raw: str) -> str:
     value = raw.strip()
     if not value or any(c.isspace() or ord(c) < 32 for c in value) or "/" in value:
@@ -442,6 +465,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "order_by": _choice(ORDERINGS),
     "select_mode": _choice(SELECT_MODES),
     "min_file_age": _int(0),
+    "date_pattern": _date_pattern,
+    "late_files": _choice(LATE_POLICIES),
     # 4 KiB floor: smaller requests cost a round trip each for almost no data.
     "chunk_size": _int(4096, 64 * MiB),
     "pipeline_depth": _int(1, 1024),

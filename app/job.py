@@ -24,31 +24,24 @@ from app.errors import (
     TransientError,
 )
 from app.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_errors
-from app.names import shown
+from app.planning import Backlog, Planner
 from app.publish import publish
 from app.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
 from app.report import RetryRecord, RunReport, iso, last_success, outcome, read_report
 from app.retention import apply_retention
 from app.retry import RetryPolicy
 from app.selection import (
-    Criteria,
     Ordered,
     OrderKey,
-    Plan,
     RemoteEntry,
-    SkipReason,
     UnplaceableRecordError,
     advance_record,
-    make_plan,
     order,
     record_key,
 )
 from app.state import Ledger, LedgerEntry, append_ledger, read_ledger, read_record, write_record
 from app.tally import FileTally, file_reports, total_kept
 from app.transfer import TransferResult, download
-
-# Skipped files named one by one in the log, per reason, before they are counted.
-SKIPS_NAMED = 20
 
 # Files published within this many seconds share one fsync of SERVER_DIR and of
 # the ledger: with hundreds of small files due, fsyncs dominate the run.
@@ -62,6 +55,7 @@ class RunSummary:
     retries: list[RetryRecord] = field(default_factory=list)
     recorded: dict[str, LedgerEntry] = field(default_factory=dict)  # seconds and bytes across attempts
     tallies: dict[str, FileTally] = field(default_factory=dict)  # every file tried, finished or not
+    backlog: Backlog = field(default_factory=Backlog)
 
 
 @dataclass
@@ -88,12 +82,8 @@ class Job:
         self.dry_run = dry_run
         self.out = out
         self.sleep = sleep
-        self.criteria = Criteria(
-            pattern=settings.file_pattern,
-            order_by=settings.order_by,
-            mode=settings.select_mode,
-            min_age=settings.min_file_age,
-        )
+        self.planner = Planner(settings, dry_run, out)
+        self.criteria = self.planner.criteria
         self.summary = RunSummary()
         self._unsynced_record: str | None = None
         self._uncommitted: list[LedgerEntry] = []
@@ -165,11 +155,11 @@ class Job:
             snap = self._snapshot(conn)
             if not self.dry_run:
                 snap = self._repair_record(snap)
-            plan = make_plan(snap.ordered, self.criteria, snap.last_key, snap.ledger.names, time.time())
-            plan = self._without_failed(plan)
-            self._log_plan(plan, snap)
+            plan = self.planner.plan(
+                snap.entries, snap.ordered, snap.record, snap.last_key, snap.ledger.names, self.summary.failed
+            )
+            self.summary.backlog = self.planner.backlog
             if self.dry_run:
-                self._print_plan(plan, snap)
                 return EXIT_OK
             try:
                 for entry in plan.due:
@@ -210,12 +200,15 @@ class Job:
         if ledger.damaged_lines:
             logger.warning("{}: skipped {} damaged line(s)", self.s.ledger_path, ledger.damaged_lines)
         record = read_record(self.s.last_file_record)
-        listed = {e.name: e.mtime for e in entries}
         try:
-            last_key = record_key(record, self.s.order_by, listed, ledger.mtimes)
+            last_key = self._record_key(record, entries, ledger)
         except UnplaceableRecordError as exc:
             raise ConfigError(f"LAST_FILE_RECORD={self.s.last_file_record}: {exc}") from None
-        return _Snapshot(entries, order(entries, self.criteria), ledger, record, last_key)
+        return _Snapshot(entries, order(entries, self.criteria, ledger.mtimes), ledger, record, last_key)
+
+    def _record_key(self, record: str | None, entries: list[RemoteEntry], ledger: Ledger) -> OrderKey | None:
+        listed = {e.name: e.mtime for e in entries}
+        return record_key(record, self.s.order_by, listed, ledger.mtimes, self.criteria.date_pattern)
 
     def _repair_record(self, snap: _Snapshot) -> _Snapshot:
         """A run killed between the ledger append and the record write left the
@@ -233,16 +226,8 @@ class Job:
         self._unsynced_record = new
         if repaired:
             logger.info("LAST_FILE_RECORD moved from {} to {} to match the ledger", snap.record, new)
-        listed = {e.name: e.mtime for e in snap.entries}
-        last_key = record_key(new, self.s.order_by, listed, snap.ledger.mtimes)
+        last_key = self._record_key(new, snap.entries, snap.ledger)
         return _Snapshot(snap.entries, snap.ordered, snap.ledger, new, last_key)
-
-    def _without_failed(self, plan: Plan) -> Plan:
-        """Files that failed for good earlier in this run are not tried again in it."""
-        if not self.summary.failed:
-            return plan
-        due = tuple(e for e in plan.due if e.name not in self.summary.failed)
-        return Plan(due, plan.skipped, plan.unmatched, plan.skipped_by_reason)
 
     # -- one file -----------------------------------------------------------
 
@@ -303,52 +288,6 @@ class Job:
         snap = _Snapshot(snap.entries, snap.ordered, ledger, snap.record, snap.last_key)
         return self._advance(snap, ledger.names)
 
-    # -- reporting ----------------------------------------------------------
-
-    def _log_plan(self, plan: Plan, snap: _Snapshot) -> None:
-        # Each run repeats these, so a directory full of odd names must not flood
-        # the log: the first few are named, the rest counted.
-        named: dict[SkipReason, int] = {}
-        for skip in plan.skipped:
-            if skip.reason in (SkipReason.NO_DATE, SkipReason.TOO_YOUNG, SkipReason.UNSAFE_NAME):
-                named[skip.reason] = named.get(skip.reason, 0) + 1
-                if named[skip.reason] <= SKIPS_NAMED:
-                    logger.bind(file=shown(skip.name)).warning("{}: skipped, {}", shown(skip.name), skip.reason.value)
-        for reason, count in named.items():
-            if count > SKIPS_NAMED:
-                logger.warning("{} more file(s) skipped: {}", count - SKIPS_NAMED, reason.value)
-        logger.bind(due=[e.name for e in plan.due]).info(
-            "plan: {} due ({}); last completed: {}; {} listed, {} skipped, {} not matching {}",
-            len(plan.due),
-            ", ".join(e.name for e in plan.due) or "nothing",
-            snap.record or "none",
-            len(snap.entries),
-            len(plan.skipped),
-            plan.unmatched,
-            self.s.file_pattern,
-        )
-
-    def _print_plan(self, plan: Plan, snap: _Snapshot) -> None:
-        out = self.out
-        if out is None:
-            return
-        print(f"last completed file: {snap.record or 'none'}", file=out)
-        if plan.due:
-            for entry in plan.due:
-                print(f"would download: {entry.name} ({entry.size} bytes)", file=out)
-        else:
-            print("nothing due", file=out)
-        quiet = {SkipReason.NOT_AFTER_RECORD, SkipReason.COMPLETED}
-        for skip in plan.skipped:
-            if skip.reason not in quiet:
-                print(f"skip: {shown(skip.name)}: {skip.reason.value}", file=out)
-        for reason in quiet:
-            count = plan.skipped_by_reason.get(reason, 0)
-            if count:
-                print(f"skip: {count} file(s) {reason.value}", file=out)
-        if plan.unmatched:
-            print(f"ignored: {plan.unmatched} entries not matching FILE_PATTERN={self.s.file_pattern}", file=out)
-
 
 def build_report(
     settings: Settings,
@@ -382,6 +321,8 @@ def build_report(
         last_completed_file=newest.name if newest else None,
         last_completed_at=newest.completed_at if newest else None,
         newest_completed_mtime=max((e.mtime for e in entries if e.mtime is not None), default=None),
+        held_back=list(summary.backlog.held_back),
+        late=list(summary.backlog.late),
     )
 
 
@@ -399,4 +340,7 @@ def summary_line(summary: RunSummary, exit_code: int, seconds: float) -> str:
         f" {received} bytes transferred{kept} in {seconds:.1f} s ({rate:.2f} MB/s);"
         f" {len(summary.retries)} retr{'y' if len(summary.retries) == 1 else 'ies'};"
         f" {len(summary.failed)} failed"
+        # An exit 0 must not read as "all delivered" while files wait.
+        + (f"; {len(summary.backlog.held_back)} held back" if summary.backlog.held_back else "")
+        + (f"; {len(summary.backlog.late)} late" if summary.backlog.late else "")
     )

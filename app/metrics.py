@@ -50,6 +50,15 @@ def build_registry(report: RunReport, now: float | None = None) -> CollectorRegi
     gauge("last_run_retries", "Retries in the last run.", len(report.retries))
     age = None if report.newest_completed_mtime is None else max(0.0, now - report.newest_completed_mtime)
     gauge("newest_file_age_seconds", "Age (by remote mtime) of the newest completed file.", age)
+    # Always set, 0 included, so that an alert on them never sees a missing series.
+    gauge("held_back_files", "Files due but not delivered by the last run (see the run report).", len(report.held_back))
+    oldest = min((since for f in report.held_back if (since := _epoch(f.since)) is not None), default=None)
+    gauge(
+        "oldest_held_back_seconds",
+        "How long the longest held-back file has been waiting, by our clock (0 if none).",
+        0.0 if oldest is None else max(0.0, now - oldest),
+    )
+    gauge("late_files", "Files that arrived behind the last completed file and were not fetched.", len(report.late))
     return registry
 
 

@@ -467,6 +467,8 @@ def stat_entry(conn: Connection, settings: Settings, name: str) -> RemoteEntry:
 
 
 def _entry(name: str, attr: paramiko.SFTPAttributes) -> RemoteEntry:
+    # An attribute the server left out stays None: defaulting it (size 0, mtime
+    # 1970, "not a file") would decide what happens to the file.
     size = None if attr.st_size is None else int(attr.st_size)
     mtime = None if attr.st_mtime is None else int(attr.st_mtime)
     is_regular = None if attr.st_mode is None else stat.S_ISREG(attr.st_mode)

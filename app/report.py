@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loguru import logger
+
 from app.errors import EXIT_MEANINGS, EXIT_OK
 from app.fsutil import atomic_write
 
@@ -39,6 +41,15 @@ class FileReport:
 
 
 @dataclass(frozen=True)
+class HeldFile:
+    """A file that is due, or would be, and was not delivered: why, and since when."""
+
+    name: str
+    reason: str
+    since: str | None  # when the job first listed it (ISO 8601 UTC)
+
+
+@dataclass(frozen=True)
 class RunReport:
     started_at: str
     finished_at: str
@@ -55,6 +66,8 @@ class RunReport:
     last_completed_file: str | None = None
     last_completed_at: str | None = None
     newest_completed_mtime: int | None = None
+    held_back: list[HeldFile] = field(default_factory=list)
+    late: list[HeldFile] = field(default_factory=list)
     version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -65,13 +78,63 @@ def iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).isoformat(timespec="seconds")
 
 
+def _optional(kind: type | tuple[type, ...]) -> Any:
+    return lambda v: v is None or isinstance(v, kind)
+
+
+def _held_files(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(item, dict)
+        and isinstance(item.get("name"), str)
+        and isinstance(item.get("reason"), str)
+        and _optional(str)(item.get("since"))
+        for item in value
+    )
+
+
+# The fields that status, alerts and the next run read, and what each must be; a
+# report from an older version may lack the newer ones.
+_REPORT_CHECKS: dict[str, Any] = {
+    "exit_code": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "ok": lambda v: isinstance(v, bool),
+    "outcome": _optional(str),
+    "finished_at": _optional(str),
+    "error": _optional(str),
+    "last_success_at": _optional(str),
+    "last_completed_file": _optional(str),
+    "last_completed_at": _optional(str),
+    "held_back": lambda v: v is None or _held_files(v),
+    "late": lambda v: v is None or _held_files(v),
+}
+_REQUIRED = ("exit_code", "ok")
+
+
 def read_report(path: Path) -> dict[str, Any] | None:
-    """The last run's report, or None if there is none (or it is unreadable)."""
+    """The last run's report, or None if there is none.
+
+    The report is rebuilt by every run, so a damaged one (bad JSON, wrong types)
+    is treated as absent, with a warning naming the file: its only loss is the
+    carried-over ``last_success_at``.
+    """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        raw = path.read_bytes()
+    except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) else None
+    except OSError as exc:
+        logger.warning("run report {} ignored: cannot read it ({})", path, exc.__class__.__name__)
+        return None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict) or not all(key in data for key in _REQUIRED):
+        logger.warning("run report {} ignored: damaged (not a run report)", path)
+        return None
+    bad = [key for key, check in _REPORT_CHECKS.items() if key in data and not check(data[key])]
+    if bad:
+        logger.warning("run report {} ignored: damaged ({} has the wrong type)", path, bad[0])
+        return None
+    return data
 
 
 def write_report(path: Path, report: RunReport) -> None:

@@ -1,20 +1,39 @@
-"""Local state: LAST_FILE_RECORD (the watermark), the ledger of completed files, the run lock."""
+"""Local state: LAST_FILE_RECORD (the watermark), the ledger of completed files, the
+observations of listed files, the run lock.
+
+Any of these files may be damaged (edited by hand, truncated, left by another
+version). Each reader returns a valid value or raises one ConfigError naming the
+file (and line); never anything else.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import json
+import math
 import os
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from app import interrupt
 from app.errors import ConfigError, LockedError
 from app.fsutil import atomic_write, fsync_dir, storage_error
 from app.names import invalid_name_reason
+from app.selection import Observation
+
+# What Windows editors put at the start of a text file; never part of a name.
+_BOM = "\ufeff"
+# Ledger mtimes and sizes beyond this are not from any file system (and would
+# overflow the float arithmetic of ages and rates).
+_MAX_INT = 2**63
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+OBSERVATIONS_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -34,17 +53,22 @@ def read_record(path: Path) -> str | None:
     """The last completed file's name, or None before the first completion.
 
     The format is the original script's: the bare name, optionally followed by
-    a newline.
+    a newline. Only that line terminator (``\\n`` or ``\\r\\n``) and a leading
+    UTF-8 BOM are stripped: any other character, a trailing space included, is
+    part of the name, so every valid name round-trips exactly.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"LAST_FILE_RECORD={path}: cannot read it ({exc.__class__.__name__})") from None
-    name = text.strip()
+    name = text.removeprefix(_BOM)
+    name = name.removesuffix("\n").removesuffix("\r") if name.endswith("\n") else name
     if not name:
         return None
+    if not name.strip():
+        raise ConfigError(f"LAST_FILE_RECORD={path} holds only white space, not a file name")
     reason = invalid_name_reason(name)
     if reason:
         raise ConfigError(f"LAST_FILE_RECORD={path} does not hold a file name: {reason}")
@@ -84,8 +108,88 @@ class Ledger:
         return {e.name: e.mtime for e in self.entries if e.mtime is not None}
 
 
+def _is_int(value: object, low: int = 0) -> bool:
+    # bool is an int to Python, never to the ledger.
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < _MAX_INT
+
+
+def _is_seconds(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value < _MAX_INT
+    )
+
+
+def _is_timestamp(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        dt.datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+# One check per LedgerEntry field (a test keeps them in step).
+LEDGER_CHECKS: dict[str, tuple[Any, str]] = {
+    "name": (lambda v: isinstance(v, str) and invalid_name_reason(v) is None, "a valid file name"),
+    "size": (_is_int, "a whole number >= 0"),
+    # None: the server sent no mtime, and none was made up (see transfer).
+    "mtime": (lambda v: v is None or _is_int(v), "a whole number >= 0 or null"),
+    "sha256": (lambda v: isinstance(v, str) and _SHA256.fullmatch(v) is not None, "64 lowercase hex digits"),
+    "bytes_transferred": (_is_int, "a whole number >= 0"),
+    "seconds": (_is_seconds, "a number >= 0"),
+    "completed_at": (_is_timestamp, "an ISO 8601 time"),
+}
+
+
+# One check per RefetchNote field.
+REFETCH_CHECKS: dict[str, tuple[Any, str]] = {
+    "name": LEDGER_CHECKS["name"],
+    "requested_at": (_is_timestamp, "an ISO 8601 time"),
+    "requested_by": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _checked(data: dict[str, Any], checks: dict[str, tuple[Any, str]]) -> dict[str, Any]:
+    for key, (check, meaning) in checks.items():
+        if key not in data:
+            raise ValueError(f"no {key!r}")
+        if not check(data[key]):
+            raise ValueError(f"{key!r} is not {meaning}")
+    # Fields a newer version may add are ignored, so that going back a version works.
+    return {key: data[key] for key in checks}
+
+
+def _ledger_item(line: bytes) -> LedgerEntry | RefetchNote:
+    """One ledger line, validated field by field; ValueError says what is wrong."""
+    try:
+        data = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ValueError("not a JSON object") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    if data.get("refetch") is True:
+        return RefetchNote(**_checked(data, REFETCH_CHECKS))
+    return LedgerEntry(**_checked(data, LEDGER_CHECKS))
+
+
+def _torn(line: bytes) -> bool:
+    """A line cut short by a crash mid-append: an object that never got its closing brace.
+
+    Every ledger line is written whole and ends with ``}``; a later append closes a
+    torn one off with a newline, so it can sit anywhere in the file.
+    """
+    text = line.strip()
+    return text.startswith(b"{") and not text.endswith(b"}")
+
+
 def read_ledger(path: Path) -> Ledger:
-    """All intact entries. A line torn by a crash mid-append is counted and skipped."""
+    """All entries. A line torn by a crash mid-append is counted and skipped; any other
+    line that is not a valid entry is a ConfigError naming the file and line: the
+    ledger is what keeps a file from being fetched twice, so it is never guessed at."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -94,23 +198,20 @@ def read_ledger(path: Path) -> Ledger:
         raise storage_error("read the ledger", path, exc) from None
     items: list[LedgerEntry | RefetchNote] = []
     damaged = 0
-    for line in raw.splitlines():
+    for number, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            items.append(_ledger_item(json.loads(line)))
-        except (ValueError, TypeError):
-            damaged += 1
+            items.append(_ledger_item(line))
+        except ValueError as exc:
+            if _torn(line):
+                damaged += 1
+                continue
+            raise ConfigError(
+                f"ledger {path}:{number}: {exc}; repair or remove that line (see README, state files)"
+            ) from None
     entries, pending = _apply_refetches(items)
     return Ledger(entries=entries, damaged_lines=damaged, refetch_pending=pending)
-
-
-def _ledger_item(data: object) -> LedgerEntry | RefetchNote:
-    if not isinstance(data, dict):
-        raise TypeError("not a JSON object")
-    if data.get("refetch") is True:
-        return RefetchNote(**data)
-    return LedgerEntry(**data)
 
 
 def _apply_refetches(
@@ -151,6 +252,55 @@ def append_ledger(path: Path, *entries: LedgerEntry | RefetchNote) -> None:
             fsync_dir(path.parent)
     except OSError as exc:
         raise storage_error("append to the ledger", path, exc) from None
+
+
+def read_observations(path: Path) -> dict[str, Observation] | None:
+    """The observations of the last run, or None if there are none."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"observations {path}: cannot read it ({exc.__class__.__name__})") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        if not isinstance(data, dict) or data.get("version") != OBSERVATIONS_VERSION:
+            raise ValueError("not a version 1 observations file")
+        files = data.get("files")
+        if not isinstance(files, dict):
+            raise ValueError("no 'files' object")
+        return {name: _observation(name, value) for name, value in files.items()}
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"observations {path}: {exc}") from None
+
+
+def _observation(name: str, value: object) -> Observation:
+    if not name or not isinstance(value, dict):
+        raise ValueError(f"entry {name!r} is not an object")
+    first, stable = value.get("first_seen"), value.get("stable_since")
+    size, mtime, late = value.get("size"), value.get("mtime"), value.get("late")
+    if not (_is_seconds(first) and _is_seconds(stable)):
+        raise ValueError(f"entry {name!r}: first_seen and stable_since must be times")
+    if not ((size is None or _is_int(size)) and (mtime is None or _is_int(mtime)) and isinstance(late, bool)):
+        raise ValueError(f"entry {name!r}: size, mtime or late has the wrong type")
+    return Observation(float(first), float(stable), size, mtime, late)  # type: ignore[arg-type]
+
+
+def write_observations(path: Path, observations: Mapping[str, Observation]) -> None:
+    # Not fsynced: a lost or damaged file is rebuilt from the next listing.
+    # Built by hand: asdict's deep copy is the slowest part with 100,000 names listed.
+    files = {
+        name: {
+            "first_seen": o.first_seen,
+            "stable_since": o.stable_since,
+            "size": o.size,
+            "mtime": o.mtime,
+            "late": o.late,
+        }
+        for name, o in observations.items()
+    }
+    data = json.dumps({"version": OBSERVATIONS_VERSION, "files": files}, separators=(",", ":")) + "\n"
+    atomic_write(path, data.encode("utf-8"), "observations", durable=False)
 
 
 class RunLock:

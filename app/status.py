@@ -8,6 +8,7 @@ from typing import Any
 
 from app.config import StateSettings
 from app.names import invalid_name_reason
+from app.planning import SKIPS_NAMED
 from app.report import read_report
 from app.state import RefetchNote, read_ledger, read_record
 from app.transfer import Paths, partial_name, read_partial_meta
@@ -34,6 +35,15 @@ class Status:
     refetch_pending: list[RefetchNote]
 
     @property
+    def held_back(self) -> list[dict[str, Any]]:
+        """Files the last run did not deliver, with the reason and since when."""
+        return list((self.last_run or {}).get("held_back") or [])
+
+    @property
+    def late(self) -> list[dict[str, Any]]:
+        return list((self.last_run or {}).get("late") or [])
+
+    @property
     def healthy(self) -> bool:
         return bool(self.last_run and self.last_run.get("ok"))
 
@@ -41,6 +51,8 @@ class Status:
         data = asdict(self)
         data["partials"] = [{**asdict(p), "percent": p.percent} for p in self.partials]
         data["healthy"] = self.healthy
+        data["held_back"] = self.held_back
+        data["late"] = self.late
         return data
 
 
@@ -93,6 +105,11 @@ def render(status: Status) -> str:
             line += f": {run['error']}"
         lines.append(line)
         lines.append(f"last success: {run.get('last_success_at') or 'never'}")
+    for label, files in (("held back", status.held_back), ("late", status.late)):
+        for held in files[:SKIPS_NAMED]:
+            lines.append(f"{label}: {held['name']!r}: {held['reason']} (since {held.get('since') or 'unknown'})")
+        if len(files) > SKIPS_NAMED:
+            lines.append(f"{label}: {len(files) - SKIPS_NAMED} more (status --json lists them all)")
     for part in status.partials:
         of = f" of {part.size} bytes ({part.percent}%)" if part.size else " bytes"
         lines.append(f"in progress: {part.name}: {part.bytes}{of}")

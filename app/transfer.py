@@ -148,10 +148,15 @@ def complete_local(paths: Paths, entry: RemoteEntry) -> bool:
 def read_partial_meta(paths: Paths) -> tuple[int, int] | None:
     """The remote (size, mtime) a partial was taken from, or None if unknown."""
     try:
-        meta = json.loads(paths.meta.read_text(encoding="utf-8"))
-        return int(meta["size"]), int(meta["mtime"])
-    except (OSError, ValueError, KeyError, TypeError):
+        meta = json.loads(paths.meta.read_bytes())
+    except (OSError, ValueError, RecursionError):
         return None
+    values = (meta.get("size"), meta.get("mtime")) if isinstance(meta, dict) else (None, None)
+    # Anything but two whole numbers >= 0 (1e400, "12", true) is damage: unknown,
+    # so the partial starts again.
+    if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        return values  # type: ignore[return-value]
+    return None
 
 
 def partial_name(paths: Paths) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from app.selection import (
     Criteria,
+    Observation,
     OrderKey,
     Plan,
     RemoteEntry,
@@ -18,6 +20,8 @@ from app.selection import (
     advance_record,
     date_in_name,
     make_plan,
+    observe,
+    order,
     order_key,
     record_key,
 )
@@ -27,7 +31,7 @@ OLD = int(NOW) - 3600  # an hour old: past any MIN_FILE_AGE used here
 SEED_NAMES = ("20250427.IPI", "20250428.IPI", "20250429.IPI", "20250430.IPI")
 
 
-def entry(name: str, mtime: int = OLD, *, is_regular: bool = True, size: int = 10) -> RemoteEntry:
+def entry(name: str, mtime: int | None = OLD, *, is_regular: bool | None = True, size: int | None = 10) -> RemoteEntry:
     return RemoteEntry(name=name, size=size, mtime=mtime, is_regular=is_regular)
 
 
@@ -76,11 +80,12 @@ def advance(
         ("20250428.IPI", 20250428),
         ("IPI_20250428.dat", 20250428),
         ("report-20240229-final.IPI", 20240229),  # leap day
-        ("20251399_20250428.IPI", 20250428),  # the first *valid* date wins
-        ("20250428_20250501.IPI", 20250428),  # the first of two valid dates
+        ("20251399_20250428.IPI", 20250428),  # the only *valid* date counts
+        ("IPI_12340115_20250102.dat", 20250102),  # the only *plausible* date counts
+        ("20250428_x_20250428.IPI", 20250428),  # the same date twice is one date
     ],
 )
-def test_date_in_name_finds_first_valid_yyyymmdd(name: str, expected: int) -> None:
+def test_date_in_name_finds_the_one_plausible_yyyymmdd(name: str, expected: int) -> None:
     assert date_in_name(name) == expected
 
 
@@ -154,8 +159,13 @@ def test_record_key_mtime_uses_listing_mtime() -> None:
     assert record_key("a.IPI", "mtime", {"a.IPI": 500}, {}) == (500, "a.IPI")
 
 
-def test_record_key_mtime_prefers_listing_over_ledger() -> None:
-    assert record_key("a.IPI", "mtime", {"a.IPI": 500}, {"a.IPI": 400}) == (500, "a.IPI")
+def test_record_key_mtime_prefers_the_ledger_mtime_over_a_touched_listing() -> None:
+    """Touching the recorded file on the server must not move the watermark."""
+    assert record_key("a.IPI", "mtime", {"a.IPI": 500}, {"a.IPI": 400}) == (400, "a.IPI")
+
+
+def test_record_key_mtime_uses_the_listing_for_a_record_the_ledger_does_not_know() -> None:
+    assert record_key("a.IPI", "mtime", {"a.IPI": 500}, {}) == (500, "a.IPI")
 
 
 def test_record_key_mtime_uses_ledger_when_file_gone_from_listing() -> None:
@@ -611,3 +621,249 @@ def test_repeated_runs_fetch_every_candidate_exactly_once(
     assert sorted(fetched) == sorted(n for _, n in keyed_candidates(entries, crit))
     candidates = keyed_candidates(entries, crit)
     assert record == (candidates[-1][1] if candidates else None)
+
+
+# -- server metadata is a claim (issue 10, items 4, 5) ---------------------------
+
+FUTURE = 4_102_444_800  # 2100-01-01
+
+
+def test_unknown_type_is_tried_as_a_regular_file() -> None:
+    plan = plan_after([entry("20250429.IPI", is_regular=None)], criteria("all"), None)
+    assert due_names(plan) == ["20250429.IPI"]
+
+
+def test_future_mtime_with_min_file_age_zero_is_due_at_once() -> None:
+    entries = [entry("20250429.IPI", mtime=FUTURE), entry("20250430.IPI")]
+    plan = plan_after(entries, criteria("all", min_age=0), None)
+    assert due_names(plan) == ["20250429.IPI", "20250430.IPI"]
+
+
+def test_clock_skew_of_a_few_seconds_does_not_hold_the_queue_with_min_file_age_zero() -> None:
+    plan = plan_after([entry("20250429.IPI", mtime=int(NOW) + 5)], criteria("next", min_age=0), None)
+    assert due_names(plan) == ["20250429.IPI"]
+
+
+@pytest.mark.parametrize("mtime", [FUTURE, None])
+def test_future_or_missing_mtime_is_judged_by_how_long_it_was_seen_unchanged(mtime: int | None) -> None:
+    crit = criteria("all", min_age=60)
+    files = [entry("20250429.IPI", mtime=mtime)]
+    seen_long = {"20250429.IPI": Observation(NOW - 600, NOW - 61, 10, mtime)}
+    seen_now = {"20250429.IPI": Observation(NOW - 600, NOW - 10, 10, mtime)}
+    assert due_names(make_plan(files, crit, None, frozenset(), NOW, seen_long)) == ["20250429.IPI"]
+    assert skip_reasons(make_plan(files, crit, None, frozenset(), NOW, seen_now)) == {
+        "20250429.IPI": SkipReason.TOO_YOUNG
+    }
+
+
+def test_missing_mtime_is_never_taken_for_an_old_file() -> None:
+    plan = plan_after([entry("20250429.IPI", mtime=None)], criteria("all", min_age=60), None)
+    assert skip_reasons(plan) == {"20250429.IPI": SkipReason.TOO_YOUNG}
+
+
+def test_missing_mtime_under_order_by_mtime_is_skipped_with_its_own_reason() -> None:
+    entries = [entry("a.IPI", mtime=None), entry("b.IPI")]
+    plan = plan_after(entries, criteria("all", "mtime"), None)
+    assert due_names(plan) == ["b.IPI"]
+    assert skip_reasons(plan) == {"a.IPI": SkipReason.NO_MTIME}
+
+
+# -- dates in names (item 7) -------------------------------------------------------
+
+
+def test_an_implausible_year_is_not_a_date() -> None:
+    entries = [entry("IPI_12340115_20250102.dat"), entry("IPI_20250101.dat")]
+    plan = plan_after(entries, criteria("all"), None)
+    assert due_names(plan) == ["IPI_20250101.dat", "IPI_12340115_20250102.dat"]
+
+
+@pytest.mark.parametrize("name", ["19691231.IPI", "22000101.IPI", "00010101.IPI"])
+def test_years_outside_1970_to_2199_are_not_dates(name: str) -> None:
+    assert date_in_name(name) is None
+
+
+def test_two_different_plausible_dates_are_ambiguous_and_skipped() -> None:
+    entries = [entry("20250428_20250501.IPI"), entry("20250429.IPI")]
+    plan = plan_after(entries, criteria("all"), None)
+    assert due_names(plan) == ["20250429.IPI"]
+    assert skip_reasons(plan) == {"20250428_20250501.IPI": SkipReason.AMBIGUOUS_DATE}
+
+
+def test_date_pattern_chooses_among_several_dates() -> None:
+    pattern = re.compile(r"_(?P<date>\d{8})\.IPI$")
+    crit = Criteria("*IPI*", "name-date", "all", 0, date_pattern=pattern)
+    entries = [entry("20250601_20250428.IPI"), entry("20250101_20250427.IPI"), entry("20250429.IPI")]
+    plan = make_plan(entries, crit, None, frozenset(), NOW)
+    assert due_names(plan) == ["20250101_20250427.IPI", "20250601_20250428.IPI"]
+    assert skip_reasons(plan) == {"20250429.IPI": SkipReason.NO_DATE}
+    assert date_in_name("IPI_20250428_19000101.IPI", pattern) is None  # matched, but not a plausible date
+
+
+# -- the watermark keeps the place a file had when it was fetched (item 3) ------
+
+
+def test_a_completed_file_touched_on_the_server_keeps_its_ledger_place() -> None:
+    """a.IPI (fetched at mtime 100) is touched to 900: c.IPI (200) must still be due, and the
+    watermark, once b.IPI completes, moves to b.IPI, not onto the touched a.IPI."""
+    crit = criteria("all", "mtime", min_age=0)
+    entries = [entry("a.IPI", 900), entry("b.IPI", 150), entry("c.IPI", 200)]
+    ledger = {"a.IPI": 100, "b.IPI": 150}
+    ordered = order(entries, crit, ledger)
+    last_key = record_key("a.IPI", "mtime", {e.name: e.mtime for e in entries}, ledger)
+    assert due_names(make_plan(ordered, crit, last_key, frozenset(ledger), NOW)) == ["c.IPI"]
+    assert advance_record(ordered, crit, last_key, "a.IPI", {"a.IPI", "b.IPI"}) == "b.IPI"
+
+
+# -- observations and late arrivals (items 4, 6) --------------------------------
+
+
+def observed(
+    entries: list[RemoteEntry], previous: dict[str, Observation] | None, record: str | None, now: float = NOW
+) -> dict[str, Observation]:
+    crit = criteria("all")
+    key = record_key(record, crit.order_by, {e.name: e.mtime for e in entries}, {})
+    return observe(previous, order(entries, crit), key, frozenset({"20250427.IPI"}), now)
+
+
+def test_first_observations_are_the_baseline_never_late() -> None:
+    result = observed([entry("20250427.IPI"), entry("20250428.IPI"), entry("20250430.IPI")], None, "20250429.IPI")
+    assert set(result) == {"20250428.IPI", "20250430.IPI"}, "completed names are not kept"
+    assert not any(o.late for o in result.values())
+    assert result["20250428.IPI"] == Observation(NOW, NOW, 10, OLD, late=False)
+
+
+def test_a_name_first_listed_behind_the_watermark_is_late_and_stays_late() -> None:
+    first = observed([entry("20250430.IPI")], None, "20250429.IPI")
+    second = observed([entry("20250428.IPI"), entry("20250430.IPI")], first, "20250429.IPI", NOW + 60)
+    assert second["20250428.IPI"].late and not second["20250430.IPI"].late
+    third = observed([entry("20250428.IPI", size=99)], second, "20250429.IPI", NOW + 120)
+    assert third["20250428.IPI"] == Observation(NOW + 60, NOW + 120, 99, OLD, late=True)
+    assert "20250430.IPI" not in third, "names no longer listed are dropped"
+
+
+def test_unchanged_observation_keeps_its_stable_since() -> None:
+    first = observed([entry("20250430.IPI", mtime=FUTURE)], None, None)
+    again = observed([entry("20250430.IPI", mtime=FUTURE)], first, None, NOW + 300)
+    assert again["20250430.IPI"].stable_since == NOW
+
+
+def late_plan(policy: str, completed: frozenset[str] = frozenset(), min_age: int = 0) -> Plan:
+    crit = Criteria("*IPI*", "name-date", "all", min_age, late_files=policy)
+    entries = [entry("A_20250428.IPI", mtime=int(NOW)), entry("B_20250428.IPI"), entry("20250429.IPI")]
+    seen = {"A_20250428.IPI": Observation(NOW, NOW, 10, int(NOW), late=True)}
+    key = record_key("B_20250428.IPI", "name-date", {}, {})
+    return make_plan(entries, crit, key, completed, NOW, seen)
+
+
+def test_late_files_warn_names_the_late_file() -> None:
+    plan = late_plan("warn")
+    assert due_names(plan) == ["20250429.IPI"]
+    assert skip_reasons(plan)["A_20250428.IPI"] is SkipReason.LATE
+
+
+def test_late_files_fetch_makes_it_due_without_holding_back_the_rest() -> None:
+    assert due_names(late_plan("fetch")) == ["A_20250428.IPI", "20250429.IPI"]
+    young = late_plan("fetch", min_age=60)
+    assert due_names(young) == ["20250429.IPI"], "a young late file holds nothing back: it is behind the record"
+    assert skip_reasons(young)["A_20250428.IPI"] is SkipReason.TOO_YOUNG
+
+
+def test_late_files_fetch_never_fetches_a_completed_file_twice() -> None:
+    plan = late_plan("fetch", completed=frozenset({"A_20250428.IPI"}))
+    assert due_names(plan) == ["20250429.IPI"]
+
+
+def test_late_files_ignore_treats_it_as_passed() -> None:
+    assert skip_reasons(late_plan("ignore"))["A_20250428.IPI"] is SkipReason.NOT_AFTER_RECORD
+
+
+# -- properties over arbitrary listings (issue 10) --------------------------------
+
+NAME_PARTS = st.sampled_from(
+    ["20250428", "20250429", "20250501", "12340115", "22000101", "20251399", "x", "A_", "B_", " ", ".", "/", "é"]
+)
+
+
+@st.composite
+def wild_listings(draw: st.DrawFn) -> list[RemoteEntry]:
+    """Any names (dated, doubly dated, implausible, unsafe, spaced) with any claims: mtimes
+    missing, young, old or far ahead of our clock; sizes and types missing or not."""
+    names = draw(
+        st.lists(
+            st.lists(NAME_PARTS, min_size=1, max_size=4).map(lambda p: "".join(p) + ".IPI"), unique=True, max_size=12
+        )
+    )
+    mtimes = st.sampled_from([None, OLD, int(NOW) - 30, int(NOW) + 5, FUTURE])
+    return [
+        RemoteEntry(
+            name,
+            draw(st.sampled_from([None, 0, 10])),
+            draw(mtimes),
+            draw(st.sampled_from([True, True, True, None, False])),
+        )
+        for name in names
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    first=wild_listings(),
+    arrivals=wild_listings(),
+    order_by=st.sampled_from(["name-date", "mtime", "name"]),
+    mode=st.sampled_from(["next", "all"]),
+    policy=st.sampled_from(["warn", "fetch", "ignore"]),
+    failures=st.lists(st.booleans(), max_size=20),
+)
+def test_runs_over_wild_listings_never_fetch_twice_and_name_every_file(
+    first: list[RemoteEntry],
+    arrivals: list[RemoteEntry],
+    order_by: str,
+    mode: str,
+    policy: str,
+    failures: list[bool],
+) -> None:
+    """Simulated runs, a minute apart, with failing downloads and files arriving midway:
+    no file is due twice, the watermark never passes an incomplete file, and every
+    listed matching file is due, completed, behind the record (late only if first seen
+    there), or skipped with a named reason."""
+    crit = Criteria("*.IPI", order_by, mode, 60, late_files=policy)
+    fetched_mtimes: dict[str, int] = {}
+    record: str | None = None
+    observations: dict[str, Observation] | None = None
+    outcomes = iter(failures)
+    fetched: list[str] = []
+    now = NOW
+    for run in range(14):
+        listing = first + [e for e in arrivals if e.name not in {f.name for f in first}] if run >= 4 else first
+        completed = frozenset(fetched)
+        ordered = order(listing, crit, fetched_mtimes)
+        listed = {e.name: e.mtime for e in listing}
+        last_key = record_key(record, order_by, listed, fetched_mtimes)
+        observations = observe(observations, ordered, last_key, completed, now)
+        plan = make_plan(ordered, crit, last_key, completed, now, observations)
+
+        matching = [e.name for _, e in ordered.keyed] + [e.name for e in ordered.unplaced]
+        assert sorted(due_names(plan) + [s.name for s in plan.skipped]) == sorted(matching), "due or skipped, once"
+        for skip in plan.skipped:
+            observation = observations.get(skip.name)
+            if skip.reason is SkipReason.LATE:
+                assert observation is not None and observation.late and policy == "warn"
+            if skip.reason is SkipReason.NOT_AFTER_RECORD and skip.name not in completed:
+                assert policy == "ignore" or observation is None or not observation.late
+        for e in plan.due:
+            assert e.name not in completed, "never due twice"
+            if next(outcomes, False):
+                if mode != "all":
+                    break
+                continue
+            fetched.append(e.name)
+            if e.mtime is not None:
+                fetched_mtimes[e.name] = e.mtime
+            new = advance_record(ordered, crit, last_key, record, set(fetched))
+            if new != record and new is not None:
+                new_key = record_key(new, order_by, listed, fetched_mtimes)
+                passed = [x.name for k, x in ordered.keyed if (last_key is None or k > last_key) and k <= new_key]
+                assert all(n in fetched for n in passed), "the watermark passed an incomplete file"
+            record = new
+        now += 60
+    assert len(fetched) == len(set(fetched))

@@ -3,25 +3,37 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app.errors import ConfigError, LockedError
+from app.names import invalid_name_reason
+from app.report import last_success, read_report
+from app.selection import Observation
 from app.state import (
+    LEDGER_CHECKS,
     Ledger,
     LedgerEntry,
     RunLock,
     append_ledger,
     read_ledger,
+    read_observations,
     read_record,
     run_lock_waiting,
+    write_observations,
     write_record,
 )
+from app.transfer import Paths, read_partial_meta
 
 
 def ledger_entry(name: str, mtime: int = 1_745_800_000) -> LedgerEntry:
@@ -43,21 +55,41 @@ def test_missing_record_reads_as_none(tmp_path: Path) -> None:
     assert read_record(tmp_path / "last_file.txt") is None
 
 
-@pytest.mark.parametrize("content", ["", "\n", "  \n\n", "\t"])
+@pytest.mark.parametrize("content", ["", "\n", "\r\n", "\ufeff", "\ufeff\n"])
 def test_blank_record_reads_as_none(tmp_path: Path, content: str) -> None:
     path = tmp_path / "last_file.txt"
-    path.write_text(content)
+    path.write_bytes(content.encode("utf-8"))
     assert read_record(path) is None
 
 
-@pytest.mark.parametrize("content", ["20250428.IPI\n", "20250428.IPI", "  20250428.IPI \r\n\n"])
+@pytest.mark.parametrize("content", ["20250428.IPI\n", "20250428.IPI", "20250428.IPI\r\n", "\ufeff20250428.IPI\r\n"])
 def test_record_reads_the_bare_name(tmp_path: Path, content: str) -> None:
     path = tmp_path / "last_file.txt"
-    path.write_text(content)
+    path.write_bytes(content.encode("utf-8"))
     assert read_record(path) == "20250428.IPI"
 
 
-@pytest.mark.parametrize("content", ["a/b\n", "../20250428.IPI\n", "..\n", "20250428.IPI\n20250429.IPI\n"])
+@pytest.mark.parametrize("name", ["20250428.IPI ", " 20250428.IPI", "a  b.IPI", "\u00e9t\u00e9 20250428.IPI  "])
+def test_record_round_trips_names_with_spaces_exactly(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "last_file.txt"
+    write_record(path, name)
+    assert read_record(path) == name
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "a/b\n",
+        "../20250428.IPI\n",
+        "..\n",
+        "20250428.IPI\n20250429.IPI\n",
+        "  \n\n",
+        "\t",
+        "   \n",
+        "20250428.IPI\n\n",
+        "20250428.IPI\r",
+    ],
+)
 def test_record_that_is_not_a_file_name_is_a_config_error(tmp_path: Path, content: str) -> None:
     path = tmp_path / "last_file.txt"
     path.write_text(content)
@@ -153,6 +185,11 @@ def test_append_to_a_ledger_torn_as_its_only_content(tmp_path: Path) -> None:
     assert ledger.damaged_lines == 1
 
 
+def valid_line(**changes: object) -> bytes:
+    data = {**asdict(ledger_entry("20250429.IPI")), **changes}
+    return json.dumps(data).encode()
+
+
 @pytest.mark.parametrize(
     "line",
     [
@@ -160,18 +197,40 @@ def test_append_to_a_ledger_torn_as_its_only_content(tmp_path: Path) -> None:
         b"[1, 2]",
         b"42",
         b'{"name": "x"}',  # missing fields
-        b'{"name": "x", "bogus": 1}',
         b"\xff\xfe",
+        valid_line(mtime="1745800000"),  # a string mtime
+        valid_line(mtime=1e400),  # infinity
+        valid_line(size=True),  # bool is not a size
+        valid_line(size=-1),
+        valid_line(mtime=12.5),
+        valid_line(sha256="ab" * 31),
+        valid_line(sha256="AB" * 32),
+        valid_line(name="../20250429.IPI"),
+        valid_line(name=None),
+        valid_line(seconds=float("nan")),
+        valid_line(completed_at="yesterday"),
     ],
 )
-def test_lines_that_are_not_ledger_entries_are_damaged_not_fatal(tmp_path: Path, line: bytes) -> None:
+def test_a_damaged_ledger_line_is_a_config_error_naming_file_and_line(tmp_path: Path, line: bytes) -> None:
     path = tmp_path / "completed_files.jsonl"
-    entry = ledger_entry("20250428.IPI")
-    path.write_bytes(line + b"\n")
-    append_ledger(path, entry)
-    ledger = read_ledger(path)
-    assert ledger.entries == (entry,)
-    assert ledger.damaged_lines == 1
+    append_ledger(path, ledger_entry("20250427.IPI"))
+    with path.open("ab") as f:
+        f.write(line + b"\n")
+    append_ledger(path, ledger_entry("20250428.IPI"))
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(path))}:2: "):
+        read_ledger(path)
+    assert path.read_bytes() == before, "reading never rewrites the ledger"
+
+
+def test_every_ledger_field_is_validated() -> None:
+    assert set(LEDGER_CHECKS) == {f.name for f in fields(LedgerEntry)}
+
+
+def test_ledger_fields_added_by_a_newer_version_are_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    path.write_bytes(valid_line(origin="v2") + b"\n")
+    assert read_ledger(path).entries == (ledger_entry("20250429.IPI"),)
 
 
 def test_blank_lines_in_the_ledger_are_not_damage(tmp_path: Path) -> None:
@@ -297,3 +356,117 @@ def test_without_a_lock_file_no_run_ever_started_and_none_is_created(tmp_path: P
     with run_lock_waiting(path, 0):
         pass
     assert not path.parent.exists()
+
+
+# -- every state reader, fed arbitrary bytes (issue 10, principle 3) ------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6),
+    max_leaves=12,
+)
+LEDGER_LIKE = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.sampled_from(["20250428.IPI", "a b ", "../x", "", ".h"]) | JSON_VALUES,
+        "size": st.integers(-2, 2**70) | JSON_VALUES,
+        "mtime": st.integers(-2, 2**70) | st.sampled_from([1e400, "1745800000", True]) | JSON_VALUES,
+        "sha256": st.sampled_from(["ab" * 32, "AB" * 32, "ab"]) | JSON_VALUES,
+        "bytes_transferred": st.integers(-1, 10) | JSON_VALUES,
+        "seconds": st.floats() | JSON_VALUES,
+        "completed_at": st.sampled_from(["2025-04-29T00:00:00+00:00", "now"]) | JSON_VALUES,
+    },
+)
+STATE_BYTES = st.one_of(
+    st.binary(max_size=400),
+    st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    JSON_VALUES.map(lambda v: json.dumps(v).encode()),
+    st.lists(LEDGER_LIKE.map(lambda v: json.dumps(v).encode()), max_size=4).map(b"\n".join),
+    st.dictionaries(st.text(max_size=8), LEDGER_LIKE, max_size=3).map(
+        lambda files: json.dumps({"version": 1, "files": files}).encode()
+    ),
+)
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def one_line_naming(exc: ConfigError, path: Path) -> None:
+    message = str(exc)
+    assert "\n" not in message and str(path) in message
+
+
+@FUZZ
+@given(raw=STATE_BYTES)
+def test_record_reader_returns_a_valid_name_or_a_config_error(tmp_path: Path, raw: bytes) -> None:
+    path = tmp_path / "last_file.txt"
+    path.write_bytes(raw)
+    try:
+        name = read_record(path)
+    except ConfigError as exc:
+        one_line_naming(exc, path)
+        return
+    assert name is None or invalid_name_reason(name) is None
+
+
+@FUZZ
+@given(raw=STATE_BYTES)
+def test_ledger_reader_returns_valid_entries_or_a_config_error(tmp_path: Path, raw: bytes) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    path.write_bytes(raw)
+    try:
+        ledger = read_ledger(path)
+    except ConfigError as exc:
+        one_line_naming(exc, path)
+        return
+    for e in ledger.entries:
+        assert invalid_name_reason(e.name) is None
+        assert all(type(v) is int and v >= 0 for v in (e.size, e.mtime, e.bytes_transferred))
+        assert re.fullmatch(r"[0-9a-f]{64}", e.sha256) and math.isfinite(e.seconds)
+
+
+@FUZZ
+@given(raw=STATE_BYTES)
+def test_observations_reader_returns_observations_or_a_config_error(tmp_path: Path, raw: bytes) -> None:
+    path = tmp_path / "seen_files.json"
+    path.write_bytes(raw)
+    try:
+        seen = read_observations(path)
+    except ConfigError as exc:
+        one_line_naming(exc, path)
+        return
+    for name, obs in (seen or {}).items():
+        assert name and math.isfinite(obs.first_seen) and math.isfinite(obs.stable_since)
+        assert obs.size is None or type(obs.size) is int
+        assert obs.mtime is None or type(obs.mtime) is int
+        assert type(obs.late) is bool
+
+
+@FUZZ
+@given(raw=STATE_BYTES)
+def test_partial_metadata_reader_returns_two_sizes_or_unknown(tmp_path: Path, raw: bytes) -> None:
+    paths = Paths.for_name(tmp_path, "20250428.IPI")
+    paths.meta.write_bytes(raw)
+    meta = read_partial_meta(paths)
+    assert meta is None or (len(meta) == 2 and all(type(v) is int and v >= 0 for v in meta))
+
+
+@FUZZ
+@given(raw=STATE_BYTES)
+def test_report_reader_returns_a_report_or_nothing(tmp_path: Path, raw: bytes) -> None:
+    path = tmp_path / "run_report.json"
+    path.write_bytes(raw)
+    report = read_report(path)
+    if report is not None:
+        assert type(report["exit_code"]) is int and type(report["ok"]) is bool
+        assert isinstance(report.get("held_back") or [], list)
+        assert last_success(1, "now", report) is None or isinstance(last_success(1, "now", report), str)
+
+
+def test_observations_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "seen_files.json"
+    seen = {
+        "20250428.IPI ": Observation(1.5, 2.0, None, None, late=True),
+        "\u00e9.IPI": Observation(3.0, 3.0, 10, 1_745_800_000),
+    }
+    write_observations(path, seen)
+    assert read_observations(path) == seen
+    assert read_observations(tmp_path / "absent.json") is None

@@ -1,0 +1,213 @@
+"""Planning one attempt: the observations it keeps, the plan it logs, and what it holds back.
+
+Selection (app/selection.py) decides; this module does the I/O around it: reads
+and writes the observation state, takes the clock, and names every file that is
+not delivered, in the log, on a dry run's output, and in the run's backlog for
+the report, ``status`` and the metrics.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from loguru import logger
+
+from app.config import Settings
+from app.errors import ConfigError
+from app.names import shown
+from app.report import HeldFile, iso
+from app.selection import (
+    HOLDING,
+    Criteria,
+    Observation,
+    Ordered,
+    OrderKey,
+    Plan,
+    RemoteEntry,
+    SkipReason,
+    make_plan,
+    observe,
+)
+from app.state import read_observations, write_observations
+
+# Skipped files named one by one in the log, per reason, before they are counted.
+SKIPS_NAMED = 20
+
+# Reasons that mean "done", not "skipped": counted in the plan line, never named.
+_DONE = frozenset({SkipReason.NOT_AFTER_RECORD, SkipReason.COMPLETED})
+# Skips by design of SELECT_MODE: named, but nothing is wrong.
+_BY_DESIGN = frozenset({SkipReason.LATER_RUN, SkipReason.NOT_NEWEST})
+
+
+def criteria_of(settings: Settings) -> Criteria:
+    return Criteria(
+        pattern=settings.file_pattern,
+        order_by=settings.order_by,
+        mode=settings.select_mode,
+        min_age=settings.min_file_age,
+        date_pattern=re.compile(settings.date_pattern) if settings.date_pattern else None,
+        late_files=settings.late_files,
+    )
+
+
+def observations_path(settings: Settings) -> Path:
+    return settings.last_file_record.parent / "seen_files.json"
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """The files the run did not deliver although they are (or would be) due."""
+
+    held_back: tuple[HeldFile, ...] = ()
+    late: tuple[HeldFile, ...] = ()
+
+
+@dataclass
+class Planner:
+    """One per run: plans each attempt and keeps what the run must report."""
+
+    settings: Settings
+    dry_run: bool = False
+    out: TextIO | None = None
+    criteria: Criteria = field(init=False)
+    backlog: Backlog = field(default_factory=Backlog)
+    _skew_logged: bool = False
+    # (name, reason) already named in this run: a retried attempt plans again, and
+    # says again only what changed.
+    _named: set[tuple[str, SkipReason]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.criteria = criteria_of(self.settings)
+
+    def plan(
+        self,
+        entries: list[RemoteEntry],
+        ordered: Ordered,
+        record: str | None,
+        last_key: OrderKey | None,
+        completed: frozenset[str],
+        failed: Mapping[str, str],
+    ) -> Plan:
+        """This attempt's plan, with the observations brought up to date and everything
+        not delivered named; files that failed for good earlier in the run are left out."""
+        now = time.time()
+        previous = self._read_observations()
+        observations = observe(previous, ordered, last_key, completed, now)
+        if not self.dry_run and observations != previous:
+            write_observations(observations_path(self.settings), observations)
+        plan = make_plan(ordered, self.criteria, last_key, completed, now, observations)
+        if failed:
+            due = tuple(e for e in plan.due if e.name not in failed)
+            plan = Plan(due, plan.skipped, plan.unmatched, plan.skipped_by_reason)
+        self.backlog = backlog_of(plan, observations)
+        self._log_skew(entries, now)
+        self._log(plan, observations, entries, record)
+        if self.dry_run and self.out is not None:
+            _print(plan, record, self.settings.file_pattern, self.out)
+        return plan
+
+    def _read_observations(self) -> dict[str, Observation] | None:
+        path = observations_path(self.settings)
+        try:
+            return read_observations(path)
+        except ConfigError as exc:
+            # Rebuildable: what it loses is how long files have been waiting and
+            # which were late; everything listed now becomes the new baseline.
+            logger.warning("{}; starting it afresh", exc)
+            return None
+
+    def _log_skew(self, entries: list[RemoteEntry], now: float) -> None:
+        ahead = [e.mtime - now for e in entries if e.mtime is not None and e.mtime > now]
+        if ahead and not self._skew_logged:
+            self._skew_logged = True
+            logger.warning(
+                "{} file(s) have a modification time ahead of our clock, the furthest by {:.0f} s;"
+                " their age is judged by how long they are seen unchanged",
+                len(ahead),
+                max(ahead),
+            )
+
+    def _log(
+        self, plan: Plan, observations: Mapping[str, Observation], entries: list[RemoteEntry], record: str | None
+    ) -> None:
+        # Each run repeats these, so a directory full of odd names must not flood
+        # the log: the first few of each reason are named, the rest counted.
+        named: dict[SkipReason, int] = {}
+        for skip in plan.skipped:
+            if skip.reason in _DONE or (skip.name, skip.reason) in self._named:
+                continue
+            self._named.add((skip.name, skip.reason))
+            named[skip.reason] = named.get(skip.reason, 0) + 1
+            if named[skip.reason] > SKIPS_NAMED:
+                continue
+            log = logger.bind(file=shown(skip.name))
+            since = _since(observations.get(skip.name))
+            if skip.reason in _BY_DESIGN:
+                log.info("{}: skipped, {}", shown(skip.name), skip.reason.value)
+            else:
+                log.warning(
+                    "{}: skipped, {}{}", shown(skip.name), skip.reason.value, f" (seen since {since})" if since else ""
+                )
+        for reason, count in named.items():
+            if count > SKIPS_NAMED:
+                logger.warning("{} more file(s) skipped: {}", count - SKIPS_NAMED, reason.value)
+        for entry in plan.due:
+            observation = observations.get(entry.name)
+            if observation is not None and observation.late:
+                logger.bind(file=entry.name).warning("{}: arrived late; fetching it (LATE_FILES=fetch)", entry.name)
+        # Reasons by their short names: each full reason was named with its files above.
+        reasons = ", ".join(f"{reason.name.lower()}: {count}" for reason, count in plan.skipped_by_reason.items())
+        logger.bind(due=[e.name for e in plan.due]).info(
+            "plan: {} due ({}); last completed: {}; {} listed, {} skipped{}, {} not matching {}",
+            len(plan.due),
+            ", ".join(e.name for e in plan.due) or "nothing",
+            record or "none",
+            len(entries),
+            len(plan.skipped),
+            f" ({reasons})" if reasons else "",
+            plan.unmatched,
+            self.settings.file_pattern,
+        )
+
+
+def _since(observation: Observation | None) -> str | None:
+    if observation is None:
+        return None
+    return iso(dt.datetime.fromtimestamp(observation.first_seen, dt.UTC))
+
+
+def backlog_of(plan: Plan, observations: Mapping[str, Observation]) -> Backlog:
+    held: list[HeldFile] = []
+    late: list[HeldFile] = []
+    for skip in plan.skipped:
+        since = _since(observations.get(skip.name))
+        if skip.reason in HOLDING:
+            held.append(HeldFile(skip.name, skip.reason.value, since))
+        elif skip.reason is SkipReason.LATE:
+            late.append(HeldFile(skip.name, skip.reason.value, since))
+    return Backlog(tuple(held), tuple(late))
+
+
+def _print(plan: Plan, record: str | None, pattern: str, out: TextIO) -> None:
+    print(f"last completed file: {record or 'none'}", file=out)
+    if plan.due:
+        for entry in plan.due:
+            size = "size unknown" if entry.size is None else f"{entry.size} bytes"
+            print(f"would download: {entry.name} ({size})", file=out)
+    else:
+        print("nothing due", file=out)
+    for skip in plan.skipped:
+        if skip.reason not in _DONE:
+            print(f"skip: {shown(skip.name)}: {skip.reason.value}", file=out)
+    for reason in _DONE:
+        count = plan.skipped_by_reason.get(reason, 0)
+        if count:
+            print(f"skip: {count} file(s) {reason.value}", file=out)
+    if plan.unmatched:
+        print(f"ignored: {plan.unmatched} entries not matching FILE_PATTERN={pattern}", file=out)
