@@ -73,11 +73,12 @@ lint: venv lint-deps
 	$(PY) -m ruff check app tests tools
 	$(PY) -m ruff format --check app tests tools
 	$(PY) -m mypy
-	$(PY) -m mypy tools/validate_k8s.py tools/audit_deps.py
+	$(PY) -m mypy tools/validate_k8s.py tools/audit_deps.py tools/verify_schedules.py
 	$(PY) -m bandit --quiet --configfile pyproject.toml --recursive app
 	$(HADOLINT) --failure-threshold error $(DOCKERFILES)
 	$(MAKE) --no-print-directory compose-config
 	$(PY) tools/validate_k8s.py
+	$(PY) tools/verify_schedules.py
 	$(PY) tools/audit_deps.py
 
 # Debian's docker-compose 1.29 validates docker-compose.yml without any engine.
