@@ -125,7 +125,7 @@ def unit_environment(creds: Path) -> dict[str, str]:
 
 
 def test_everything_the_job_writes_is_inside_the_units_writable_paths(tmp_path: Path) -> None:
-    (tmp_path / "sftp_password").write_text("secret\n")
+    (tmp_path / "sftp_credential").write_text("secret\n")
     env = {"SFTP_HOST": "sftp.example.com", "SFTP_USER": "ipi", **unit_environment(tmp_path)}
 
     settings = load_settings(env)
