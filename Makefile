@@ -4,11 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-SSHD := $(firstword $(wildcard /usr/sbin/sshd /usr/bin/sshd))
 # Parallel test workers: one per core is what the 2-core CI machine handles best.
 PYTEST_WORKERS ?= auto
 
-.PHONY: help venv sshd test lint demo bench clean env-example lock compose-cli compose-config compose-keys container-test
+.PHONY: help venv sshd test-deps lint-deps systemd-cli test lint demo bench clean env-example lock compose-cli compose-config compose-keys container-test
 
 # Hash-pinned dependency locks used by the container build; `make lock` refreshes them.
 UV_VERSION ?= 0.13.9
@@ -32,49 +31,63 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The tests and the demo start a private OpenSSH sshd; install it when missing.
-# As root the tests also mount a small XFS to prove copy-on-write publishing, and
-# push metrics to a real Prometheus Pushgateway.
-sshd:
-	@if [ "$$(id -u)" = 0 ] && { ! command -v mkfs.xfs >/dev/null || ! command -v prometheus-pushgateway >/dev/null; }; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			xfsprogs prometheus-pushgateway >/dev/null || true; \
+# Debian packages, installed only by the targets that use them (as root, or via sudo).
+# $(call apt-need,COMMAND,PACKAGES): install PACKAGES when COMMAND is missing; fail without root.
+define apt-need
+	@if ! command -v $(1) >/dev/null && [ ! -x /usr/sbin/$(1) ]; then \
+		if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
+		else echo "$(1) is missing: install the Debian package(s) $(2) (needs root)" >&2; exit 1; fi; \
+		$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $(2) >/dev/null; \
 	fi
-	@if [ -z "$(SSHD)" ] && ! command -v sshd >/dev/null; then \
-		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; \
-		elif command -v sudo >/dev/null; then \
-			sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; \
-		else \
-			echo "openssh-server is missing and cannot be installed without root" >&2; exit 1; \
-		fi; \
+endef
+# $(call apt-want,COMMAND,PACKAGES): the same for optional tools, as root only; the tests
+# that need them skip (saying so) where they are missing.
+define apt-want
+	@if [ "$$(id -u)" = 0 ] && ! command -v $(1) >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $(2) >/dev/null || true; \
 	fi
+endef
 
-test: venv sshd
+# The demo, the benchmarks and the tests start a private OpenSSH sshd.
+sshd:
+	$(call apt-need,sshd,openssh-server)
+
+# The tests also need, as root: a small XFS to prove copy-on-write publishing
+# (mkfs.xfs), and a real Prometheus Pushgateway to push metrics to.
+# Tools for further tests go here, one line each.
+test-deps: sshd
+	$(call apt-want,mkfs.xfs,xfsprogs)
+	$(call apt-want,prometheus-pushgateway,prometheus-pushgateway)
+
+test: venv test-deps
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
 
-lint: venv compose-cli
+# `make lint` checks the deployment files without a container engine, a cluster or
+# a running systemd: docker-compose (compose-cli) and systemd-analyze (systemd-cli).
+# Linters for further files go here, one line each.
+lint-deps: compose-cli systemd-cli
+
+lint: venv lint-deps
 	$(PY) -m ruff check app tests tools
 	$(PY) -m ruff format --check app tests tools
 	$(PY) -m mypy
-	$(PY) -m mypy tools/validate_k8s.py tools/audit_deps.py
+	$(PY) -m mypy tools/validate_k8s.py tools/audit_deps.py tools/verify_schedules.py
 	$(PY) -m bandit --quiet --configfile pyproject.toml --recursive app
 	$(HADOLINT) --failure-threshold error $(DOCKERFILES)
 	$(MAKE) --no-print-directory compose-config
 	$(PY) tools/validate_k8s.py
+	$(PY) tools/verify_schedules.py
 	$(PY) tools/audit_deps.py
 
 # Debian's docker-compose 1.29 validates docker-compose.yml without any engine.
 compose-cli:
-	@if ! command -v docker-compose >/dev/null; then \
-		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; \
-		elif command -v sudo >/dev/null; then \
-			sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; \
-		else \
-			echo "docker-compose is missing and cannot be installed without root" >&2; exit 1; \
-		fi; \
-	fi
+	$(call apt-need,docker-compose,docker-compose)
+
+# systemd-analyze verifies deploy/systemd/ offline (the Debian package `systemd`).
+systemd-cli:
+	$(call apt-need,systemd-analyze,systemd)
 
 # Checked as an operator starts: with .env copied from .env.example.
 compose-config: compose-cli

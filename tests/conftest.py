@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import dataclasses
 import getpass
 import hashlib
 import os
@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import accounts
+from accounts import TestAccount
 from relay import Relay
 from sshd import Sshd, find_sshd, keygen
 
@@ -51,6 +53,7 @@ class Server:
     remote: Path
     tmp: Path
     client_key: Path
+    password: str = ""  # the login user's password, where it has one (the root-only test account)
 
     @property
     def port(self) -> int:
@@ -134,34 +137,50 @@ def server(tmp_path: Path, keys: dict[str, Path]) -> Iterator[Server]:
         srv.sshd.stop()
 
 
-TEST_USER = "sftpipitest"
-TEST_PASSWORD = "Corr3ct-h0rse-battery-staple"
+ACCOUNT = pytest.StashKey[TestAccount]()
+_WORKER_ACCOUNT = "sftp_ipi_test_account"
 
 
-def _ensure_test_user() -> None:
-    # Parallel workers would race on /etc/passwd and /etc/shadow: one at a time.
-    with open("/tmp/sftp-ipi-test-user.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if subprocess.run(["id", TEST_USER], capture_output=True).returncode != 0:
-            subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", TEST_USER], check=True)
-        subprocess.run(["chpasswd"], input=f"{TEST_USER}:{TEST_PASSWORD}\n", text=True, check=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # The main process picks the session's account; its xdist workers receive it.
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        config.stash[ACCOUNT] = TestAccount(**workerinput[_WORKER_ACCOUNT])
+        return
+    config.stash[ACCOUNT] = TestAccount.for_this_session()
+    if os.geteuid() == 0:
+        accounts.remove_leftovers()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist: hand the session's account to each worker it starts."""
+    node.workerinput[_WORKER_ACCOUNT] = dataclasses.asdict(node.config.stash[ACCOUNT])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Only the main process removes the account: it ends after all its workers.
+    if not hasattr(config, "workerinput") and os.geteuid() == 0 and ACCOUNT in config.stash:
+        config.stash[ACCOUNT].remove()
 
 
 @pytest.fixture
-def unprivileged_server(tmp_path: Path, keys: dict[str, Path]) -> Iterator[Server]:
+def unprivileged_server(tmp_path: Path, keys: dict[str, Path], pytestconfig: pytest.Config) -> Iterator[Server]:
     """sshd whose SFTP sessions run without root, so file permissions apply on the server.
 
-    As root: a dedicated test account (with TEST_PASSWORD) and a directory it owns.
-    As an ordinary user: that user, as in ``server``.
+    As root: the session's test account (password in ``Server.password``) and a directory it owns.
+    As an ordinary user: that user, as in ``server``, with key logins only.
     """
     if os.geteuid() != 0:
         srv = _start_server(tmp_path, keys, getpass.getuser(), tmp_path)
     else:
-        _ensure_test_user()
+        account = pytestconfig.stash[ACCOUNT]
+        account.ensure()
         base = Path(tempfile.mkdtemp(prefix="sftp-ipi-test-"))
         base.chmod(0o755)
-        srv = _start_server(tmp_path, keys, TEST_USER, base)
-        shutil.chown(srv.remote, TEST_USER, TEST_USER)
+        srv = _start_server(tmp_path, keys, account.name, base)
+        srv.password = account.password
+        shutil.chown(srv.remote, account.name, account.name)
     try:
         yield srv
     finally:

@@ -4,6 +4,8 @@ way the job needs to run safely as a CronJob."""
 from __future__ import annotations
 
 import copy
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +15,15 @@ import pytest
 import yaml
 from test_container_dockerfile import JOB_UID, parse_dockerfile
 
-from app.config import load_settings, setting_docs
-from app.errors import EXIT_AUTH, EXIT_CONFIG
+from app.config import Settings, load_settings, setting_docs
+from app.errors import EXIT_AUTH, EXIT_CONFIG, EXIT_LOCKED
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
 
 import validate_k8s  # noqa: E402
+
+TWO_FEEDS = REPO / "deploy" / "kubernetes" / "examples" / "two-feeds"
 
 
 def objects() -> dict[str, dict[str, Any]]:
@@ -49,7 +53,7 @@ def config_map() -> dict[str, str]:
 
 
 def test_every_manifest_and_the_generated_secret_are_schema_valid() -> None:
-    docs = [d for _, d in validate_k8s.manifests()] + validate_k8s.generated_secrets()
+    docs = [d for _, d in validate_k8s.manifests()]
     assert {d["kind"] for d in docs} == {"CronJob", "PersistentVolumeClaim", "ConfigMap", "Secret"}
     for doc in docs:
         assert validate_k8s.validate(doc) == [], f"{doc['kind']} {doc['metadata']['name']}"
@@ -152,8 +156,9 @@ def test_credentials_come_from_the_secret_as_files() -> None:
         assert secret not in data, "secrets do not belong in a ConfigMap"
     for source in generator["files"]:
         assert source.split("=", 1)[1].startswith("secrets/")
-    check = subprocess.run(["git", "check-ignore", "-q", "deploy/kubernetes/secrets/sftp_key"], cwd=REPO, check=False)
-    assert check.returncode == 0, "the credentials folder is git-ignored"
+    for folder in ("deploy/kubernetes", *(f"deploy/kubernetes/examples/two-feeds/{f}" for f in ("feed-a", "feed-b"))):
+        ignored = subprocess.run(["git", "check-ignore", "-q", f"{folder}/secrets/sftp_credential"], cwd=REPO)
+        assert ignored.returncode == 0, f"{folder}/secrets/ is git-ignored"
 
 
 def test_config_map_holds_valid_settings_with_json_logs_and_strict_host_keys(tmp_path: Path) -> None:
@@ -170,11 +175,151 @@ def test_config_map_holds_valid_settings_with_json_logs_and_strict_host_keys(tmp
     assert settings.log_format == "json"
 
 
-def test_kustomization_ties_the_files_together() -> None:
-    kust = validate_k8s.kustomization()
-    assert kust["kind"] == "Kustomization"
-    listed = set(kust["resources"])
-    on_disk = {p.name for p in (REPO / "deploy" / "kubernetes").glob("*.yaml")} - {"kustomization.yaml"}
-    assert listed == on_disk
-    (image,) = kust["images"]
-    assert image["name"] == container()["image"]
+def test_kustomizations_tie_every_file_together_and_every_reference_resolves() -> None:
+    registry = validate_k8s._registry()
+    for entry in validate_k8s.ENTRY_POINTS:
+        count, problems = validate_k8s.check(entry, registry)
+        assert count > 0 and problems == [], entry
+    (image,) = validate_k8s.kustomization()["images"]
+    assert container()["image"].startswith(image["newName"] + ":")
+    base = validate_k8s.kustomization(REPO / "deploy" / "kubernetes" / "base")
+    assert "image" not in str(base), "the image is chosen where the base is used"
+
+
+def test_a_dangling_reference_is_reported() -> None:
+    items = validate_k8s.build()
+    (job,) = [i for i in items if i.key[0] == "CronJob"]
+    (pod,) = validate_k8s.pod_specs(job.obj)
+    state = next(v for v in pod["volumes"] if v["name"] == "state")
+    state["persistentVolumeClaim"]["claimName"] = "sftp-ipi-sate"
+    assert validate_k8s.dangling_references(items) == [
+        "CronJob sftp-ipi: PersistentVolumeClaim sftp-ipi-sate is not part of the build"
+    ]
+
+
+def test_exit_4_fails_the_job_at_once_instead_of_retrying_into_the_lock() -> None:
+    rules = cronjob()["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
+    (locked,) = [r for r in rules if EXIT_LOCKED in r.get("onExitCodes", {}).get("values", [])]
+    assert locked["action"] == "FailJob", "Ignore would start a new pod at once, again and again"
+    assert locked["onExitCodes"] == {"containerName": container()["name"], "operator": "In", "values": [EXIT_LOCKED]}
+
+
+def test_switching_from_key_to_password_is_one_edit(tmp_path: Path) -> None:
+    text = (REPO / "deploy" / "kubernetes" / "base" / "configmap.yaml").read_text()
+    assert sum(line.strip().startswith(("SFTP_KEY_FILE:", "SFTP_PASS_FILE:")) for line in text.splitlines()) == 1
+    credential = tmp_path / "sftp_credential"
+    credential.write_text("Wr1tten-by-the-operator\n")
+    env = {k: v for k, v in parse_dockerfile().final.env().items() if k != "PATH"}
+
+    def settings(configmap_text: str) -> Settings:
+        data = yaml.safe_load(configmap_text)["data"]
+        mount = Path(data["SFTP_KNOWN_HOSTS"]).parent
+        return load_settings({**env, **{k: v.replace(str(mount), str(tmp_path)) for k, v in data.items()}})
+
+    as_key = settings(text)
+    as_password = settings(text.replace("  SFTP_KEY_FILE:", "  SFTP_PASS_FILE:"))
+
+    assert as_key.sftp_key_file == credential and as_key.sftp_pass is None
+    assert as_password.sftp_pass == "Wr1tten-by-the-operator" and as_password.sftp_key_file is None
+
+
+def two_feeds() -> dict[str, dict[str, Any]]:
+    return {f"{d['kind']}/{d['metadata']['name']}": d for _, d in validate_k8s.manifests(TWO_FEEDS)}
+
+
+def test_two_feeds_have_their_own_names_settings_credentials_and_state_and_share_server_dir(tmp_path: Path) -> None:
+    built = two_feeds()
+    jobs = {name: d for name, d in built.items() if name.startswith("CronJob/")}
+    assert set(jobs) == {"CronJob/feed-a-sftp-ipi", "CronJob/feed-b-sftp-ipi"}
+    mounts: dict[str, dict[str, str]] = {}
+    for name, job in jobs.items():
+        (pod,) = validate_k8s.pod_specs(job)
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts[name] = {
+            "local": volumes["local"]["persistentVolumeClaim"]["claimName"],
+            "state": volumes["state"]["persistentVolumeClaim"]["claimName"],
+            "server": volumes["server"]["persistentVolumeClaim"]["claimName"],
+            "config": pod["containers"][0]["envFrom"][0]["configMapRef"]["name"],
+            "secret": volumes["credentials"]["secret"]["secretName"],
+        }
+    a, b = mounts["CronJob/feed-a-sftp-ipi"], mounts["CronJob/feed-b-sftp-ipi"]
+    for own in ("local", "state", "config", "secret"):
+        assert a[own] != b[own], own
+    assert a["server"] == b["server"] == "sftp-ipi-server"
+    assert built["PersistentVolumeClaim/sftp-ipi-server"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert jobs["CronJob/feed-a-sftp-ipi"]["spec"]["schedule"] != jobs["CronJob/feed-b-sftp-ipi"]["spec"]["schedule"]
+    # Each feed's settings load, with their own metrics instance; feed B logs in with a password.
+    credential = tmp_path / "sftp_credential"
+    credential.write_text("feed-b-password\n")
+    env = {k: v for k, v in parse_dockerfile().final.env().items() if k != "PATH"}
+    instances = set()
+    for feed in (a, b):
+        data = built[f"ConfigMap/{feed['config']}"]["data"]
+        data = {k: v.replace("/run/secrets/sftp-ipi", str(tmp_path)) for k, v in data.items()}
+        settings = load_settings({**env, **data})
+        instances.add(settings.metrics_instance)
+    assert instances == {"feed-a", "feed-b"}
+    assert settings.sftp_pass == "feed-b-password" and settings.sftp_key_file is None
+
+
+def normalized(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Objects by ``Kind/name``, generated Secrets without kustomize's content hash and their data."""
+    hashed = re.compile(r"-[a-z0-9]{10}$")
+    secrets = {o["metadata"]["name"] for o in objects if o["kind"] == "Secret"}
+    unhash = {name: hashed.sub("", name) for name in secrets}
+    result = {}
+    for obj in copy.deepcopy(objects):
+        if obj["kind"] == "Secret":
+            obj["metadata"]["name"] = unhash[obj["metadata"]["name"]]
+            obj["data"] = dict.fromkeys(obj["data"], "")
+        for pod in validate_k8s.pod_specs(obj):
+            for kind, mapping, key in validate_k8s.references(pod):
+                if kind == "Secret":
+                    mapping[key] = unhash.get(mapping[key], mapping[key])
+        result[f"{obj['kind']}/{obj['metadata']['name']}"] = obj
+    return result
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed: nothing to compare with")
+@pytest.mark.parametrize("digest", [False, True])
+def test_the_builder_makes_what_kubectl_kustomize_makes(tmp_path: Path, digest: bool) -> None:
+    shutil.copytree(REPO / "deploy", tmp_path / "deploy")
+    kube = tmp_path / "deploy" / "kubernetes"
+    for secrets in kube.glob("**/secrets"):
+        (secrets / "sftp_credential").write_text("credential")
+        (secrets / "known_hosts").write_text("known hosts")
+    if digest:
+        for kust in (kube / "kustomization.yaml", kube / "examples" / "two-feeds" / "kustomization.yaml"):
+            pin = "    digest: sha256:" + "ab" * 32
+            kust.write_text(re.sub(r"    # digest: .*", pin, kust.read_text()))
+    for entry in validate_k8s.ENTRY_POINTS:
+        copied = kube / entry.relative_to(REPO / "deploy" / "kubernetes")
+        out = subprocess.run(["kubectl", "kustomize", str(copied)], capture_output=True, text=True, check=True).stdout
+        theirs = normalized([d for d in yaml.safe_load_all(out) if d])
+        ours = normalized([d for _, d in validate_k8s.manifests(copied)])
+        assert ours == theirs, entry
+        if digest:
+            images = {c["image"] for o in ours.values() for p in validate_k8s.pod_specs(o) for c in p["containers"]}
+            assert images == {"registry.example.com/sftp-ipi:0.1.0@sha256:" + "ab" * 32}
+
+
+@pytest.mark.parametrize(
+    ("kustomization", "refused"),
+    [
+        ("resources: [../base]\ncommonLabels: {team: ipi}\n", "commonLabels not implemented"),
+        ("resources: [../base]\npatches:\n  - path: p.yaml\n", "merging the list volumeMounts not implemented"),
+        ("resources: [../base]\npatches:\n  - path: p.yaml\n    target: {kind: CronJob}\n", "target"),
+    ],
+)
+def test_the_builder_refuses_what_it_does_not_implement(tmp_path: Path, kustomization: str, refused: str) -> None:
+    shutil.copytree(REPO / "deploy" / "kubernetes" / "base", tmp_path / "base")
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(kustomization)
+    container = {"name": "sftp-ipi", "volumeMounts": [{"name": "tmp", "mountPath": "/scratch"}]}
+    patch = {"spec": {"jobTemplate": {"spec": {"template": {"spec": {"containers": [container]}}}}}}
+    patch |= {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "sftp-ipi"}}
+    (overlay / "p.yaml").write_text(yaml.safe_dump(patch))
+
+    with pytest.raises(validate_k8s.KustomizeError, match=refused):
+        validate_k8s.build(overlay)

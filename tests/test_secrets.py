@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import TEST_PASSWORD, Server, run_job
+from conftest import Server, run_job
 from loguru import logger
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="password logins need a test account, made as root")
@@ -23,13 +23,13 @@ def outputs(server: Server, *texts: str) -> str:
 def test_password_login_works_and_password_is_never_logged(unprivileged_server: Server, log_format: str) -> None:
     server = unprivileged_server
     server.put("20250428.IPI", b"p" * 4096)
-    env = server.env(SFTP_KEY_FILE=None, SFTP_PASS=TEST_PASSWORD, LOG_LEVEL="DEBUG", LOG_FORMAT=log_format)
+    env = server.env(SFTP_KEY_FILE=None, SFTP_PASS=server.password, LOG_LEVEL="DEBUG", LOG_FORMAT=log_format)
 
     result = run_job(env, server.tmp / "cwd")
 
     assert result.code == 0, result.output
     assert (server.served / "20250428.IPI").read_bytes() == b"p" * 4096
-    assert TEST_PASSWORD not in outputs(server, result.stdout, result.stderr)
+    assert server.password not in outputs(server, result.stdout, result.stderr)
 
 
 @needs_root
@@ -37,12 +37,12 @@ def test_password_file_login_works(unprivileged_server: Server) -> None:
     server = unprivileged_server
     server.put("20250428.IPI", b"f" * 100)
     secret = server.tmp / "secret"
-    secret.write_text(TEST_PASSWORD + "\n")
+    secret.write_text(server.password + "\n")
 
     result = run_job(server.env(SFTP_KEY_FILE=None, SFTP_PASS_FILE=secret), server.tmp / "cwd")
 
     assert result.code == 0, result.output
-    assert TEST_PASSWORD not in outputs(server, result.stdout, result.stderr)
+    assert server.password not in outputs(server, result.stdout, result.stderr)
 
 
 @needs_root

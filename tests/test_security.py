@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TEST_PASSWORD, Server, file_sha256, run_job, sha256, wait_until
+from conftest import Server, file_sha256, run_job, sha256, wait_until
 from hostile_sftp import HostileSftpServer, Lies, hostile_env
 from sshd import keygen
 
@@ -231,10 +231,10 @@ def test_password_is_tried_after_a_refused_key(unprivileged_server: Server) -> N
     server.sshd.authorized_keys.write_text("")  # the key is refused
     server.put("20250428.IPI", b"both")
 
-    result = run_job(server.env(SFTP_PASS=TEST_PASSWORD), server.tmp / "cwd")
+    result = run_job(server.env(SFTP_PASS=server.password), server.tmp / "cwd")
 
     assert result.code == 0, result.output
-    assert TEST_PASSWORD not in result.output
+    assert server.password not in result.output
 
 
 # -- local files -------------------------------------------------------------------

@@ -26,7 +26,8 @@ BASE_TAG=localhost/debian:bookworm-slim
 # A neutral tag: the stand-in carries Debian's python3 (3.11), not the version
 # the Dockerfile's default BASE_IMAGE names.
 PYTHON_TAG=localhost/sftp-ipi-ci/python-standin:bookworm
-SFTP_TAG=docker.io/atmoz/sftp:latest
+# The stand-in for atmoz/sftp, under a neutral tag too (passed as SFTP_TEST_IMAGE).
+SFTP_TAG=localhost/sftp-ipi-ci/sftp-standin:bookworm
 IMAGE=sftp-ipi:latest
 BIG_NAME=20250601.IPI
 BIG_MIB=${CONTAINER_TEST_BIG_MIB:-512}
@@ -229,7 +230,7 @@ cp .env.example .env
 bash tools/compose_keys.sh
 
 free_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export SFTP_TEST_PORT=$free_port BASE_IMAGE=$PYTHON_TAG COMPOSE_PROJECT_NAME=sftpipitest
+export SFTP_TEST_PORT=$free_port BASE_IMAGE=$PYTHON_TAG SFTP_TEST_IMAGE=$SFTP_TAG COMPOSE_PROJECT_NAME=sftpipitest
 export COMPOSE_HTTP_TIMEOUT=300
 
 podman system service --time=0 "$DOCKER_HOST" >"$WORK/podman-service.log" 2>&1 &

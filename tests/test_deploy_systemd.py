@@ -1,0 +1,173 @@
+"""deploy/systemd/ and deploy/cron/: what `make lint` checks, and how the units fit the job."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.config import load_settings
+from app.errors import EXIT_LOCKED
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+
+import validate_k8s  # noqa: E402
+import verify_schedules  # noqa: E402
+
+SERVICE = REPO / "deploy" / "systemd" / "sftp-ipi.service"
+TIMER = REPO / "deploy" / "systemd" / "sftp-ipi.timer"
+needs_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed (make lint installs systemd)"
+)
+
+
+def value(path: Path, key: str) -> str:
+    (found,) = verify_schedules.unit_values(path, key)
+    return found
+
+
+def seconds(text: str) -> int:
+    """A systemd time span as our units write them: ``60``, ``120s``, ``3h``."""
+    match = re.fullmatch(r"(\d+)(s|min|h)?", text)
+    assert match, text
+    return int(match.group(1)) * {"s": 1, "min": 60, "h": 3600}[match.group(2) or "s"]
+
+
+def cronjob() -> dict[str, Any]:
+    (job,) = [d for _, d in validate_k8s.manifests() if d["kind"] == "CronJob"]
+    return job
+
+
+def copy_units(tmp_path: Path, replace: tuple[str, str] | None = None) -> list[Path]:
+    copies = []
+    for unit in verify_schedules.unit_files():
+        text = unit.read_text()
+        if replace is not None:
+            assert replace[0] in text or unit.suffix != ".service"
+            text = text.replace(*replace)
+        copy = tmp_path / unit.name
+        copy.write_text(text)
+        copies.append(copy)
+    return copies
+
+
+@needs_analyze
+def test_units_and_cron_file_pass_the_lint_check() -> None:
+    assert verify_schedules.verify_units(verify_schedules.unit_files()) == []
+    assert verify_schedules.verify_cron() == []
+    assert verify_schedules.main() == 0
+
+
+@needs_analyze
+@pytest.mark.parametrize(
+    ("replace", "reported"),
+    [
+        (("ProtectSystem=strict", "ProtectSytem=strict"), "Unknown key"),  # misspelt: systemd ignores it, exit 0
+        (("TimeoutStopSec=60", "TimeoutStopSec=a minute"), "Failed to parse"),  # bad value: the same
+        (("ExecStart=/opt", "ExecStart=opt"), "absolute path"),  # not an absolute path
+    ],
+)
+def test_lint_check_fails_on_what_systemd_would_silently_ignore(
+    tmp_path: Path, replace: tuple[str, str], reported: str
+) -> None:
+    problems = verify_schedules.verify_units(copy_units(tmp_path, replace))
+    assert any(reported in line for line in problems), problems
+
+
+@needs_analyze
+def test_lint_check_fails_when_the_sandbox_is_loosened(tmp_path: Path) -> None:
+    units = copy_units(tmp_path)
+    service = next(u for u in units if u.suffix == ".service")
+    sandbox = service.read_text().split("# Sandbox:")[0]
+    service.write_text(sandbox)
+
+    problems = verify_schedules.verify_units(units)
+
+    assert any("exposure above" in line for line in problems), problems
+
+
+def test_service_is_a_hardened_oneshot_that_outlasts_the_jobs_sigterm_handling() -> None:
+    assert value(SERVICE, "Type") == "oneshot"
+    assert value(SERVICE, "User") == "sftp-ipi"
+    assert verify_schedules.unit_values(SERVICE, "DynamicUser") == [], "a stable UID for SERVER_DIR's readers"
+    for key, expected in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "CapabilityBoundingSet": "",
+    }.items():
+        assert value(SERVICE, key) == expected, key
+    # As long as the Kubernetes pod's grace period: the job stops in seconds, then reports and alerts.
+    pod = cronjob()["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert seconds(value(SERVICE, "TimeoutStopSec")) >= pod["terminationGracePeriodSeconds"]
+    assert value(SERVICE, "SuccessExitStatus") == str(EXIT_LOCKED), "another run in progress is not a failure"
+    assert value(SERVICE, "ExecStart").startswith("/opt/sftp-ipi/bin/sftp-ipi --env-file ")
+
+
+def unit_environment(creds: Path) -> dict[str, str]:
+    """The service's Environment= with its specifiers as systemd fills them in for a system service."""
+    specifiers = {"%S": "/var/lib", "%L": "/var/log", "%d": str(creds)}
+    env = {}
+    for line in verify_schedules.unit_values(SERVICE, "Environment"):
+        for assignment in shlex.split(line):
+            for spec, path in specifiers.items():
+                assignment = assignment.replace(spec, path)
+            name, _, raw = assignment.partition("=")
+            env[name] = raw
+    return env
+
+
+def test_everything_the_job_writes_is_inside_the_units_writable_paths(tmp_path: Path) -> None:
+    (tmp_path / "sftp_credential").write_text("secret\n")
+    env = {"SFTP_HOST": "sftp.example.com", "SFTP_USER": "ipi", **unit_environment(tmp_path)}
+
+    settings = load_settings(env)
+
+    state = Path("/var/lib") / value(SERVICE, "StateDirectory")
+    logs = Path("/var/log") / value(SERVICE, "LogsDirectory")
+    writable = [state, logs, *map(Path, value(SERVICE, "ReadWritePaths").split())]
+    written = [settings.local_dir, settings.server_dir, settings.log_file, settings.last_file_record]
+    written += [settings.ledger_path, settings.lock_path, settings.report_path]
+    for path in written:
+        assert any(path.is_relative_to(w) for w in writable), path
+    assert settings.sftp_pass == "secret", "the password comes from the credential"
+
+
+def test_timer_runs_every_15_minutes_like_the_cronjob_and_the_cron_file_catching_up_after_downtime() -> None:
+    assert value(TIMER, "OnCalendar") == "*:0/15"
+    assert value(TIMER, "Persistent") == "true"
+    assert 0 < seconds(value(TIMER, "RandomizedDelaySec")) <= 5 * 60, "spread, but well inside the period"
+    schedule = cronjob()["spec"]["schedule"]
+    assert schedule == "*/15 * * * *"
+    ((_, line),) = verify_schedules.cron_entries()
+    assert line.startswith(schedule + " sftp-ipi ")
+
+
+@pytest.mark.parametrize(
+    ("line", "reported"),
+    [
+        ("*/15 * * * sftp-ipi /opt/sftp-ipi/bin/sftp-ipi --env-file x", "invalid day of week"),
+        ("61 * * * * sftp-ipi /opt/sftp-ipi/bin/sftp-ipi --env-file /etc/sftp-ipi/sftp-ipi.env", "invalid minute"),
+        ("*/15 * * * * sftp-ipi /usr/bin/sftp-ipi", "differs from sftp-ipi.service"),
+    ],
+)
+def test_cron_check_catches_a_bad_line(tmp_path: Path, line: str, reported: str) -> None:
+    cron = tmp_path / "sftp-ipi"
+    cron.write_text(f"# comment\nPATH=/usr/bin:/bin\n{line}\n")
+    problems = verify_schedules.verify_cron(cron)
+    assert any(reported in p for p in problems), problems
+
+
+def test_readme_shows_the_cron_line_and_the_unit_files() -> None:
+    readme = (REPO / "README.md").read_text()
+    ((_, line),) = verify_schedules.cron_entries()
+    assert line in readme
+    for unit in verify_schedules.unit_files():
+        assert f"deploy/systemd/{unit.name}" in readme
