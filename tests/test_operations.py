@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pty
 import select
-import shutil
 import subprocess
 import sys
 import threading
@@ -15,11 +13,11 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import REPO, Server, job_env, run_job
+from promstack import running_pushgateway
 from relay import Relay
 from sshd import free_port
 
@@ -110,25 +108,9 @@ def test_status_is_healthy_after_success_and_unhealthy_before_any_run(server: Se
 
 
 @pytest.fixture
-def pushgateway(tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
-    if binary is None:
-        pytest.skip("prometheus-pushgateway is not installed (make test installs it as root)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/-/ready", timeout=1):
-            break
-        time.sleep(0.1)
-    try:
+def pushgateway() -> Iterator[str]:
+    with running_pushgateway() as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def scrape(url: str, instance: str) -> dict[str, float]:
