@@ -62,7 +62,22 @@ lint: venv compose-cli
 	$(HADOLINT) --failure-threshold error $(DOCKERFILES)
 	$(MAKE) --no-print-directory compose-config
 	$(PY) tools/validate_k8s.py
+	$(PY) -m mypy tools/prometheus_rule.py tools/grafana_dashboard.py
+	PY=$(PY) bash tools/check_rules.sh
 	$(PY) tools/audit_deps.py
+
+# Alert rules (promtool check + unit tests) and the files generated from them; make lint runs it too.
+.PHONY: check-rules prometheus-tools
+check-rules: venv
+	PY=$(PY) bash tools/check_rules.sh
+
+# The alerting end-to-end test runs a real Prometheus and Pushgateway (Debian packages).
+test: prometheus-tools
+prometheus-tools:
+	@if [ "$$(id -u)" = 0 ] && { ! command -v prometheus >/dev/null || ! command -v prometheus-pushgateway >/dev/null; }; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			prometheus prometheus-pushgateway >/dev/null || true; \
+	fi
 
 # Debian's docker-compose 1.29 validates docker-compose.yml without any engine.
 compose-cli:
