@@ -9,6 +9,7 @@ YAML and rewriting that one key; every expression is the real one).
 
 from __future__ import annotations
 
+import getpass
 import os
 import time
 import urllib.request
@@ -20,7 +21,15 @@ from typing import Any
 import pytest
 import yaml
 from conftest import Server, _start_server, run_job, wait_until
-from observability import ANNOUNCED, NOT_YET_WIRED, RULES, base_metrics, dashboard_queries, for_instance
+from observability import (
+    ANNOUNCED,
+    NOT_YET_WIRED,
+    RULES,
+    base_metrics,
+    dashboard_queries,
+    exported_metrics,
+    for_instance,
+)
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from promstack import Prometheus, running_prometheus, running_pushgateway
 from sshd import free_port
@@ -63,7 +72,8 @@ def feed(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> Ite
         running_pushgateway() as gateway,
         running_prometheus(tmp / "prometheus", gateway, fast_rules(tmp / "rules.yaml")) as prom,
     ):
-        server: Server = _start_server(tmp / "job", keys, os.environ.get("USER") or "root", _mkdir(tmp / "job"))
+        (tmp / "job").mkdir()
+        server: Server = _start_server(tmp / "job", keys, getpass.getuser(), tmp / "job")
         try:
             started = time.time()
             server.put("20250428.IPI", os.urandom(256 * 1024))
@@ -87,11 +97,6 @@ def feed(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> Ite
             server.sshd.stop()
 
 
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def labels(sample: dict[str, Any]) -> dict[str, str]:
     return {k: v for k, v in sample["metric"].items() if k != "__name__"}
 
@@ -104,18 +109,7 @@ def value(prom: Prometheus, expr: str, at: float | None = None) -> float:
 def test_pushed_series_reach_prometheus_with_the_job_and_instance_labels(feed: Feed) -> None:
     prom = feed.prometheus
     names = {s["metric"]["__name__"] for s in prom.query(f'{{__name__=~"sftp_ipi_.+", instance="{INSTANCE}"}}')}
-    assert {
-        "sftp_ipi_last_run_timestamp_seconds",
-        "sftp_ipi_last_success_timestamp_seconds",
-        "sftp_ipi_last_run_exit_code",
-        "sftp_ipi_last_run_success",
-        "sftp_ipi_last_run_files_fetched",
-        "sftp_ipi_last_run_bytes_fetched",
-        "sftp_ipi_last_run_duration_seconds",
-        "sftp_ipi_last_run_retries",
-        "sftp_ipi_newest_file_age_seconds",
-        "sftp_ipi_last_run_failed_files",
-    } <= names
+    assert names == exported_metrics() - NOT_YET_WIRED
     for sample in prom.query(f'{{__name__=~"sftp_ipi_.+", instance="{INSTANCE}"}}'):
         assert labels(sample) == LABELS, sample["metric"]
     [push] = prom.query('push_time_seconds{job="sftp_ipi"}')
@@ -141,13 +135,9 @@ def test_pushed_series_reach_prometheus_with_the_job_and_instance_labels(feed: F
 
 def test_a_failed_run_makes_the_failure_alert_pending_then_firing(feed: Feed) -> None:
     prom = feed.prometheus
-    history = prom.api(
-        "query_range",
-        query='ALERTS{alertname="SftpIpiRunFailed"}',
-        start=feed.started,
-        end=time.time(),
-        step=0.5,
-    )["result"]
+    # Every sample Prometheus stored for the alert, pending and firing (a range selector, not
+    # query_range, whose steps could fall between the two).
+    history = prom.api("query", query='ALERTS{alertname="SftpIpiRunFailed"}[5m]')["result"]
     states = {s["metric"]["alertstate"]: s for s in history}
     assert set(states) == {"pending", "firing"}
     first = {state: float(s["values"][0][0]) for state, s in states.items()}
@@ -183,7 +173,7 @@ def test_every_dashboard_query_parses_and_returns_data_for_a_feed_that_ran(feed:
             continue  # no data until the job pushes them; parsing is all that can be asked
         assert result, f"panel {title!r}: no data for {INSTANCE}: {expr}"
         checked += 1
-    assert checked >= 15
+    assert checked >= len(dashboard_queries()) // 2, "most panels must be checked with data"
 
 
 def test_each_test_pushgateway_starts_empty() -> None:
