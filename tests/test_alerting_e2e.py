@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from observability import (
     NOT_YET_WIRED,
     RULES,
     base_metrics,
+    dashboard,
     dashboard_queries,
     exported_metrics,
     for_instance,
@@ -185,3 +187,11 @@ def test_each_test_pushgateway_starts_empty() -> None:
         push_to_gateway(first, job="isolation_probe", registry=registry)
     with running_pushgateway() as second, urllib.request.urlopen(f"{second}/metrics", timeout=5) as response:
         assert "isolation_probe" not in response.read().decode()
+
+
+def test_the_dashboard_feed_variable_lists_a_feed_that_ran(feed: Feed) -> None:
+    board = dashboard()
+    [variable] = [v for v in board["templating"]["list"] if v["name"] == "instance"]
+    metric = re.fullmatch(r"label_values\((\w+), instance\)", variable["query"]["query"])
+    assert metric, variable["query"]
+    assert INSTANCE in feed.prometheus.api("label/instance/values", **{"match[]": metric[1]})
