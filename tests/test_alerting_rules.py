@@ -99,7 +99,7 @@ def test_every_alert_has_a_summary_a_description_and_a_runbook_section_in_the_re
     assert page == "README.md" and anchor in _anchors(README), f"{name}: no README section #{anchor}"
     assert f"`{name}`" in README, f"{name}: not in the README's alert table"
     runbook = README.split(f"#### {name}\n", 1)[1].split("\n#", 1)[0]
-    assert re.search(r"python -m app (status|audit|refetch)", runbook), f"{name}: the runbook names no command"
+    assert re.search(r"sftp-ipi (status|audit|refetch)", runbook), f"{name}: the runbook names no command"
 
 
 def test_failure_alerts_state_what_each_exit_code_means() -> None:
