@@ -19,6 +19,7 @@ help:
 	@echo "make demo   - run the job against a private local sshd with sample IPI files"
 	@echo "make test   - run the test suite against a real OpenSSH sshd"
 	@echo "make lint   - ruff, mypy, bandit, hadolint, compose and Kubernetes checks, pip-audit"
+	@echo "make check-rules - promtool check and unit tests of the alert rules; generated PrometheusRule and dashboard"
 	@echo "make bench  - throughput and memory benchmarks"
 	@echo "make container-test - build the image and run the Compose project for real (root, podman)"
 	@echo "make compose-keys   - one-time set-up for docker-compose.yml's test SFTP server"
