@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Sized
 
 from loguru import logger
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to_gateway
@@ -44,23 +43,10 @@ def build_registry(report: RunReport, now: float | None = None) -> CollectorRegi
     )
     gauge("last_run_duration_seconds", "Duration of the last run.", report.duration_seconds)
     gauge("last_run_retries", "Retries in the last run.", len(report.retries))
+    gauge("last_run_failed_files", "Files that failed in the last run.", len(report.failed))
     age = None if report.newest_completed_mtime is None else max(0.0, now - report.newest_completed_mtime)
     gauge("newest_file_age_seconds", "Age (by remote mtime) of the newest completed file.", age)
-    gauge("last_run_failed_files", "Files that failed in the last run.", len(report.failed))
-    # The hardening issue (10) adds these report fields; until a report carries them
-    # the gauges are left out rather than pushed as a reassuring 0.
-    gauge("held_back_files", "Files due but held back by the last run.", _count(getattr(report, "held_back", None)))
-    gauge(
-        "oldest_held_back_seconds",
-        "How long the oldest held-back file has been waiting.",
-        getattr(report, "oldest_held_back_seconds", None),
-    )
-    gauge("late_files", "Late arrivals seen by the last run.", _count(getattr(report, "late_files", None)))
     return registry
-
-
-def _count(field: object) -> int | None:
-    return len(field) if isinstance(field, Sized) else None
 
 
 def publish_metrics(settings: Settings, report: RunReport) -> None:
