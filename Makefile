@@ -60,11 +60,11 @@ lint: venv compose-cli
 	$(PY) -m mypy
 	$(PY) -m mypy tools/validate_k8s.py tools/audit_deps.py
 	$(PY) -m bandit --quiet --configfile pyproject.toml --recursive app
+	$(PY) -m mypy tools/prometheus_rule.py tools/grafana_dashboard.py
+	PY=$(PY) bash tools/check_rules.sh
 	$(HADOLINT) --failure-threshold error $(DOCKERFILES)
 	$(MAKE) --no-print-directory compose-config
 	$(PY) tools/validate_k8s.py
-	$(PY) -m mypy tools/prometheus_rule.py tools/grafana_dashboard.py
-	PY=$(PY) bash tools/check_rules.sh
 	$(PY) tools/audit_deps.py
 
 # Alert rules (promtool check + unit tests) and the files generated from them; make lint runs it too.
