@@ -303,9 +303,10 @@ def layout() -> list[tuple[int, list[tuple[dict[str, Any], int]]]]:
                 (
                     timeseries(
                         "Oldest held-back file",
-                        "Time oldest held-back file has waited; SftpIpiFilesHeldBack fires above the threshold.",
+                        "How long the oldest held-back file had waited at each run; SftpIpiFilesHeldBack fires "
+                        "above the threshold.",
                         [
-                            (f"sftp_ipi:oldest_held_back_seconds{{{FEED}}}", "{{instance}}"),
+                            (f"sftp_ipi_oldest_held_back_seconds{{{FEED}}}", "{{instance}}"),
                             ("sftp_ipi:threshold_held_back_seconds", "threshold"),
                         ],
                         "s",
