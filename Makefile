@@ -18,6 +18,7 @@ help:
 	@echo "make demo   - run the job against a private local sshd with sample IPI files"
 	@echo "make test   - run the test suite against a real OpenSSH sshd"
 	@echo "make lint   - ruff, mypy, bandit, hadolint, compose and Kubernetes checks, pip-audit"
+	@echo "make check-rules - promtool check and unit tests of the alert rules; generated PrometheusRule and dashboard"
 	@echo "make bench  - throughput and memory benchmarks"
 	@echo "make container-test - build the image and run the Compose project for real (root, podman)"
 	@echo "make compose-keys   - one-time set-up for docker-compose.yml's test SFTP server"
@@ -55,11 +56,13 @@ sshd:
 	$(call apt-need,sshd,openssh-server)
 
 # The tests also need, as root: a small XFS to prove copy-on-write publishing
-# (mkfs.xfs), and a real Prometheus Pushgateway to push metrics to.
+# (mkfs.xfs), a real Prometheus Pushgateway to push metrics to, and a real
+# Prometheus that scrapes it and evaluates the alert rules end to end.
 # Tools for further tests go here, one line each.
 test-deps: sshd
 	$(call apt-want,mkfs.xfs,xfsprogs)
 	$(call apt-want,prometheus-pushgateway,prometheus-pushgateway)
+	$(call apt-want,prometheus,prometheus)
 
 test: venv test-deps
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
@@ -73,13 +76,20 @@ lint: venv lint-deps
 	$(PY) -m ruff check app tests tools
 	$(PY) -m ruff format --check app tests tools
 	$(PY) -m mypy
-	$(PY) -m mypy tools/validate_k8s.py tools/audit_deps.py tools/verify_schedules.py
+	$(PY) -m mypy tools/validate_k8s.py tools/audit_deps.py tools/verify_schedules.py tools/prometheus_rule.py \
+		tools/grafana_dashboard.py
 	$(PY) -m bandit --quiet --configfile pyproject.toml --recursive app
+	PY=$(PY) bash tools/check_rules.sh
 	$(HADOLINT) --failure-threshold error $(DOCKERFILES)
 	$(MAKE) --no-print-directory compose-config
 	$(PY) tools/validate_k8s.py
 	$(PY) tools/verify_schedules.py
 	$(PY) tools/audit_deps.py
+
+# Alert rules (promtool check + unit tests) and the files generated from them; make lint runs it too.
+.PHONY: check-rules
+check-rules: venv
+	PY=$(PY) bash tools/check_rules.sh
 
 # Debian's docker-compose 1.29 validates docker-compose.yml without any engine.
 compose-cli:

@@ -48,6 +48,7 @@ def build_registry(report: RunReport, now: float | None = None) -> CollectorRegi
     )
     gauge("last_run_duration_seconds", "Duration of the last run.", report.duration_seconds)
     gauge("last_run_retries", "Retries in the last run.", len(report.retries))
+    gauge("last_run_failed_files", "Files that failed in the last run.", len(report.failed))
     age = None if report.newest_completed_mtime is None else max(0.0, now - report.newest_completed_mtime)
     gauge("newest_file_age_seconds", "Age (by remote mtime) of the newest completed file.", age)
     # Always set, 0 included, so that an alert on them never sees a missing series.

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import pty
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import REPO, Server, job_env, run_job
+from promstack import running_pushgateway
 from relay import Relay
 from sshd import free_port
 
@@ -169,25 +168,9 @@ def test_status_without_any_state_settings_warns_where_it_looks(tmp_path: Path) 
 
 
 @pytest.fixture
-def pushgateway(tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
-    if binary is None:
-        pytest.skip("prometheus-pushgateway is not installed (make test installs it as root)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/-/ready", timeout=1):
-            break
-        time.sleep(0.1)
-    try:
+def pushgateway() -> Iterator[str]:
+    with running_pushgateway() as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def scrape(url: str, instance: str) -> dict[str, float]:

@@ -1,0 +1,215 @@
+"""deploy/prometheus, deploy/grafana and the PrometheusRule: checked by promtool, complete,
+documented, generated from one source, and reading only metrics the job exports."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from observability import (
+    ANNOUNCED,
+    FOREIGN,
+    RULE_TESTS,
+    RULES,
+    alerts,
+    base_metrics,
+    dashboard,
+    dashboard_queries,
+    exported_metrics,
+    names_in,
+    panels,
+    recording_rules,
+    rules,
+)
+
+from app.errors import EXIT_MEANINGS
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+
+import grafana_dashboard  # noqa: E402
+import prometheus_rule  # noqa: E402
+
+README = (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("promtool")
+    if binary is None:
+        pytest.skip("promtool is not installed (Debian package prometheus; make lint installs it)")
+    return subprocess.run([binary, *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_promtool_accepts_the_rules_and_every_rule_unit_test_passes() -> None:
+    checked = promtool("check", "rules", str(RULES))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = promtool("test", "rules", *map(str, sorted(RULE_TESTS.glob("*.yaml"))))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+@pytest.mark.parametrize("moved", [21599, 21601])
+def test_promtool_unit_tests_fail_when_a_threshold_moves_by_one_second(tmp_path: Path, moved: int) -> None:
+    """The boundary tests pin the thresholds: a second either way and they fail."""
+    text = RULES.read_text(encoding="utf-8")
+    assert text.count("expr: vector(21600)") == 1
+    (tmp_path / "tests").mkdir()
+    (tmp_path / RULES.name).write_text(text.replace("expr: vector(21600)", f"expr: vector({moved})"))
+    shutil.copy(RULE_TESTS / "freshness.yaml", tmp_path / "tests")
+    result = promtool("test", "rules", str(tmp_path / "tests" / "freshness.yaml"))
+    assert result.returncode != 0 and "SftpIpiFilesHeldBack" in result.stdout + result.stderr
+
+
+def _unit_tests() -> list[dict[str, Any]]:
+    cases = []
+    for path in sorted(RULE_TESTS.glob("*.yaml")):
+        for test in yaml.safe_load(path.read_text(encoding="utf-8"))["tests"]:
+            cases.extend(test.get("alert_rule_test", []))
+    return cases
+
+
+@pytest.mark.parametrize("name", sorted(alerts()))
+def test_every_alert_has_unit_tests_that_fire_and_that_stay_silent(name: str) -> None:
+    cases = [c for c in _unit_tests() if c["alertname"] == name]
+    assert any(c["exp_alerts"] for c in cases), f"{name}: no unit test where it fires"
+    assert any(not c["exp_alerts"] for c in cases), f"{name}: no unit test where it stays silent"
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", markdown, flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("name", sorted(alerts()))
+def test_every_alert_has_a_summary_a_description_and_a_runbook_section_in_the_readme(name: str) -> None:
+    rule = alerts()[name]
+    annotations = rule["annotations"]
+    assert set(annotations) == {"summary", "description", "runbook"}
+    assert "{{ $labels.instance }}" in annotations["summary"]
+    assert rule["labels"]["severity"] in {"critical", "warning"}
+    page, anchor = annotations["runbook"].split("#")
+    assert page == "README.md" and anchor in _anchors(README), f"{name}: no README section #{anchor}"
+    assert f"`{name}`" in README, f"{name}: not in the README's alert table"
+    runbook = README.split(f"#### {name}\n", 1)[1].split("\n#", 1)[0]
+    assert re.search(r"sftp-ipi (status|audit|refetch)", runbook), f"{name}: the runbook names no command"
+
+
+def test_failure_alerts_state_what_each_exit_code_means() -> None:
+    permanent = alerts()["SftpIpiRunFailedPermanent"]["annotations"]["description"]
+    transient = alerts()["SftpIpiRunFailed"]["annotations"]["description"]
+    for code, meaning in EXIT_MEANINGS.items():
+        if code == 0:
+            continue
+        where = permanent if code in (2, 3) else transient
+        assert meaning in where, f"exit {code} ({meaning})"
+        assert f"eq $value {code}.0" in where or code == 3, f"exit {code} is not matched"
+    assert set(grafana_dashboard.EXIT_TEXT) == set(EXIT_MEANINGS)
+
+
+def test_thresholds_are_single_series_recording_rules_at_the_top() -> None:
+    names = [r.get("record") or r.get("alert") for r in rules()]
+    thresholds = [n for n in names if n and n.startswith("sftp_ipi:threshold_")]
+    assert names[: len(thresholds)] == thresholds, "thresholds come first, in one place"
+    for name in thresholds:
+        expr = recording_rules()[name]
+        assert re.fullmatch(r"vector\(\d+\)|\d+ \* sftp_ipi:threshold_\w+", expr), expr
+    for name, rule in alerts().items():
+        for used in names_in(rule["expr"]):
+            if used.startswith("sftp_ipi:threshold_"):
+                assert f"scalar({used})" in rule["expr"], f"{name}: read {used} with scalar()"
+
+
+def unknown_metrics(exprs: list[str]) -> set[str]:
+    """Names in ``exprs`` that are neither exported by the job, announced, foreign, nor recorded."""
+    known = exported_metrics() | set(ANNOUNCED) | FOREIGN
+    missing = set()
+    for expr in exprs:
+        missing |= {n for n in base_metrics(expr) if n not in known}
+        missing |= {n for n in names_in(expr) if ":" in n and n not in recording_rules()}
+    return missing
+
+
+def test_rules_and_dashboard_read_only_metrics_the_job_exports() -> None:
+    exprs = [r["expr"] for r in rules()] + [q for _, q in dashboard_queries()]
+    assert unknown_metrics(exprs) == set()
+    assert unknown_metrics(["sftp_ipi_last_run_bytes / 2"]) == {"sftp_ipi_last_run_bytes"}
+    assert unknown_metrics(["sftp_ipi:no_such_rule"]) == {"sftp_ipi:no_such_rule"}
+
+
+def test_dashboard_is_generated_and_shaped_as_grafana_exports_it() -> None:
+    assert grafana_dashboard.main(["--check"]) == 0
+    board = dashboard()
+    assert board["schemaVersion"] == 39 and board["uid"] == "sftp-ipi" and board["id"] is None
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    instance = variables["instance"]
+    assert instance["query"]["query"] == "label_values(sftp_ipi_last_run_timestamp_seconds, instance)"
+    assert instance["includeAll"] and instance["multi"] and instance["allValue"] == ".*"
+    every = panels(board)
+    assert {p["type"] for p in every} == {"timeseries", "stat", "table"}
+    assert len({p["id"] for p in every}) == len(every)
+    cells: set[tuple[int, int]] = set()
+    for panel in every:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        for target in panel["targets"]:
+            assert target["datasource"] == panel["datasource"]
+            assert "sftp_ipi:threshold_" in target["expr"] or 'instance=~"$instance"' in target["expr"]
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24
+        mine = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}
+        assert not cells & mine, f"panel {panel['title']!r} overlaps another"
+        cells |= mine
+    titles = " ".join(p["title"].lower() for p in every)
+    for topic in ("success", "bytes", "files", "duration", "retries", "throughput", "newest", "held-back", "verif"):
+        assert topic in titles, topic
+
+
+def test_prometheus_rule_is_generated_from_the_rules_file_and_structurally_valid() -> None:
+    assert prometheus_rule.main(["--check"]) == 0
+    committed = yaml.safe_load(prometheus_rule.OUTPUT.read_text(encoding="utf-8"))
+    assert committed["spec"]["groups"] == yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    assert prometheus_rule.validate(committed) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("spec", "groups", 0, "rules", 0, "exprr"), "1"),  # misspelt field
+        (("spec", "groups", 0, "rules", -1, "for"), "five minutes"),  # not a duration
+        (("spec", "groups", 0, "rules", 0, "annotations"), {"summary": "a recording rule has none"}),
+        (("spec", "groups", 0, "rules", -1, "labels"), {"severity": 1}),  # label values are strings
+        (("spec", "group"), []),
+    ],
+)
+def test_the_prometheus_rule_check_catches_mistakes(path: tuple[str | int, ...], value: object) -> None:
+    doc = copy.deepcopy(yaml.safe_load(prometheus_rule.OUTPUT.read_text(encoding="utf-8")))
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    assert prometheus_rule.validate(doc) != []
+
+
+def test_the_monitoring_component_adds_the_prometheus_rule_to_the_kustomization(tmp_path: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    tree = tmp_path / "kubernetes"
+    shutil.copytree(REPO / "deploy" / "kubernetes", tree)
+    for name in ("sftp_key", "known_hosts"):  # the git-ignored credentials the secretGenerator reads
+        (tree / "secrets" / name).write_text("placeholder\n")
+    with (tree / "kustomization.yaml").open("a") as f:
+        f.write("\ncomponents:\n  - monitoring\n")
+
+    built = subprocess.run([kubectl, "kustomize", str(tree)], capture_output=True, text=True)
+
+    assert built.returncode == 0, built.stderr
+    [rule] = [d for d in yaml.safe_load_all(built.stdout) if d and d["kind"] == "PrometheusRule"]
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
