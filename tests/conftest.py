@@ -265,3 +265,7 @@ def size_of(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+# The ProFTPD mod_sftp fixture lives in its own module; importing it here makes pytest find it.
+from conftest_proftpd import proftpd  # noqa: E402, F401
