@@ -408,9 +408,10 @@ def check_file_handle(
     A server without the extension answers OP_UNSUPPORTED: that gives NOT_OFFERED,
     remembered for the session so it is asked only once. ProFTPD answers the same
     for a range it cannot hash (an empty file, a start at or past the end): never
-    ask about an empty file. ProFTPD 1.3.8 also hashes ranges that start past 0
-    wrongly, and hashes a whole block past the end of a range that is not a
-    multiple of ``block_size``: ask for whole files, or whole blocks from 0.
+    ask about an empty file. ProFTPD 1.3.8 also hashes wrongly a range that starts
+    past 0, a block size that is not a multiple of its 16 KiB read buffer, and a
+    range that is not a whole number of blocks: ask for whole files (0, 0, 0), or
+    whole power-of-two blocks from 0.
     Other refusals raise RemoteFileError; library errors pass to the caller's
     ``remote_errors``.
     """
