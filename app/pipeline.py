@@ -374,9 +374,10 @@ class ServerHashes(NamedTuple):
 
 NOT_OFFERED = ServerHashes(None, [])
 
-# Sessions known not to offer check-file-handle. paramiko drops the extension list of
-# the server's VERSION packet, so the first refusal is remembered instead.
+# Sessions known not to offer check-file-handle, and known to. paramiko drops the
+# extension list of the server's VERSION packet, so the first answer is remembered instead.
 _WITHOUT_CHECK_FILE: weakref.WeakSet[paramiko.SFTPClient] = weakref.WeakSet()
+_WITH_CHECK_FILE: weakref.WeakSet[paramiko.SFTPClient] = weakref.WeakSet()
 
 
 class _OneReply:
@@ -408,7 +409,8 @@ def check_file_handle(
     A server without the extension answers OP_UNSUPPORTED: that gives NOT_OFFERED,
     remembered for the session so it is asked only once. ProFTPD answers the same
     for a range it cannot hash (an empty file, a start at or past the end): never
-    ask about an empty file. ProFTPD 1.3.8 also hashes wrongly a range that starts
+    ask about an empty file; on a session that has answered before, that refusal
+    is a RemoteFileError, not NOT_OFFERED. ProFTPD 1.3.8 also hashes wrongly a range that starts
     past 0, a block size that is not a multiple of its 16 KiB read buffer, and a
     range that is not a whole number of blocks: ask for whole files (0, 0, 0), or
     whole power-of-two blocks from 0.
@@ -438,13 +440,16 @@ def check_file_handle(
         code = msg.get_int()
         text = msg.get_string().decode("utf-8", "replace")
         # BAD_MESSAGE: what servers that do not parse unknown requests say instead.
-        if code in (SFTP_OP_UNSUPPORTED, SFTP_BAD_MESSAGE):
+        if code in (SFTP_OP_UNSUPPORTED, SFTP_BAD_MESSAGE) and sftp not in _WITH_CHECK_FILE:
             _WITHOUT_CHECK_FILE.add(sftp)
             return NOT_OFFERED
-        raise RemoteFileError(f"server refused check-file-handle: {text or f'status {code}'}")
+        # The server's text, escaped: it may hold anything.
+        raise RemoteFileError(f"server refused check-file-handle: {text[:200]!r} (status {code})")
     if t != CMD_EXTENDED_REPLY:
         raise RemoteFileError(f"unexpected reply type {t} to check-file-handle")
-    return _check_file_reply(msg, algorithms)
+    answer = _check_file_reply(msg, algorithms)
+    _WITH_CHECK_FILE.add(sftp)
+    return answer
 
 
 def _check_file_reply(msg: paramiko.Message, algorithms: list[str]) -> ServerHashes:

@@ -66,6 +66,9 @@ MAX_PREFIX_BLOCKS = 4096
 # ProFTPD refuses smaller blocks.
 MIN_BLOCK = 256
 _READ = 1024 * 1024
+# REMOTE_HASH_COMMAND is allowed IO_TIMEOUT plus the file's size at this rate: the
+# command says nothing until it has read the whole file, from a possibly slow disk.
+COMMAND_HASH_RATE = 20 * 1024 * 1024
 
 
 class ChecksumFileError(RemoteFileError):
@@ -540,7 +543,8 @@ def prove_source(
             expected = checksum_file_digest(conn, posixpath.dirname(remote_path), name, sources)
         else:
             command = settings.remote_hash_command or ""  # plan() offers this method only when it is set
-            expected = command_digest(conn, command, remote_path, settings.io_timeout)
+            timeout = settings.io_timeout + size / COMMAND_HASH_RATE
+            expected = command_digest(conn, command, remote_path, timeout)
         if expected is not None:
             local = dict(local_digests)
             if expected.algorithm not in local:

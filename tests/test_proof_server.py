@@ -214,3 +214,22 @@ def test_prefix_proof_is_not_offered_by_openssh(server: Server, tmp_path: Path) 
         assert server_digest(conn, str(path), len(data)) is None
     finally:
         conn.close()
+
+
+def test_a_refusal_after_earlier_answers_is_an_error_not_not_offered(proftpd: Proftpd, ftp_conn: Connection) -> None:
+    """ProFTPD refuses an empty file with the status that also means "no such extension";
+    once the session has answered, that must not switch server digests off for it."""
+    from app.errors import RemoteFileError
+
+    data = os.urandom(5000)
+    proftpd.put("IPI_20250428.dat", data)
+    proftpd.put("IPI_20250427.dat", b"")
+    with open_for_reading(ftp_conn.sftp, "/IPI_20250428.dat") as handle:
+        assert check_file_handle(ftp_conn.sftp, handle, ["sha256"]).offered
+    with (
+        open_for_reading(ftp_conn.sftp, "/IPI_20250427.dat") as handle,
+        pytest.raises(RemoteFileError, match="refused"),
+    ):
+        check_file_handle(ftp_conn.sftp, handle, ["sha256"])
+    expected = server_digest(ftp_conn, "/IPI_20250428.dat", len(data))
+    assert expected is not None and expected.hexdigest == hashlib.sha512(data).hexdigest()
