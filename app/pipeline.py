@@ -397,6 +397,7 @@ def check_file_handle(
     start: int = 0,
     length: int = 0,
     block_size: int = 0,
+    timeout: float | None = None,
 ) -> ServerHashes:
     """Ask the server to hash ``[start, start + length)`` of an open file (length 0: to the end).
 
@@ -410,7 +411,10 @@ def check_file_handle(
     remembered for the session so it is asked only once. ProFTPD answers the same
     for a range it cannot hash (an empty file, a start at or past the end): never
     ask about an empty file; on a session that has answered before, that refusal
-    is a RemoteFileError, not NOT_OFFERED. ProFTPD 1.3.8 also hashes wrongly a range that starts
+    is a RemoteFileError, not NOT_OFFERED. A server that never answers (some drop
+    requests they do not know) gives NOT_OFFERED after ``timeout`` seconds (default:
+    the channel's timeout), unless it has answered before on this session; give
+    it time to read the whole range. ProFTPD 1.3.8 also hashes wrongly a range that starts
     past 0, a block size that is not a multiple of its 16 KiB read buffer, and a
     range that is not a whole number of blocks: ask for whole files (0, 0, 0), or
     whole power-of-two blocks from 0.
@@ -433,8 +437,22 @@ def check_file_handle(
         int64(length),
         int(block_size),
     )
-    while sink.reply is None:
-        sftp._read_response()
+    channel = sftp.get_channel()
+    previous = channel.gettimeout()
+    if timeout is not None:
+        channel.settimeout(timeout)
+    try:
+        while sink.reply is None:
+            sftp._read_response()
+    except TimeoutError:
+        if sftp in _WITH_CHECK_FILE:
+            raise
+        # Nothing of the reply has arrived, so the session stays in step; a late
+        # reply goes to the sink and is dropped.
+        _WITHOUT_CHECK_FILE.add(sftp)
+        return NOT_OFFERED
+    finally:
+        channel.settimeout(previous)
     t, msg = sink.reply
     if t == CMD_STATUS:
         code = msg.get_int()

@@ -66,9 +66,14 @@ MAX_PREFIX_BLOCKS = 4096
 # ProFTPD refuses smaller blocks.
 MIN_BLOCK = 256
 _READ = 1024 * 1024
-# REMOTE_HASH_COMMAND is allowed IO_TIMEOUT plus the file's size at this rate: the
-# command says nothing until it has read the whole file, from a possibly slow disk.
-COMMAND_HASH_RATE = 20 * 1024 * 1024
+# A server digest or REMOTE_HASH_COMMAND is allowed IO_TIMEOUT plus the file's size at
+# this rate: nothing is said until the whole file has been read, from a possibly slow disk.
+SERVER_HASH_RATE = 20 * 1024 * 1024
+
+
+def hash_timeout(io_timeout: float, size: int) -> float:
+    """Seconds to wait for the server to hash ``size`` bytes."""
+    return io_timeout + size / SERVER_HASH_RATE
 
 
 class ChecksumFileError(RemoteFileError):
@@ -350,7 +355,7 @@ def _block_digests(path: Path, algorithm: str, block_size: int, blocks: int) -> 
 # -- Server digests (I/O) ---------------------------------------------------------------
 
 
-def server_digest(conn: Connection, remote_path: str, size: int) -> Expected | None:
+def server_digest(conn: Connection, remote_path: str, size: int, timeout: float | None = None) -> Expected | None:
     """The server's digest of the whole file, by the strongest algorithm it offers; None when not offered.
 
     An empty file is never asked about: ProFTPD refuses it as if the extension were missing.
@@ -360,7 +365,7 @@ def server_digest(conn: Connection, remote_path: str, size: int) -> Expected | N
     if size == 0:
         return None
     with remote_errors(f"check-file-handle {remote_path!r}", conn=conn), open_for_reading(conn.sftp, remote_path) as h:
-        answer = check_file_handle(conn.sftp, h, list(ALGORITHMS))
+        answer = check_file_handle(conn.sftp, h, list(ALGORITHMS), timeout=timeout)
     if answer.algorithm is None:
         return None
     if len(answer.hashes) != 1:
@@ -402,7 +407,9 @@ def prefix_layout(prefix: int) -> tuple[int, int]:
     return block, prefix // block
 
 
-def prove_prefix(conn: Connection, remote_path: str, partial: Path, prefix: int) -> PrefixProof | None:
+def prove_prefix(
+    conn: Connection, remote_path: str, partial: Path, prefix: int, timeout: float | None = None
+) -> PrefixProof | None:
     """Compare the first ``prefix`` bytes of ``partial`` with the server's file, block by block.
 
     None when the server offers no digests (the caller falls back to its sampled
@@ -414,7 +421,7 @@ def prove_prefix(conn: Connection, remote_path: str, partial: Path, prefix: int)
     if count == 0:
         return None
     with remote_errors(f"check-file-handle {remote_path!r}", conn=conn), open_for_reading(conn.sftp, remote_path) as h:
-        answer = check_file_handle(conn.sftp, h, list(ALGORITHMS), 0, block * count, block)
+        answer = check_file_handle(conn.sftp, h, list(ALGORITHMS), 0, block * count, block, timeout)
     if answer.algorithm is None:
         return None
     if len(answer.hashes) != count:
@@ -538,13 +545,12 @@ def prove_source(
         tried.append(method)
         expected: Expected | None
         if method == METHOD_SERVER:
-            expected = server_digest(conn, remote_path, size)
+            expected = server_digest(conn, remote_path, size, hash_timeout(settings.io_timeout, size))
         elif method == METHOD_CHECKSUM_FILE:
             expected = checksum_file_digest(conn, posixpath.dirname(remote_path), name, sources)
         else:
             command = settings.remote_hash_command or ""  # plan() offers this method only when it is set
-            timeout = settings.io_timeout + size / COMMAND_HASH_RATE
-            expected = command_digest(conn, command, remote_path, timeout)
+            expected = command_digest(conn, command, remote_path, hash_timeout(settings.io_timeout, size))
         if expected is not None:
             local = dict(local_digests)
             if expected.algorithm not in local:

@@ -233,3 +233,32 @@ def test_a_refusal_after_earlier_answers_is_an_error_not_not_offered(proftpd: Pr
         check_file_handle(ftp_conn.sftp, handle, ["sha256"])
     expected = server_digest(ftp_conn, "/IPI_20250428.dat", len(data))
     assert expected is not None and expected.hexdigest == hashlib.sha512(data).hexdigest()
+
+
+@pytest.mark.parametrize("silent", [True, False])
+def test_a_server_that_ignores_or_refuses_check_file_is_not_offered_and_keeps_working(
+    tmp_path: Path, keys: dict[str, Path], silent: bool
+) -> None:
+    """AsyncSSH refuses unknown extensions; some servers drop them unanswered. Neither
+    may stall the job for more than the timeout, nor spoil the session."""
+    from hostile_sftp import HostileSftpServer, Lies, hostile_env
+
+    from app.pipeline import read_range
+
+    data = os.urandom(5000)
+    lies = Lies(files={b"20250501.IPI": data}, silent_extensions={b"check-file-handle"} if silent else set())
+    hostile = HostileSftpServer(tmp_path, Path(f"{keys['client']}.pub"), lies).start()
+    settings = load_settings(hostile_env(hostile, tmp_path, keys["client"]))
+    conn = connect(settings, load_private_key(settings), HostKeyVerifier(settings))
+    try:
+        started = time.monotonic()
+        assert server_digest(conn, "/remote/20250501.IPI", len(data), timeout=1) is None
+        assert time.monotonic() - started < 3
+        with open_for_reading(conn.sftp, "/remote/20250501.IPI") as handle:
+            assert b"".join(read_range(conn.sftp, handle, 0, len(data), 32768, 4)) == data
+        started = time.monotonic()
+        assert server_digest(conn, "/remote/20250501.IPI", len(data), timeout=1) is None
+        assert time.monotonic() - started < 0.5, "asked only once per session"
+    finally:
+        conn.close()
+        hostile.stop()
