@@ -6,12 +6,14 @@ import contextlib
 import hashlib
 from dataclasses import replace
 
+import paramiko
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.config import CHECKSUM_AUTO, Settings, load_settings
-from app.errors import ConfigError
+from app.errors import ConfigError, RemoteFileError
+from app.pipeline import _check_file_reply
 from app.proof import (
     MAX_PREFIX_BLOCKS,
     ChecksumFileError,
@@ -135,7 +137,7 @@ def test_the_parser_raises_nothing_but_checksum_file_error(data: bytes, source: 
 
 
 @settings(max_examples=300, deadline=None)
-@given(lines=st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60), max_size=8))
+@given(lines=st.lists(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=60), max_size=8))
 def test_the_parser_survives_arbitrary_text_lines(lines: list[str]) -> None:
     text = "\n".join(lines)
     with contextlib.suppress(ChecksumFileError):
@@ -281,3 +283,36 @@ def test_bad_settings_are_one_line_naming_the_setting(env: dict[str, str], culpr
     with pytest.raises(ConfigError, match=culprit) as caught:
         make(**env)
     assert "\n" not in str(caught.value)
+
+
+# -- check-file-handle replies (the wire format, without a server) -------------------------
+
+
+def _reply(*strings: bytes, rest: bytes) -> paramiko.Message:
+    msg = paramiko.Message()
+    for s in strings:
+        msg.add_string(s)
+    msg.add_bytes(rest)
+    return paramiko.Message(msg.asbytes())
+
+
+def test_check_file_replies_with_or_without_the_request_name() -> None:
+    digest = hashlib.sha256(b"x").digest()
+    assert _check_file_reply(_reply(b"sha256", rest=digest), ["sha256"]) == ("sha256", [digest])
+    draft = _check_file_reply(_reply(b"check-file", b"sha256", rest=digest * 3), ["sha512", "sha256"])
+    assert draft == ("sha256", [digest] * 3)
+
+
+@pytest.mark.parametrize(
+    ("strings", "rest", "reason"),
+    [
+        ((b"md5",), b"\0" * 16, "not asked for"),
+        ((b"sha256",), b"\0" * 33, "not a multiple of 32"),
+        ((b"sha256",), b"", "0 bytes"),
+        ((b"\x1b[2J",), b"", "not asked for"),
+    ],
+)
+def test_malformed_check_file_replies_are_file_errors(strings: tuple[bytes, ...], rest: bytes, reason: str) -> None:
+    with pytest.raises(RemoteFileError, match=reason) as caught:
+        _check_file_reply(_reply(*strings, rest=rest), ["sha256"])
+    assert "\x1b" not in str(caught.value)
