@@ -316,3 +316,16 @@ def test_malformed_check_file_replies_are_file_errors(strings: tuple[bytes, ...]
     with pytest.raises(RemoteFileError, match=reason) as caught:
         _check_file_reply(_reply(*strings, rest=rest), ["sha256"])
     assert "\x1b" not in str(caught.value)
+
+
+_NAMES = st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="/\x00"), min_size=1, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=_NAMES, marker=st.sampled_from(["{name}.done", "{stem}.ok", "{name}.ready", "READY"]))
+def test_every_rendered_checksum_file_and_marker_is_a_companion(name: str, marker: str) -> None:
+    s = make(READY_MARKER=marker)
+    for template in (*CHECKSUM_AUTO, marker):
+        companion = render(template, name)
+        if companion != name:
+            assert is_companion(companion, s), (template, name)
