@@ -188,9 +188,8 @@ _ALGORITHM_HINT = re.compile(r"(?:.*\.)?(?P<alg>md5|sha1|sha224|sha256|sha384|sh
 
 
 def algorithm_hint(source: str) -> str | None:
-    """The algorithm a file or command name implies: X.sha256, SHA256SUMS, sha256sum; else None."""
-    base = posixpath.basename(source.split()[0]) if source.split() else ""
-    match = _ALGORITHM_HINT.fullmatch(base)
+    """The algorithm a file or program name implies: X.sha256, SHA256SUMS, sha256sum; else None."""
+    match = _ALGORITHM_HINT.fullmatch(posixpath.basename(source))
     return match.group("alg").lower() if match else None
 
 

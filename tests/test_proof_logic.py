@@ -23,6 +23,7 @@ from app.proof import (
     ProofMismatchError,
     algorithm_hint,
     awaited_marker,
+    command_name,
     find_checksum_sources,
     is_companion,
     is_ready,
@@ -147,10 +148,16 @@ def test_the_parser_survives_arbitrary_text_lines(lines: list[str]) -> None:
 @pytest.mark.parametrize(
     ("source", "algorithm"),
     [("x.dat.sha256", "sha256"), ("x.dat.MD5", "md5"), ("SHA512SUMS", "sha512"), ("sha1sum", "sha1"),
-     ("/usr/bin/sha256sum --binary", "sha256"), ("CHECKSUMS", None), ("x.dat.txt", None)],
+     ("my file.sha1", "sha1"), ("CHECKSUMS", None), ("x.dat.txt", None)],
 )  # fmt: skip
 def test_algorithm_hints(source: str, algorithm: str | None) -> None:
     assert algorithm_hint(source) == algorithm
+
+
+def test_commands_are_named_by_their_program() -> None:
+    assert command_name("/usr/bin/sha256sum --binary") == "sha256sum"
+    assert algorithm_hint(command_name("/usr/bin/sha256sum --binary")) == "sha256"
+    assert command_name("openssl dgst -sha512") == "openssl"
 
 
 # -- Templates, sources, companions, markers ---------------------------------------------
