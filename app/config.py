@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
+import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -32,6 +33,22 @@ SMTP_SECURITY = ("starttls", "tls", "none")
 SMTPS_PORT = 465
 LATE_POLICIES = ("warn", "fetch", "ignore")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+VERIFY_SOURCE_POLICIES = ("auto", "required", "off")
+# CHECKSUM_FILES=auto: per-file checksums (strongest first, either case of suffix), then manifests.
+CHECKSUM_AUTO = (
+    *(
+        f"{{name}}.{suffix}"
+        for algorithm in ("sha512", "sha256", "sha1", "md5")
+        for suffix in (algorithm, algorithm.upper())
+    ),
+    "SHA512SUMS",
+    "SHA256SUMS",
+    "SHA1SUMS",
+    "MD5SUMS",
+    "CHECKSUMS",
+)
+# READY_MARKER=checksum: the file's checksum file doubles as its marker.
+READY_MARKER_CHECKSUM = "checksum"
 
 MiB = 1024 * 1024
 
@@ -232,6 +249,28 @@ class Settings(_StateLayout):
     notify_smtp_to: tuple[str, ...] = _setting((), "Recipients of alert e-mails, comma-separated.", example="")
     log_level: str = _setting("INFO", f"Least severe level logged: {', '.join(LOG_LEVELS)}.")
     log_format: str = _setting("text", "text, or json (one JSON object per line, console and file).")
+    checksum_files: tuple[str, ...] = _setting(
+        CHECKSUM_AUTO,
+        "Where the expected digest of NAME is published: auto (NAME.sha512, .sha256, .sha1, .md5, upper-case"
+        " too, and SHA512SUMS, SHA256SUMS, SHA1SUMS, MD5SUMS, CHECKSUMS), off, or comma-separated names with"
+        " {name} and {stem} (NAME without its last suffix), e.g. {name}.sha256,SHA256SUMS.",
+        example="auto",
+    )
+    remote_hash_command: str | None = _setting(
+        None,
+        "Opt-in: a command such as sha256sum run as `<command> -- <path>` over SSH after each download to"
+        " compare digests; needs a shell account and costs the server a read of the file.",
+    )
+    verify_source: str = _setting(
+        "auto",
+        "auto: prove each file by the strongest proof available (server digest, checksum file, command), else"
+        " size and mtime; required: a file without such a proof fails; off: size and mtime only.",
+    )
+    ready_marker: str | None = _setting(
+        None,
+        "A file is due only once its marker is listed: a name with {name} or {stem}, e.g. {name}.done or"
+        " {stem}.ok, or 'checksum' for its checksum file. Markers are never downloaded as data.",
+    )
     # Read from NOTIFY_SMTP_PASS_FILE during validation; not a setting of its own.
     notify_smtp_pass: str | None = field(default=None, repr=False, metadata={"internal": True})
 
@@ -440,6 +479,52 @@ def _user(name: str, raw: str) -> str:
     return raw
 
 
+# The only placeholders a companion file's name may use.
+TEMPLATE_FIELDS = ("name", "stem")
+
+
+def _name_template(name: str, raw: str) -> str:
+    """A file name, possibly with {name} and {stem} in it; never the data file's own name."""
+    value = raw.strip()
+    if not value or "/" in value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(f"{name}: {raw!r} must be a file name, without '/' or control characters")
+    try:
+        parts = list(string.Formatter().parse(value))
+    except ValueError:
+        raise ConfigError(f"{name}: {raw!r} has unbalanced braces (write {{{{ and }}}} for literal ones)") from None
+    for _, field_name, spec, conversion in parts:
+        if field_name is not None and (field_name not in TEMPLATE_FIELDS or spec or conversion):
+            raise ConfigError(f"{name}: {raw!r} may only use the placeholders {{name}} and {{stem}}")
+    if value in ("{name}", "{stem}"):
+        raise ConfigError(f"{name}: {raw!r} would name the data file itself")
+    return value
+
+
+def _checksum_files(name: str, raw: str) -> tuple[str, ...]:
+    value = raw.strip()
+    if value.lower() == "auto":
+        return CHECKSUM_AUTO
+    if value.lower() == "off":
+        return ()
+    templates = tuple(_name_template(name, part) for part in value.split(",") if part.strip())
+    if not templates:
+        raise ConfigError(f"{name}={raw!r} is not auto, off, or a list of names")
+    return templates
+
+
+def _ready_marker(name: str, raw: str) -> str:
+    if raw.strip().lower() == READY_MARKER_CHECKSUM:
+        return READY_MARKER_CHECKSUM
+    return _name_template(name, raw)
+
+
+def _command(name: str, raw: str) -> str:
+    value = raw.strip()
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(f"{name} contains control characters")
+    return value
+
+
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "sftp_host": _host,
     "sftp_user": _user,
@@ -499,6 +584,10 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "notify_smtp_to": _addresses,
     "log_level": _choice(LOG_LEVELS, upper=True),
     "log_format": _choice(LOG_FORMATS),
+    "checksum_files": _checksum_files,
+    "remote_hash_command": _command,
+    "verify_source": _choice(VERIFY_SOURCE_POLICIES),
+    "ready_marker": _ready_marker,
 }
 
 
@@ -676,6 +765,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         values["notify_smtp_security"] = "tls"
     if values.get("notify_smtp_security") == "tls" and "notify_smtp_port" not in values:
         values["notify_smtp_port"] = SMTPS_PORT
+
+    if values.get("ready_marker") == READY_MARKER_CHECKSUM and values.get("checksum_files") == ():
+        raise ConfigError("READY_MARKER=checksum needs checksum files: CHECKSUM_FILES is off")
 
     # The default is written with "~" for the documentation; expand it now, for the
     # user running the job (only values read from the environment were expanded).

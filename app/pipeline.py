@@ -459,3 +459,141 @@ class ReadLimit:
 
 # Below this a read limit is not believed (see ReadLimit).
 MIN_READ = 4096
+
+
+# -- check-file-handle: digests computed by the server ------------------------------------
+# (Imported here rather than at the top so that this section stands on its own.)
+import weakref  # noqa: E402
+from typing import NamedTuple  # noqa: E402
+
+from paramiko.sftp import SFTP_BAD_MESSAGE, SFTP_OP_UNSUPPORTED  # noqa: E402
+
+# The digests the check-file extension may name, each with its size in bytes.
+CHECK_FILE_DIGEST_SIZES = {"md5": 16, "sha1": 20, "sha224": 28, "sha256": 32, "sha384": 48, "sha512": 64}
+
+
+class ServerHashes(NamedTuple):
+    """A ``check-file-handle`` answer: the algorithm the server chose and one digest per block.
+
+    ``algorithm`` is None when the server does not offer the extension (NOT_OFFERED).
+    """
+
+    algorithm: str | None
+    hashes: list[bytes]
+
+    @property
+    def offered(self) -> bool:
+        return self.algorithm is not None
+
+
+NOT_OFFERED = ServerHashes(None, [])
+
+# Sessions known not to offer check-file-handle, and known to. paramiko drops the
+# extension list of the server's VERSION packet, so the first answer is remembered instead.
+_WITHOUT_CHECK_FILE: weakref.WeakSet[paramiko.SFTPClient] = weakref.WeakSet()
+_WITH_CHECK_FILE: weakref.WeakSet[paramiko.SFTPClient] = weakref.WeakSet()
+
+
+class _OneReply:
+    """Receives the single reply paramiko routes to it, whatever its type."""
+
+    def __init__(self) -> None:
+        self.reply: tuple[int, paramiko.Message] | None = None
+
+    def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
+        self.reply = (t, msg)
+
+
+def check_file_handle(
+    sftp: paramiko.SFTPClient,
+    handle: bytes,
+    algorithms: list[str],
+    start: int = 0,
+    length: int = 0,
+    block_size: int = 0,
+    timeout: float | None = None,
+) -> ServerHashes:
+    """Ask the server to hash ``[start, start + length)`` of an open file (length 0: to the end).
+
+    The raw ``check-file-handle`` request of draft-ietf-secsh-filexfer-extensions:
+    paramiko's ``SFTPFile.check`` sends the name ``check-file``, which no server
+    knows (paramiko issue 1220). ``algorithms`` are in order of preference; the
+    server picks one. With ``block_size`` 0 the answer is one digest of the whole
+    range, else one per block.
+
+    A server without the extension answers OP_UNSUPPORTED: that gives NOT_OFFERED,
+    remembered for the session so it is asked only once. ProFTPD answers the same
+    for a range it cannot hash (an empty file, a start at or past the end): never
+    ask about an empty file; on a session that has answered before, that refusal
+    is a RemoteFileError, not NOT_OFFERED. A server that never answers (some drop
+    requests they do not know) gives NOT_OFFERED after ``timeout`` seconds (default:
+    the channel's timeout), unless it has answered before on this session; give
+    it time to read the whole range. ProFTPD 1.3.8 also hashes wrongly a range that starts
+    past 0, a block size that is not a multiple of its 16 KiB read buffer, and a
+    range that is not a whole number of blocks: ask for whole files (0, 0, 0), or
+    whole power-of-two blocks from 0.
+    Other refusals raise RemoteFileError; library errors pass to the caller's
+    ``remote_errors``.
+    """
+    unknown = [a for a in algorithms if a not in CHECK_FILE_DIGEST_SIZES]
+    if unknown or not algorithms:
+        raise ValueError(f"check-file algorithms must be among {sorted(CHECK_FILE_DIGEST_SIZES)}: {algorithms}")
+    if sftp in _WITHOUT_CHECK_FILE:
+        return NOT_OFFERED
+    sink = _OneReply()
+    sftp._async_request(
+        sink,
+        CMD_EXTENDED,
+        "check-file-handle",
+        handle,
+        ",".join(algorithms),
+        int64(start),
+        int64(length),
+        int(block_size),
+    )
+    channel = sftp.get_channel()
+    previous = channel.gettimeout()
+    if timeout is not None:
+        channel.settimeout(timeout)
+    try:
+        while sink.reply is None:
+            sftp._read_response()
+    except TimeoutError:
+        if sftp in _WITH_CHECK_FILE:
+            raise
+        # Nothing of the reply has arrived, so the session stays in step; a late
+        # reply goes to the sink and is dropped.
+        _WITHOUT_CHECK_FILE.add(sftp)
+        return NOT_OFFERED
+    finally:
+        channel.settimeout(previous)
+    t, msg = sink.reply
+    if t == CMD_STATUS:
+        code = msg.get_int()
+        text = msg.get_string().decode("utf-8", "replace")
+        # BAD_MESSAGE: what servers that do not parse unknown requests say instead.
+        if code in (SFTP_OP_UNSUPPORTED, SFTP_BAD_MESSAGE) and sftp not in _WITH_CHECK_FILE:
+            _WITHOUT_CHECK_FILE.add(sftp)
+            return NOT_OFFERED
+        # The server's text, escaped: it may hold anything.
+        raise RemoteFileError(f"server refused check-file-handle: {text[:200]!r} (status {code})")
+    if t != CMD_EXTENDED_REPLY:
+        raise RemoteFileError(f"unexpected reply type {t} to check-file-handle")
+    answer = _check_file_reply(msg, algorithms)
+    _WITH_CHECK_FILE.add(sftp)
+    return answer
+
+
+def _check_file_reply(msg: paramiko.Message, algorithms: list[str]) -> ServerHashes:
+    name = msg.get_string()
+    # The draft starts the reply with the request's name; ProFTPD sends the algorithm alone.
+    if name in (b"check-file", b"check-file-handle"):
+        name = msg.get_string()
+    algorithm = name.decode("ascii", "replace").lower()
+    if algorithm not in algorithms:
+        raise RemoteFileError(f"server answered check-file-handle with {algorithm[:40]!r}, which was not asked for")
+    data: bytes = msg.get_remainder()
+    size = CHECK_FILE_DIGEST_SIZES[algorithm]
+    if not data or len(data) % size:
+        raise RemoteFileError(f"server sent {len(data)} bytes of {algorithm} digests, not a multiple of {size}")
+    return ServerHashes(algorithm, [data[i : i + size] for i in range(0, len(data), size)])

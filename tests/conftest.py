@@ -304,3 +304,7 @@ def stop_mid_publish(proc: subprocess.Popen[str], directory: Path, timeout: floa
         pass
     proc.send_signal(signal.SIGSTOP)
     return temp_names(directory)
+
+
+# The ProFTPD mod_sftp fixture lives in its own module; importing it here makes pytest find it.
+from conftest_proftpd import proftpd  # noqa: E402, F401
