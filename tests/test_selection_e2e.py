@@ -115,7 +115,7 @@ def test_a_file_without_mtime_is_held_back_and_named_everywhere(
     assert result.code == 0, result.output
     assert not (jail(tmp_path) / "server" / "20250501.IPI").exists()
     assert not (jail(tmp_path) / "server" / "20250502.IPI").exists(), "the record never passes a waiting file"
-    assert "'20250501.IPI': skipped, not yet unchanged for MIN_FILE_AGE" in result.stderr
+    assert "20250501.IPI: skipped, not yet unchanged for MIN_FILE_AGE" in result.stderr
     assert "; 2 held back" in result.stderr
     held = {h["name"]: h for h in report_of(jail(tmp_path) / "state" / "last_file.txt")["held_back"]}
     assert set(held) == {"20250501.IPI", "20250502.IPI"}
@@ -137,8 +137,8 @@ def test_every_skip_reason_is_named_in_the_log(server: Server, run: Runner) -> N
     result = run(SELECT_MODE="all")
 
     assert result.code == 0, result.output
-    assert "'20250430.IPI': skipped, not a regular file" in result.stderr
-    assert "'20250428_20250501.IPI': skipped, several different dates in the name" in result.stderr
+    assert "20250430.IPI: skipped, not a regular file" in result.stderr
+    assert "20250428_20250501.IPI: skipped, several different dates in the name" in result.stderr
     assert (server.served / "20250429.IPI").read_bytes() == b"ok"
 
 
@@ -171,7 +171,7 @@ def test_a_late_file_is_named_and_fetched_only_when_asked(server: Server, run: R
     status = run("status")
 
     assert warned.code == 0, warned.output
-    assert "'A_20250428.IPI': skipped, arrived after the last completed file" in warned.stderr
+    assert "A_20250428.IPI: skipped, arrived after the last completed file" in warned.stderr
     assert "; 1 late" in warned.stderr
     [late] = report_of(server.record)["late"]
     assert late["name"] == "A_20250428.IPI" and late["since"]
@@ -199,7 +199,7 @@ def test_a_file_uploaded_with_a_preserved_older_mtime_is_late_under_order_by_mti
     fetched = run(ORDER_BY="mtime", SELECT_MODE="all", LATE_FILES="fetch")
 
     assert warned.code == 0 and fetched.code == 0, warned.output + fetched.output
-    assert "'old.IPI': skipped, arrived after the last completed file" in warned.stderr
+    assert "old.IPI: skipped, arrived after the last completed file" in warned.stderr
     assert (server.served / "old.IPI").read_bytes() == b"copied with its mtime"
     assert server.record.read_text() == "b.IPI\n"
 
