@@ -297,6 +297,8 @@ class Keyring:
                 size += len(block)
                 interrupt.check()
             proc.wait(_GPG_TIMEOUT)
+            # Ctrl-C reaches gpg too (one process group): its death is then no verdict on the file.
+            interrupt.check()
         except subprocess.TimeoutExpired:
             raise DecryptError(
                 f"cannot decrypt {source.name}: gpg did not exit within {_GPG_TIMEOUT} s", "TIMEOUT"

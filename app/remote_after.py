@@ -216,11 +216,12 @@ def offered_extensions(conn: Connection) -> frozenset[str]:
             except paramiko.ChannelException:
                 known = frozenset()
             else:
-                channel.settimeout(conn.sftp.get_channel().gettimeout())
-                channel.invoke_subsystem("sftp")
-                probe = _VersionProbe(channel)
-                known = probe.extensions
-                probe.close()
+                try:
+                    channel.settimeout(conn.sftp.get_channel().gettimeout())
+                    channel.invoke_subsystem("sftp")
+                    known = _VersionProbe(channel).extensions
+                finally:
+                    channel.close()
         _offered[conn.transport] = known
     return known
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,9 +16,10 @@ import pytest
 from loguru import logger
 
 from app import decrypt as decrypt_module
+from app import interrupt
 from app.config import Settings, load_settings
 from app.decrypt import Decrypted, Status, judge, open_keyring, output_name
-from app.errors import EXIT_TRANSFER, ConfigError, DecryptError
+from app.errors import EXIT_TRANSFER, ConfigError, DecryptError, Interrupted
 
 PASSPHRASE = "gpg-Pp93-never-shown"
 
@@ -272,6 +274,21 @@ def test_a_file_that_is_not_openpgp_is_refused(keys: Keys, tmp_path: Path) -> No
     error = _refused(settings, tmp_path, b"plain text, not encrypted\n")
 
     assert error.reason == "NODATA"
+
+
+def test_a_stop_request_ends_decryption_and_removes_the_plaintext(
+    keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(tmp_path, GPG_PRIVATE_KEY_FILE=str(keys.recipient_secret))
+    ciphertext = keys.encrypt(os.urandom(4 * 1024 * 1024), keys.recipient)
+    monkeypatch.setitem(interrupt._state, "signum", signal.SIGTERM)
+
+    with pytest.raises(Interrupted) as info:
+        _decrypt(settings, tmp_path, "20250101.IPI.gpg", ciphertext)
+
+    assert info.value.exit_code == 143
+    assert sorted(p.name for p in (tmp_path / "local").iterdir()) == ["20250101.IPI.gpg"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("sftp-ipi-gpg-")] == []
 
 
 # -- passphrases --------------------------------------------------------------
