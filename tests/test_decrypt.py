@@ -26,6 +26,7 @@ PASSPHRASE = "gpg-Pp93-never-shown"
 
 def _ensure_gpg() -> None:
     if shutil.which("gpg") is None:
+        subprocess.run(["apt-get", "update"], check=False)
         subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "gnupg"], check=False)
     if shutil.which("gpg") is None:
         pytest.fail("GnuPG (gpg) is not installed; `apt-get install gnupg`")
