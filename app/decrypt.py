@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import os
 import shutil
-import subprocess  # nosec B404 - gpg is run with an argument list, never a shell
+import subprocess  # nosec B404
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -31,6 +31,8 @@ from app import interrupt
 from app.config import Settings
 from app.errors import ConfigError, DecryptError
 from app.fsutil import open_exclusive, storage_error, temp_path, write_all
+
+# (subprocess above: gpg is run with an argument list, never through a shell.)
 
 # Read size from gpg's stdout: large enough that the per-block Python cost is
 # negligible, small enough that memory stays flat (measured by bench/decrypt_rss.py).
@@ -147,7 +149,6 @@ def judge(status: Status, returncode: int, require_signers: tuple[str, ...]) -> 
 
 _REASON_HINTS = {
     "NO_SECKEY": "encrypted to a key other than GPG_PRIVATE_KEY_FILE's",
-    "NEED_PASSPHRASE": "the key is protected: set GPG_PASSPHRASE_FILE",  # nosec B105 - a hint, not a secret
     "BADSIG": "a signature does not match the content",
     "NO_PUBKEY": "signed by a key whose public key is not in GPG_PRIVATE_KEY_FILE",
     "NO_GOOD_SIGNATURE": "no good signature by a key in GPG_REQUIRE_SIGNER",
@@ -160,6 +161,8 @@ def _describe(reason: str) -> str:
     hint = _REASON_HINTS.get(reason.split(" ", 1)[0])
     if reason.startswith("DECRYPTION_FAILED (pkdecrypt_failed"):
         hint = "wrong passphrase or damaged key"
+    elif reason == "NEED_PASSPHRASE":
+        hint = "the key is protected: set GPG_PASSPHRASE_FILE"
     return f"{reason}: {hint}" if hint else reason
 
 
@@ -228,7 +231,8 @@ class Keyring:
             os.close(pass_write)
             pass_fds.append(passphrase_fd)
         try:
-            proc = subprocess.Popen(  # nosec B603 - our own argv: paths and file descriptors
+            # Our own argv: the gpg found on PATH, paths and file descriptors.
+            proc = subprocess.Popen(  # nosec B603
                 self.command(status_write, passphrase_fd, *args),
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
@@ -371,7 +375,7 @@ def open_keyring(settings: Settings, parent: Path | None = None) -> Iterator[Key
 def _remove_home(home: Path) -> None:
     # gpg started an agent for the home; stop it before its keys are deleted under it.
     with contextlib.suppress(OSError, subprocess.SubprocessError, ConfigError):
-        subprocess.run(  # nosec B603 - our own argv
+        subprocess.run(  # nosec B603
             [_program("gpgconf"), "--homedir", str(home), "--kill", "gpg-agent"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
