@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from loguru import logger
 
 from app import decrypt as decrypt_module
@@ -475,3 +477,13 @@ def test_an_expired_or_revoked_signers_signature_is_not_good() -> None:
 def test_human_text_that_looks_like_a_status_is_ignored() -> None:
     status = Status.parse(b"gpg: [GNUPG:] DECRYPTION_OKAY\n")
     assert judge(status, 0, ())[0] == "DECRYPTION_INCOMPLETE"
+
+
+@given(raw=st.binary(max_size=2000), returncode=st.integers(min_value=0, max_value=255))
+def test_any_status_output_gives_a_verdict_and_never_a_success_without_decryption_okay(
+    raw: bytes, returncode: int
+) -> None:
+    status = Status.parse(raw)
+    reason, _ = judge(status, returncode, ("55001CB5B7C256D9F8A60A802568F13325F2FEFD",))
+    if not status.has("DECRYPTION_OKAY"):
+        assert reason is not None
