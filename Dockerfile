@@ -31,6 +31,12 @@ RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --no-index --wheel-d
     && /opt/venv/bin/pip uninstall --yes pip
 
 FROM ${BASE_IMAGE}
+# GnuPG for DECRYPT=gpg: the job drives gpg itself, in a private GNUPGHOME per run.
+# Debian's own version of the base image's release, with its security updates.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends gnupg \
+    && rm -rf /var/lib/apt/lists/*
 # A fixed, unprivileged UID/GID: file ownership on volumes is predictable, and
 # Kubernetes can check runAsNonRoot against the numeric USER below.
 RUN groupadd --gid 10001 sftp-ipi \
@@ -55,5 +61,7 @@ VOLUME ["/data/local", "/data/server", "/data/state"]
 WORKDIR /home/sftp-ipi
 USER 10001:10001
 # The job is PID 1 and needs no init: it handles SIGTERM and SIGINT itself
-# (keeps the partial download, exits 143 / 130) and starts no child processes.
+# (keeps the partial download, exits 143 / 130). Its only child processes are
+# gpg's with DECRYPT=gpg. The gpg-agent they start is stopped at the end of the
+# run, and stays a zombie (no memory, one per run) until the container exits.
 ENTRYPOINT ["python", "-m", "app"]

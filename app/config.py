@@ -33,6 +33,8 @@ SMTP_SECURITY = ("starttls", "tls", "none")
 SMTPS_PORT = 465
 LATE_POLICIES = ("warn", "fetch", "ignore")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+DECRYPT_METHODS = ("none", "gpg")
+REMOTE_AFTER_ACTIONS = ("keep", "delete", "move")
 VERIFY_SOURCE_POLICIES = ("auto", "required", "off")
 # CHECKSUM_FILES=auto: per-file checksums (strongest first, either case of suffix), then manifests.
 CHECKSUM_AUTO = (
@@ -271,15 +273,65 @@ class Settings(_StateLayout):
         "A file is due only once its marker is listed: a name with {name} or {stem}, e.g. {name}.done or"
         " {stem}.ok, or 'checksum' for its checksum file. Markers are never downloaded as data.",
     )
+    # File lifecycle (issue 12): building blocks, wired into the run in a later step.
+    decrypt: str = _setting(
+        "none",
+        "none, or gpg: decrypt downloaded files whose name ends in one of DECRYPT_SUFFIXES with GnuPG, and"
+        " publish the plaintext under the name without the suffix; other names are published as they are.",
+    )
+    gpg_private_key_file: Path | None = _setting(
+        None,
+        "Armored OpenPGP secret key to decrypt with (a mounted secret); required with DECRYPT=gpg. Append the"
+        " public keys of the signers named in GPG_REQUIRE_SIGNER to the same file.",
+    )
+    gpg_passphrase_file: Path | None = _setting(
+        None, "File holding the passphrase of GPG_PRIVATE_KEY_FILE, if it has one; one trailing newline is stripped."
+    )
+    gpg_require_signer: tuple[str, ...] = _setting(
+        (),
+        "OpenPGP fingerprints (40 hex digits, comma-separated): a file must carry a good signature by one of"
+        " them, else it is not published.",
+        example="",
+    )
+    decrypt_suffixes: tuple[str, ...] = _setting(
+        (".gpg", ".pgp", ".asc"),
+        "Name endings (case-insensitive, comma-separated) of the files DECRYPT=gpg decrypts.",
+        example=".gpg,.pgp,.asc",
+    )
+    bandwidth_limit: int | None = _setting(
+        None,
+        "Most bytes per second the downloads may use on average, e.g. 500K, 10M, 1G (K, M, G are 1024,"
+        " 1024^2, 1024^3, as in rclone); unset means unlimited.",
+    )
+    remote_after: str = _setting(
+        "keep",
+        "What happens to a delivered file on the server: keep it, delete it, or move it into"
+        " REMOTE_ARCHIVE_DIR; a file changed since its download is left alone.",
+    )
+    remote_archive_dir: str | None = _setting(
+        None, "Remote directory REMOTE_AFTER=move moves files into (it must exist); relative to SFTP_DIR."
+    )
+    remote_after_required: bool = _setting(
+        False, "true: a failed REMOTE_AFTER action fails the run (exit 1); false: it is a warning only."
+    )
     # Read from NOTIFY_SMTP_PASS_FILE during validation; not a setting of its own.
     notify_smtp_pass: str | None = field(default=None, repr=False, metadata={"internal": True})
+    # Read from GPG_PASSPHRASE_FILE during validation; not a setting of its own.
+    gpg_passphrase: str | None = field(default=None, repr=False, metadata={"internal": True})
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in any output."""
         urls = tuple(u for u in (self.metrics_pushgateway_url, self.notify_webhook_url) if u)
         passwords = tuple(split_credentials(u).password for u in urls)
-        candidates = (self.sftp_pass, self.sftp_key_passphrase, self.notify_smtp_pass, *urls, *passwords)
+        candidates = (
+            self.sftp_pass,
+            self.sftp_key_passphrase,
+            self.notify_smtp_pass,
+            self.gpg_passphrase,
+            *urls,
+            *passwords,
+        )
         return tuple(s for s in candidates if s)
 
 
@@ -525,6 +577,54 @@ def _command(name: str, raw: str) -> str:
     return value
 
 
+# An OpenPGP v4 fingerprint: SHA-1, 40 hex digits; gpg prints it in groups of four.
+_PGP_FINGERPRINT = re.compile(r"[0-9A-F]{40}")
+
+
+def _pgp_fingerprints(name: str, raw: str) -> tuple[str, ...]:
+    values = []
+    for part in raw.split(","):
+        value = "".join(part.split()).upper()
+        if not value:
+            continue
+        if not _PGP_FINGERPRINT.fullmatch(value):
+            raise ConfigError(f"{name}: {part.strip()!r} is not an OpenPGP fingerprint (40 hex digits)")
+        values.append(value)
+    return tuple(values)
+
+
+def _suffixes(name: str, raw: str) -> tuple[str, ...]:
+    values = tuple(v.strip().lower() for v in raw.split(",") if v.strip())
+    for value in values:
+        if not value.startswith(".") or len(value) < 2 or "/" in value or any(c.isspace() for c in value):
+            raise ConfigError(f"{name}: {value!r} is not a name ending such as .gpg")
+    return values
+
+
+# rclone's convention: binary multiples, so 10M is 10 MiB/s.
+_RATE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+_RATE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMG]?)(?:I?B)?")
+# Below this a limit would make every read request wait for seconds.
+MIN_BANDWIDTH = 1024
+
+
+def _byte_rate(name: str, raw: str) -> int:
+    match = _RATE.fullmatch(raw.strip().upper())
+    if not match:
+        raise ConfigError(f"{name}={raw!r} is not a rate such as 500K, 10M, 1G or a number of bytes per second")
+    value = int(float(match.group(1)) * _RATE_UNITS[match.group(2)])
+    if value < MIN_BANDWIDTH:
+        raise ConfigError(f"{name}={raw!r} must be at least {MIN_BANDWIDTH} bytes per second (unset it for no limit)")
+    return value
+
+
+def _remote_dir(name: str, raw: str) -> str:
+    value = raw.strip()
+    if any(ord(c) < 32 for c in value):
+        raise ConfigError(f"{name} contains control characters")
+    return value
+
+
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "sftp_host": _host,
     "sftp_user": _user,
@@ -588,6 +688,15 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "remote_hash_command": _command,
     "verify_source": _choice(VERIFY_SOURCE_POLICIES),
     "ready_marker": _ready_marker,
+    "decrypt": _choice(DECRYPT_METHODS),
+    "gpg_private_key_file": _path,
+    "gpg_passphrase_file": _path,
+    "gpg_require_signer": _pgp_fingerprints,
+    "decrypt_suffixes": _suffixes,
+    "bandwidth_limit": _byte_rate,
+    "remote_after": _choice(REMOTE_AFTER_ACTIONS),
+    "remote_archive_dir": _remote_dir,
+    "remote_after_required": _bool,
 }
 
 
@@ -760,6 +869,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         values["notify_smtp_pass"] = _read_secret_file("NOTIFY_SMTP_PASS_FILE", smtp_pass_file)
     if values.get("notify_smtp_host") and not (values.get("notify_smtp_from") and values.get("notify_smtp_to")):
         raise ConfigError("NOTIFY_SMTP_HOST is set: set NOTIFY_SMTP_FROM and NOTIFY_SMTP_TO too")
+
+    _check_lifecycle(values)
     # Port 465 meant implicit TLS before NOTIFY_SMTP_SECURITY existed, and it is that mode's port.
     if "notify_smtp_security" not in values and values.get("notify_smtp_port") == SMTPS_PORT:
         values["notify_smtp_security"] = "tls"
@@ -792,3 +903,18 @@ def _check_paths(s: Settings | StateSettings) -> None:
             raise ConfigError(f"{label}={path} is a directory, not a file")
     if s.ledger_path.is_dir():
         raise ConfigError(f"LEDGER_FILE={s.ledger_path} is a directory, not a file")
+
+
+def _check_lifecycle(values: dict[str, Any]) -> None:
+    """DECRYPT and REMOTE_AFTER settings that only make sense together; reads GPG_PASSPHRASE_FILE."""
+    if values.get("decrypt") == "gpg":
+        key_file = values.get("gpg_private_key_file")
+        if key_file is None:
+            raise ConfigError("DECRYPT=gpg: set GPG_PRIVATE_KEY_FILE")
+        if not key_file.is_file():
+            raise ConfigError(f"GPG_PRIVATE_KEY_FILE={key_file}: no such file")
+        passphrase_file = values.get("gpg_passphrase_file")
+        if passphrase_file is not None:
+            values["gpg_passphrase"] = _read_secret_file("GPG_PASSPHRASE_FILE", passphrase_file)
+    if values.get("remote_after") == "move" and not values.get("remote_archive_dir"):
+        raise ConfigError("REMOTE_AFTER=move: set REMOTE_ARCHIVE_DIR")

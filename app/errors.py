@@ -70,6 +70,15 @@ class RemoteFileError(JobError):
     """One remote file cannot be fetched (vanished, unreadable, changed); others may be."""
 
 
+class DecryptError(JobError):
+    """A downloaded file does not decrypt, or lacks a required good signature; it is not published."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        # gpg's status keyword (DECRYPTION_FAILED, NO_SECKEY, BADSIG, ...), for reports and metrics.
+        self.reason = reason
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived. A BaseException so that no ``except Exception`` swallows it."""
 

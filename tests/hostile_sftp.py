@@ -181,3 +181,49 @@ def hostile_env(hostile: HostileSftpServer, tmp: Path, client_key: Path, **extra
         **extra,
     }
     return {k: str(v) for k, v in env.items()}
+
+
+# -- A server that does not offer posix-rename (REMOTE_AFTER=move tests) --------
+
+_original_handler_init = asyncssh.sftp.SFTPServerHandler.__init__
+
+
+def _handler_init(self: asyncssh.sftp.SFTPServerHandler, server: asyncssh.SFTPServer, *args: object) -> None:
+    """Leave out of the VERSION reply the extensions the server class hides."""
+    _original_handler_init(self, server, *args)
+    hidden: frozenset[bytes] = getattr(server, "hidden_extensions", frozenset())
+    if hidden:
+        self._extensions = [(name, data) for name, data in self._extensions if name not in hidden]
+
+
+# Changes nothing for servers that hide no extension (all the others).
+asyncssh.sftp.SFTPServerHandler.__init__ = _handler_init
+
+
+class _DirectoryWithoutPosixRename(asyncssh.SFTPServer):  # type: ignore[misc]
+    """AsyncSSH's own server of a real directory, without posix-rename: not offered, and refused."""
+
+    hidden_extensions = frozenset({b"posix-rename@openssh.com"})
+
+    def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
+        raise asyncssh.SFTPOpUnsupported("posix-rename is not offered")
+
+
+class NoPosixRenameServer(HostileSftpServer):
+    """Serves ``root`` (as "/") truthfully, with plain SFTP rename only."""
+
+    def __init__(self, workdir: Path, client_public_key: Path, root: Path) -> None:
+        super().__init__(workdir, client_public_key, Lies())
+        self.root = root
+
+    async def _start(self) -> None:
+        root = str(self.root)
+        self._server = await asyncssh.listen(
+            "127.0.0.1",
+            0,
+            server_host_keys=[self.host_key],
+            authorized_client_keys=str(self.client_public_key),
+            sftp_factory=lambda chan: _DirectoryWithoutPosixRename(chan, chroot=root),
+            allow_scp=False,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]

@@ -128,6 +128,13 @@ def test_dependencies_come_only_from_the_hash_pinned_locks_as_wheels() -> None:
     assert "pip uninstall --yes pip" in runs, "the final venv carries no installer"
 
 
+def test_final_stage_has_gnupg_for_decryption_and_no_apt_lists() -> None:
+    runs = " && ".join(parse_dockerfile().final.all("RUN"))
+    installs = [part.strip() for part in runs.split("&&") if "apt-get install" in part]
+    assert installs == ["apt-get install --yes --no-install-recommends gnupg"]
+    assert "rm -rf /var/lib/apt/lists/*" in runs
+
+
 def test_no_secret_can_be_baked_into_the_image() -> None:
     df = parse_dockerfile()
     secretish = re.compile(r"PASS|SECRET|TOKEN|PASSPHRASE|CREDENTIAL|(^|_)KEY($|_)", re.IGNORECASE)

@@ -1,0 +1,387 @@
+"""PGP decryption of downloaded files with GnuPG itself (DECRYPT=gpg).
+
+gpg runs as a child process in a private GNUPGHOME made for the run (mode 0700,
+removed afterwards), never the user's keyring. Nothing secret is in its
+arguments or environment: the passphrase goes through a pipe (--passphrase-fd),
+and the verdict is read from gpg's machine-readable --status-fd lines, never
+from its human text. The plaintext streams from gpg's stdout through a hash
+into a hidden temp file beside its final name; the caller publishes it with a
+rename. Memory stays bounded whatever the file size.
+
+Names: ``20250101.IPI.gpg`` decrypts to ``20250101.IPI``. A name without one
+of DECRYPT_SUFFIXES is not encrypted as far as the job knows: it is published
+as it is (``output_name`` returns None), not refused, since a feed may mix both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess  # nosec B404
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from app import interrupt
+from app.config import Settings
+from app.errors import ConfigError, DecryptError
+from app.fsutil import open_exclusive, storage_error, temp_path, write_all
+
+# (subprocess above: gpg is run with an argument list, never through a shell.)
+
+# Read size from gpg's stdout: large enough that the per-block Python cost is
+# negligible, small enough that memory stays flat (measured by bench/decrypt_rss.py).
+_BLOCK = 1024 * 1024
+
+# Seconds gpg may take to exit after its output has ended, or to import a key.
+_GPG_TIMEOUT = 60
+
+_STATUS_PREFIX = b"[GNUPG:] "
+
+# The failure statuses worth naming, most telling first (gpg emits several).
+_FAILURE_REASONS = (
+    "NO_SECKEY",
+    "NEED_PASSPHRASE",
+    "BADSIG",
+    "DECRYPTION_FAILED",
+    "NODATA",
+    "FAILURE",
+)
+
+
+@dataclass(frozen=True)
+class Decrypted:
+    """A decrypted file under its temp name; the caller renames ``temp`` to ``final``."""
+
+    temp: Path
+    final: Path
+    sha256: str
+    size: int
+    signer: str | None  # the primary-key fingerprint of the accepted signature, if one was required
+
+
+def output_name(name: str, suffixes: tuple[str, ...]) -> str | None:
+    """The name without its decryption suffix (case-insensitive), or None when it has none."""
+    lower = name.lower()
+    for suffix in suffixes:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+@dataclass(frozen=True)
+class Status:
+    """gpg's --status-fd lines, as (keyword, arguments)."""
+
+    lines: tuple[tuple[str, tuple[str, ...]], ...]
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Status:
+        lines = []
+        for line in raw.splitlines():
+            if line.startswith(_STATUS_PREFIX):
+                keyword, *args = line[len(_STATUS_PREFIX) :].decode("utf-8", "replace").split(" ")
+                lines.append((keyword, tuple(args)))
+        return cls(tuple(lines))
+
+    def has(self, keyword: str) -> bool:
+        return any(k == keyword for k, _ in self.lines)
+
+    def good_signers(self) -> list[tuple[str, str]]:
+        """(signing key, primary key) fingerprints of the signatures gpg found GOOD.
+
+        gpg reports each signature as NEWSIG, a verdict (GOODSIG, BADSIG, EXPKEYSIG,
+        REVKEYSIG, ERRSIG, ...), then VALIDSIG with the fingerprints for any signature
+        it could check: only a VALIDSIG that follows a GOODSIG counts.
+        """
+        signers = []
+        verdict = None
+        for keyword, args in self.lines:
+            if keyword == "NEWSIG":
+                verdict = None
+            elif keyword in ("GOODSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG", "BADSIG", "ERRSIG"):
+                verdict = keyword
+            elif keyword == "VALIDSIG" and verdict == "GOODSIG" and args:
+                primary = args[9] if len(args) > 9 else args[0]
+                signers.append((args[0].upper(), primary.upper()))
+        return signers
+
+    def failure_reason(self) -> str | None:
+        for keyword in _FAILURE_REASONS:
+            if self.has(keyword):
+                return keyword
+        return None
+
+    def error_detail(self) -> str | None:
+        """The location of gpg's first ERROR status (e.g. pkdecrypt_failed), if any."""
+        for keyword, args in self.lines:
+            if keyword == "ERROR" and args:
+                return args[0]
+        return None
+
+
+def judge(status: Status, returncode: int, require_signers: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """(failure reason or None, accepted signer or None), from what gpg reported.
+
+    Pure, so every verdict is unit-tested. A signature whose key is not in the
+    keyring makes gpg exit 2 although the decryption succeeded: that is only a
+    failure when signers are required (they then need a GOOD one).
+    """
+    decrypted = status.has("DECRYPTION_OKAY") and not status.has("DECRYPTION_FAILED")
+    if not decrypted or status.has("BADSIG") or (returncode != 0 and not status.has("ERRSIG")):
+        reason = status.failure_reason() or "DECRYPTION_INCOMPLETE"
+        detail = status.error_detail()
+        return (f"{reason} ({detail})" if detail else reason), None
+    if not require_signers:
+        return None, None
+    for signing_key, primary in status.good_signers():
+        if signing_key in require_signers or primary in require_signers:
+            return None, primary
+    if status.has("NO_PUBKEY"):
+        return "NO_PUBKEY", None
+    return "NO_GOOD_SIGNATURE", None
+
+
+_REASON_HINTS = {
+    "NO_SECKEY": "encrypted to a key other than GPG_PRIVATE_KEY_FILE's",
+    "BADSIG": "a signature does not match the content",
+    "NO_PUBKEY": "signed by a key whose public key is not in GPG_PRIVATE_KEY_FILE",
+    "NO_GOOD_SIGNATURE": "no good signature by a key in GPG_REQUIRE_SIGNER",
+    "DECRYPTION_INCOMPLETE": "damaged or truncated data",
+    "NODATA": "not OpenPGP data",
+}
+
+
+def _describe(reason: str) -> str:
+    hint = _REASON_HINTS.get(reason.split(" ", 1)[0])
+    if reason.startswith("DECRYPTION_FAILED (pkdecrypt_failed"):
+        hint = "wrong passphrase or damaged key"
+    elif reason == "NEED_PASSPHRASE":
+        hint = "the key is protected: set GPG_PASSPHRASE_FILE"
+    return f"{reason}: {hint}" if hint else reason
+
+
+class _Drain:
+    """Reads a pipe to its end in a thread, so gpg never blocks on a full pipe."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._parts: list[bytes] = []
+        self._thread = threading.Thread(target=self._run, name="gpg-drain", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while chunk := os.read(self._fd, 65536):
+                self._parts.append(chunk)
+        finally:
+            os.close(self._fd)
+
+    def result(self) -> bytes:
+        self._thread.join()
+        return b"".join(self._parts)
+
+
+class Keyring:
+    """A private GNUPGHOME holding GPG_PRIVATE_KEY_FILE's keys, for one run."""
+
+    def __init__(self, home: Path, passphrase: str | None, require_signers: tuple[str, ...]) -> None:
+        self.gpg = _program("gpg")
+        self.home = home
+        self._passphrase = passphrase
+        self.require_signers = require_signers
+
+    def command(self, status_fd: int, passphrase_fd: int | None, *args: str) -> list[str]:
+        """gpg's argv: file descriptors and paths only, never a secret."""
+        argv = [
+            self.gpg,
+            "--homedir",
+            str(self.home),
+            "--batch",
+            "--no-tty",
+            "--no-auto-key-retrieve",
+            "--trust-model",
+            "always",
+            "--pinentry-mode",
+            "loopback",
+            "--status-fd",
+            str(status_fd),
+        ]
+        if passphrase_fd is not None:
+            argv += ["--passphrase-fd", str(passphrase_fd)]
+        return argv + list(args)
+
+    def _environment(self) -> dict[str, str]:
+        # Not the job's environment: it may hold SFTP_PASS and other secrets.
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GNUPGHOME": str(self.home), "LC_ALL": "C"}
+
+    def _start(self, args: list[str], stdout: int) -> tuple[subprocess.Popen[bytes], _Drain, _Drain]:
+        status_read, status_write = os.pipe()
+        pass_fds = [status_write]
+        passphrase_fd = None
+        if self._passphrase is not None:
+            passphrase_fd, pass_write = os.pipe()
+            # A passphrase fits the pipe's buffer (64 KiB), so this never blocks.
+            write_all(pass_write, self._passphrase.encode("utf-8") + b"\n")
+            os.close(pass_write)
+            pass_fds.append(passphrase_fd)
+        try:
+            # Our own argv: the gpg found on PATH, paths and file descriptors.
+            proc = subprocess.Popen(  # nosec B603
+                self.command(status_write, passphrase_fd, *args),
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                pass_fds=pass_fds,
+                env=self._environment(),
+            )
+        except OSError as exc:
+            os.close(status_read)
+            raise ConfigError(f"DECRYPT=gpg: cannot run {self.gpg} ({exc.strerror})") from None
+        finally:
+            for fd in pass_fds:
+                os.close(fd)
+        return proc, _Drain(status_read), _Drain(os.dup(_stream_fd(proc.stderr)))
+
+    def import_keys(self, key_file: Path) -> None:
+        proc, status_drain, stderr_drain = self._start(["--import", str(key_file)], subprocess.DEVNULL)
+        try:
+            proc.wait(_GPG_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise ConfigError(
+                f"GPG_PRIVATE_KEY_FILE={key_file}: gpg did not import it within {_GPG_TIMEOUT} s"
+            ) from None
+        finally:
+            _stop(proc)
+        status = Status.parse(status_drain.result())
+        stderr_drain.result()
+        secret_keys = [args for keyword, args in status.lines if keyword == "IMPORT_RES"]
+        # IMPORT_RES's 11th field counts the secret keys imported.
+        if proc.returncode != 0 or not secret_keys or len(secret_keys[0]) < 11 or secret_keys[0][10] == "0":
+            raise ConfigError(f"GPG_PRIVATE_KEY_FILE={key_file}: holds no usable armored secret key")
+
+    def decrypt(self, source: Path, final: Path) -> Decrypted:
+        """Decrypt ``source`` into a temp file beside ``final``; raises DecryptError on any doubt.
+
+        The temp file is fsynced but not renamed; on any failure it is removed.
+        """
+        tmp = temp_path(final)
+        with _translate_storage("write", tmp):
+            fd = open_exclusive(tmp)
+        try:
+            digest, size, status, returncode = self._stream(source, fd, tmp)
+            with _translate_storage("write", tmp):
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink(tmp)
+            raise
+        os.close(fd)
+        reason, signer = judge(status, returncode, self.require_signers)
+        if reason is not None:
+            _unlink(tmp)
+            raise DecryptError(f"cannot decrypt {source.name}: {_describe(reason)}", reason.split(" ", 1)[0])
+        return Decrypted(temp=tmp, final=final, sha256=digest, size=size, signer=signer)
+
+    def _stream(self, source: Path, fd: int, tmp: Path) -> tuple[str, int, Status, int]:
+        proc, status_drain, stderr_drain = self._start(["--output", "-", "--decrypt", str(source)], subprocess.PIPE)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            out = _stream_fd(proc.stdout)
+            while block := os.read(out, _BLOCK):
+                digest.update(block)
+                with _translate_storage("write", tmp):
+                    write_all(fd, block)
+                size += len(block)
+                interrupt.check()
+            proc.wait(_GPG_TIMEOUT)
+            # Ctrl-C reaches gpg too (one process group): its death is then no verdict on the file.
+            interrupt.check()
+        except subprocess.TimeoutExpired:
+            raise DecryptError(
+                f"cannot decrypt {source.name}: gpg did not exit within {_GPG_TIMEOUT} s", "TIMEOUT"
+            ) from None
+        finally:
+            _stop(proc)
+        status = Status.parse(status_drain.result())
+        stderr_drain.result()
+        return digest.hexdigest(), size, status, proc.returncode
+
+
+def _program(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise ConfigError(f"DECRYPT=gpg: the {name} program is not installed (Debian package gnupg)")
+    return path
+
+
+def _stream_fd(stream: IO[bytes] | None) -> int:
+    if stream is None:
+        raise RuntimeError("gpg was started without the pipe it needs")
+    return stream.fileno()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Kill gpg if it is still running (an error or a signal on our side) and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+@contextlib.contextmanager
+def _translate_storage(action: str, path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise storage_error(action, path, exc) from None
+
+
+@contextlib.contextmanager
+def open_keyring(settings: Settings, parent: Path | None = None) -> Iterator[Keyring]:
+    """A Keyring for this run, in a fresh 0700 directory under ``parent`` (default: TMPDIR).
+
+    The directory, the keys in it and the gpg-agent gpg starts there are removed
+    on exit. Its path must stay short: the agent's socket lives in it (108 bytes).
+    """
+    if settings.gpg_private_key_file is None:
+        raise ConfigError("DECRYPT=gpg: set GPG_PRIVATE_KEY_FILE")
+    try:
+        home = Path(tempfile.mkdtemp(prefix="sftp-ipi-gpg-", dir=parent))
+    except OSError as exc:
+        raise storage_error("create a GnuPG home in", parent or Path(tempfile.gettempdir()), exc) from None
+    try:
+        home.chmod(0o700)
+        keyring = Keyring(home, settings.gpg_passphrase, settings.gpg_require_signer)
+        keyring.import_keys(settings.gpg_private_key_file)
+        yield keyring
+    finally:
+        _remove_home(home)
+
+
+def _remove_home(home: Path) -> None:
+    # gpg started an agent for the home; stop it before its keys are deleted under it.
+    with contextlib.suppress(OSError, subprocess.SubprocessError, ConfigError):
+        subprocess.run(  # nosec B603
+            [_program("gpgconf"), "--homedir", str(home), "--kill", "gpg-agent"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GNUPGHOME": str(home)},
+            timeout=_GPG_TIMEOUT,
+            check=False,
+        )
+    shutil.rmtree(home, ignore_errors=True)
