@@ -82,6 +82,20 @@ def _optional(kind: type | tuple[type, ...]) -> Any:
     return lambda v: v is None or isinstance(v, kind)
 
 
+def _optional_time(value: object) -> bool:
+    """None, or an ISO 8601 time: metrics and status compute with these, so a damaged
+    one ("last Tuesday") must not get past the reader."""
+    if value is None:
+        return True
+    if not isinstance(value, str):
+        return False
+    try:
+        dt.datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _held_files(value: object) -> bool:
     return isinstance(value, list) and all(
         isinstance(item, dict)
@@ -98,11 +112,11 @@ _REPORT_CHECKS: dict[str, Any] = {
     "exit_code": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "ok": lambda v: isinstance(v, bool),
     "outcome": _optional(str),
-    "finished_at": _optional(str),
+    "finished_at": _optional_time,
     "error": _optional(str),
-    "last_success_at": _optional(str),
+    "last_success_at": _optional_time,
     "last_completed_file": _optional(str),
-    "last_completed_at": _optional(str),
+    "last_completed_at": _optional_time,
     "held_back": lambda v: v is None or _held_files(v),
     "late": lambda v: v is None or _held_files(v),
 }

@@ -203,7 +203,7 @@ def test_the_monitoring_component_adds_the_prometheus_rule_to_the_kustomization(
         pytest.skip("kubectl is not installed")
     tree = tmp_path / "kubernetes"
     shutil.copytree(REPO / "deploy" / "kubernetes", tree)
-    for name in ("sftp_key", "known_hosts"):  # the git-ignored credentials the secretGenerator reads
+    for name in ("sftp_credential", "known_hosts"):  # the git-ignored credentials the secretGenerator reads
         (tree / "secrets" / name).write_text("placeholder\n")
     with (tree / "kustomization.yaml").open("a") as f:
         f.write("\ncomponents:\n  - monitoring\n")
