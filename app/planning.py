@@ -22,7 +22,7 @@ from loguru import logger
 from app.config import Settings
 from app.errors import ConfigError
 from app.names import shown
-from app.proof import is_companion, is_ready
+from app.proof import awaited_marker, is_companion, is_ready
 from app.report import HeldFile, iso
 from app.selection import (
     HOLDING,
@@ -32,6 +32,7 @@ from app.selection import (
     OrderKey,
     Plan,
     RemoteEntry,
+    Skip,
     SkipReason,
     make_plan,
     observe,
@@ -122,6 +123,13 @@ class Planner:
         listed = frozenset(e.name for e in entries)
         return functools.partial(is_ready, listing_names=listed, settings=self.settings)
 
+    def _marker_detail(self, skip: Skip, entries: list[RemoteEntry]) -> str:
+        """For a file waiting for its ready marker: which name it waits for."""
+        if skip.reason is not SkipReason.NO_MARKER:
+            return ""
+        awaited = awaited_marker(skip.name, frozenset(e.name for e in entries), self.settings)
+        return f": {shown(awaited)} is not listed" if awaited else ""
+
     def _read_observations(self) -> dict[str, Observation] | None:
         path = observations_path(self.settings)
         try:
@@ -161,8 +169,13 @@ class Planner:
             if skip.reason in _BY_DESIGN:
                 log.info("{}: skipped, {}", shown(skip.name), skip.reason.value)
             else:
+                detail = self._marker_detail(skip, entries)
                 log.warning(
-                    "{}: skipped, {}{}", shown(skip.name), skip.reason.value, f" (seen since {since})" if since else ""
+                    "{}: skipped, {}{}{}",
+                    shown(skip.name),
+                    skip.reason.value,
+                    detail,
+                    f" (seen since {since})" if since else "",
                 )
         for reason, count in named.items():
             if count > SKIPS_NAMED:

@@ -289,7 +289,9 @@ def test_a_file_waits_for_its_ready_marker_and_the_marker_is_never_data(server: 
         waiting: "waiting for its ready marker (READY_MARKER)",
         later: "held back behind a file still too young or waiting for its ready marker",
     }
-    assert f"{waiting}: skipped, waiting for its ready marker" in result.output
+    assert f"{waiting}: skipped, waiting for its ready marker (READY_MARKER): {waiting}.done is not listed" in (
+        result.output
+    )
     status = run("status", **env)
     assert f"held back: {waiting!r}: waiting for its ready marker" in status.stdout
     server.put(f"{waiting}.done", b"")
