@@ -301,3 +301,18 @@ def test_a_file_waits_for_its_ready_marker_and_the_marker_is_never_data(server: 
     assert [e["name"] for e in ledger(server.ledger)] == [first, waiting, later]
     assert not any(name.endswith(".done") for name in os.listdir(server.local))
     assert server.record.read_text() == f"{later}\n"
+
+
+def test_ready_marker_checksum_waits_for_the_checksum_file_and_then_proves_with_it(server: Server, run: Runner) -> None:
+    data = os.urandom(100_000)
+    server.put(NAME, data)
+    env = {"READY_MARKER": "checksum", "VERIFY_SOURCE": "required"}
+    waiting = run(**env)
+    assert waiting.code == 0, waiting.output
+    assert not (server.served / NAME).exists()
+    assert [h["name"] for h in report(server.record.parent)["held_back"]] == [NAME]
+    server.put(f"{NAME}.sha256", f"{hashlib.sha256(data).hexdigest()}  {NAME}\n".encode())
+    done = run(**env)
+    assert done.code == 0, done.output
+    assert os.listdir(server.served) == [NAME]
+    assert ledger(server.ledger)[-1]["verified_by"] == f"checksum-file:{NAME}.sha256"
