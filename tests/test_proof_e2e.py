@@ -146,14 +146,15 @@ def test_bytes_changed_on_the_server_after_the_download_are_caught_and_fetched_a
     old, new = os.urandom(3 * MiB), os.urandom(3 * MiB)
     path = proftpd.put(NAME, old, MTIME)
     relay = Relay(proftpd.port)
+    relay.rate = 1_000_000  # about 3 s for the file: time to see it arrive
     try:
         proc = start_job(proftpd_env(proftpd, tmp_path, relay.port), tmp_path / "cwd")
         part = tmp_path / "local" / f"{NAME}.part"
-        assert wait_until(lambda: size_of(part) >= MiB, timeout=60)
-        relay.delay = 0.5
+        assert wait_until(lambda: size_of(part) >= len(old) - 200_000, timeout=60)
+        relay.delay = 0.3  # the re-check and the proof now take 0.3 s to reach the server
         assert wait_until(lambda: size_of(part) == len(old), timeout=60), proc.poll()
         proftpd.put(NAME, new, MTIME)
-        relay.delay = 0.0
+        relay.delay, relay.rate = 0.0, None
         out, err = proc.communicate(timeout=120)
     finally:
         relay.close()
