@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TextIO
 
 import paramiko
@@ -27,7 +28,7 @@ from app.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_e
 from app.planning import Backlog, Planner
 from app.publish import publish
 from app.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
-from app.report import RetryRecord, RunReport, iso, last_success, outcome, read_report
+from app.report import RetryRecord, RunReport, iso, last_success, mismatches_so_far, outcome, read_report
 from app.retention import apply_retention
 from app.retry import RetryPolicy
 from app.selection import (
@@ -41,7 +42,7 @@ from app.selection import (
 )
 from app.state import Ledger, LedgerEntry, append_ledger, read_ledger, read_record, write_record
 from app.tally import FileTally, file_reports, total_kept
-from app.transfer import TransferResult, download
+from app.transfer import MAX_MISMATCHES, TransferResult, download
 
 # Files published within this many seconds share one fsync of SERVER_DIR and of
 # the ledger: with hundreds of small files due, fsyncs dominate the run.
@@ -67,6 +68,11 @@ class _Snapshot:
     ledger: Ledger
     record: str | None
     last_key: OrderKey | None
+
+    @cached_property
+    def names(self) -> frozenset[str]:
+        """Every name listed, companions included (checksum files, ready markers)."""
+        return frozenset(e.name for e in self.entries)
 
 
 class Job:
@@ -235,9 +241,9 @@ class Job:
         tally = self.summary.tallies.setdefault(entry.name, FileTally(entry.name))
         log = logger.bind(file=entry.name)
         log.info("{}: downloading {} bytes", entry.name, "an unknown number of" if entry.size is None else entry.size)
-        result = download(conn, self.s, entry, tally)
-        log.bind(sha256=result.sha256, size=result.size).info(
-            "{}: verified {} bytes, sha256 {}", entry.name, result.size, result.sha256
+        result = download(conn, self.s, entry, tally, snap.names)
+        log.bind(sha256=result.sha256, size=result.size, verified_by=result.verified_by).info(
+            "{}: verified {} bytes, sha256 {}, by {}", entry.name, result.size, result.sha256, result.verified_by
         )
         method = publish(
             self.s.local_dir / entry.name,
@@ -260,6 +266,7 @@ class Job:
             bytes_transferred=tally.received,
             seconds=round(seconds, 3),
             completed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            verified_by=result.verified_by,
         )
         self._uncommitted.append(done)
         self.summary.recorded[entry.name] = done
@@ -305,6 +312,8 @@ def build_report(
         entries = ()
     newest = entries[-1] if entries else None
     finished_at = iso(finished)
+    previous = read_report(settings.report_path)
+    mismatches = sum(t.mismatches >= MAX_MISMATCHES for t in summary.tallies.values())
     return RunReport(
         started_at=iso(started),
         finished_at=finished_at,
@@ -317,12 +326,14 @@ def build_report(
         failed=dict(summary.failed),
         retries=list(summary.retries),
         error=error,
-        last_success_at=last_success(exit_code, finished_at, read_report(settings.report_path)),
+        last_success_at=last_success(exit_code, finished_at, previous),
         last_completed_file=newest.name if newest else None,
         last_completed_at=newest.completed_at if newest else None,
         newest_completed_mtime=max((e.mtime for e in entries if e.mtime is not None), default=None),
         held_back=list(summary.backlog.held_back),
         late=list(summary.backlog.late),
+        verification_mismatches=mismatches,
+        verification_mismatches_total=mismatches_so_far(mismatches, previous),
     )
 
 

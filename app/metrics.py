@@ -18,6 +18,7 @@ from prometheus_client.exposition import basic_auth_handler, default_handler
 from app.config import Settings
 from app.errors import LocalStorageError
 from app.fsutil import atomic_write
+from app.proof import METHODS
 from app.report import RunReport
 from app.urls import reason, safe_url, split_credentials
 
@@ -60,6 +61,24 @@ def build_registry(report: RunReport, now: float | None = None) -> CollectorRegi
         0.0 if oldest is None else max(0.0, now - oldest),
     )
     gauge("late_files", "Files that arrived behind the last completed file and were not fetched.", len(report.late))
+    # By method only (check-file-handle, checksum-file, command, size+mtime): the
+    # algorithm or checksum file's name would make a series per partner file name.
+    verified = Gauge(
+        "sftp_ipi_files_verified",
+        "Files completed by the last run, by how they were proven against the server.",
+        ["method"],
+        registry=registry,
+    )
+    methods = [f.verified_by.partition(":")[0] for f in report.files if f.completed and f.verified_by]
+    for method in METHODS:
+        verified.labels(method=method).set(methods.count(method))
+    # A counter kept across runs in the run report; pushed as a gauge (a Pushgateway
+    # keeps only the last push), which the rules read like a counter.
+    gauge(
+        "verification_mismatches_total",
+        "Files failed because the server's evidence contradicted the download twice, over all runs.",
+        report.verification_mismatches_total,
+    )
     return registry
 
 

@@ -9,9 +9,10 @@ the report, ``status`` and the metrics.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -21,6 +22,7 @@ from loguru import logger
 from app.config import Settings
 from app.errors import ConfigError
 from app.names import shown
+from app.proof import awaited_marker, is_companion, is_ready
 from app.report import HeldFile, iso
 from app.selection import (
     HOLDING,
@@ -30,6 +32,7 @@ from app.selection import (
     OrderKey,
     Plan,
     RemoteEntry,
+    Skip,
     SkipReason,
     make_plan,
     observe,
@@ -53,6 +56,7 @@ def criteria_of(settings: Settings) -> Criteria:
         min_age=settings.min_file_age,
         date_pattern=re.compile(settings.date_pattern) if settings.date_pattern else None,
         late_files=settings.late_files,
+        companion=functools.partial(is_companion, settings=settings),
     )
 
 
@@ -101,7 +105,7 @@ class Planner:
         observations = observe(previous, ordered, last_key, completed, now)
         if not self.dry_run and observations != previous:
             write_observations(observations_path(self.settings), observations)
-        plan = make_plan(ordered, self.criteria, last_key, completed, now, observations)
+        plan = make_plan(ordered, self.criteria, last_key, completed, now, observations, self._ready(entries))
         if failed:
             due = tuple(e for e in plan.due if e.name not in failed)
             plan = Plan(due, plan.skipped, plan.unmatched, plan.skipped_by_reason)
@@ -111,6 +115,20 @@ class Planner:
         if self.dry_run and self.out is not None:
             _print(plan, record, self.settings.file_pattern, self.out)
         return plan
+
+    def _ready(self, entries: list[RemoteEntry]) -> Callable[[str], bool] | None:
+        """Whether a file's READY_MARKER is listed; None when no marker is asked for."""
+        if self.settings.ready_marker is None:
+            return None
+        listed = frozenset(e.name for e in entries)
+        return functools.partial(is_ready, listing_names=listed, settings=self.settings)
+
+    def _marker_detail(self, skip: Skip, entries: list[RemoteEntry]) -> str:
+        """For a file waiting for its ready marker: which name it waits for."""
+        if skip.reason is not SkipReason.NO_MARKER:
+            return ""
+        awaited = awaited_marker(skip.name, frozenset(e.name for e in entries), self.settings)
+        return f": {shown(awaited)} is not listed" if awaited else ""
 
     def _read_observations(self) -> dict[str, Observation] | None:
         path = observations_path(self.settings)
@@ -151,8 +169,13 @@ class Planner:
             if skip.reason in _BY_DESIGN:
                 log.info("{}: skipped, {}", shown(skip.name), skip.reason.value)
             else:
+                detail = self._marker_detail(skip, entries)
                 log.warning(
-                    "{}: skipped, {}{}", shown(skip.name), skip.reason.value, f" (seen since {since})" if since else ""
+                    "{}: skipped, {}{}{}",
+                    shown(skip.name),
+                    skip.reason.value,
+                    detail,
+                    f" (seen since {since})" if since else "",
                 )
         for reason, count in named.items():
             if count > SKIPS_NAMED:

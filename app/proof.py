@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import paramiko
+from loguru import logger
 
 from app.config import READY_MARKER_CHECKSUM, Settings
 from app.errors import RemoteFileError
@@ -54,6 +55,8 @@ SIZE_MTIME = "size+mtime"
 METHOD_SERVER = "check-file-handle"
 METHOD_CHECKSUM_FILE = "checksum-file"
 METHOD_COMMAND = "command"
+# Every method a file can be recorded with, strongest first.
+METHODS = (METHOD_SERVER, METHOD_CHECKSUM_FILE, METHOD_COMMAND, SIZE_MTIME)
 
 # A checksum file (or a command's output) larger than this is not believed: even a
 # manifest of 100,000 files with SHA-512 digests stays well below it.
@@ -556,3 +559,46 @@ def prove_source(
                 local.update(file_digests(local_path, [expected.algorithm]))
             return verdict(name, expected, local)
     return settle(settings.verify_source, name, tried)
+
+
+# Servers already said to offer no proof: VERIFY_SOURCE=auto says so once per run, not per file.
+_FALLBACK_SAID: set[tuple[str, int]] = set()
+
+
+def prove_download(
+    conn: Connection,
+    settings: Settings,
+    name: str,
+    listing_names: Collection[str],
+    local_digests: Mapping[str, str],
+    local_path: Path,
+) -> str:
+    """The transfer's hook after a download, before the file is kept: prove_source for
+    ``name`` in SFTP_DIR; returns ``verified_by``, raises as prove_source does."""
+    from app.remote import remote_path
+
+    verified_by = prove_source(
+        conn, settings, name, remote_path(settings, name), listing_names, local_digests, local_path
+    )
+    server = (settings.sftp_host, settings.sftp_port)
+    if verified_by == SIZE_MTIME and settings.verify_source == "auto" and server not in _FALLBACK_SAID:
+        _FALLBACK_SAID.add(server)
+        logger.bind(file=name).warning(
+            "{}: no proof from the server side (no server digest, checksum file or REMOTE_HASH_COMMAND);"
+            " files are checked by size and mtime only (VERIFY_SOURCE=auto; said once per run)",
+            name,
+        )
+    return verified_by
+
+
+def proven_resume(conn: Connection, settings: Settings, name: str, partial: Path, have: int) -> int | None:
+    """How much of a kept partial the server's per-block digests prove (where a resume
+    starts); None when the server offers none (or VERIFY_SOURCE=off): then the
+    caller's sampled comparison decides."""
+    from app.remote import remote_path
+
+    if settings.verify_source == "off":
+        return None
+    timeout = hash_timeout(settings.io_timeout, have)
+    proof = prove_prefix(conn, remote_path(settings, name), partial, have, timeout)
+    return None if proof is None else proof.proven_bytes

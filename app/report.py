@@ -38,6 +38,7 @@ class FileReport:
     bytes_kept: int = 0  # held on disk at the end of the run (a partial, or the whole file)
     resume_offsets: list[int] = field(default_factory=list)  # where each attempt started
     completed: bool = True
+    verified_by: str | None = None  # how it was proven against the server, once complete
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,10 @@ class RunReport:
     newest_completed_mtime: int | None = None
     held_back: list[HeldFile] = field(default_factory=list)
     late: list[HeldFile] = field(default_factory=list)
+    # Files failed because the server's evidence contradicted them twice: this run's, and
+    # every run's so far (carried over from the previous report, for a counter metric).
+    verification_mismatches: int = 0
+    verification_mismatches_total: int = 0
     version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -119,6 +124,7 @@ _REPORT_CHECKS: dict[str, Any] = {
     "last_completed_at": _optional_time,
     "held_back": lambda v: v is None or _held_files(v),
     "late": lambda v: v is None or _held_files(v),
+    "verification_mismatches_total": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
 }
 _REQUIRED = ("exit_code", "ok")
 
@@ -165,3 +171,9 @@ def last_success(exit_code: int, finished_at: str, previous: dict[str, Any] | No
         return finished_at
     value = (previous or {}).get("last_success_at")
     return value if isinstance(value, str) else None
+
+
+def mismatches_so_far(this_run: int, previous: dict[str, Any] | None) -> int:
+    """Files failed by a verification mismatch in every run so far, this one included."""
+    value = (previous or {}).get("verification_mismatches_total")
+    return this_run + (value if isinstance(value, int) else 0)

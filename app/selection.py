@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from fnmatch import fnmatchcase
@@ -56,7 +56,8 @@ class SkipReason(Enum):
     COMPLETED = "already completed (in the ledger)"
     LATE = "arrived after the last completed file had passed its place (LATE_FILES=warn)"
     TOO_YOUNG = "not yet unchanged for MIN_FILE_AGE"
-    HELD_BACK = "held back behind a file still too young"
+    NO_MARKER = "waiting for its ready marker (READY_MARKER)"
+    HELD_BACK = "held back behind a file still too young or waiting for its ready marker"
     LATER_RUN = "left for a later run (SELECT_MODE=next)"
     NOT_NEWEST = "not the newest due file (SELECT_MODE=latest)"
 
@@ -71,6 +72,7 @@ HOLDING = frozenset(
         SkipReason.AMBIGUOUS_DATE,
         SkipReason.NO_MTIME,
         SkipReason.TOO_YOUNG,
+        SkipReason.NO_MARKER,
         SkipReason.HELD_BACK,
     }
 )
@@ -184,6 +186,8 @@ class Criteria:
     min_age: int
     date_pattern: re.Pattern[str] | None = None
     late_files: str = "warn"
+    # Checksum files and ready markers: never data, never "not matching FILE_PATTERN".
+    companion: Callable[[str], bool] = lambda name: False
 
 
 @dataclass(frozen=True)
@@ -222,6 +226,8 @@ def order(
     unplaced: list[RemoteEntry] = []
     unmatched = 0
     for entry in entries:
+        if criteria.companion(entry.name):
+            continue
         if not fnmatchcase(entry.name, criteria.pattern):
             unmatched += 1
             continue
@@ -298,8 +304,13 @@ def make_plan(
     completed: frozenset[str] | set[str],
     now: float,
     observations: Mapping[str, Observation] | None = None,
+    ready: Callable[[str], bool] | None = None,
 ) -> Plan:
-    """The files to fetch this run, oldest first, and why every other match is skipped."""
+    """The files to fetch this run, oldest first, and why every other match is skipped.
+
+    ``ready`` says whether a file's ready marker is listed (READY_MARKER); a file
+    waiting for it holds back later files in ``next``/``all`` mode, like a young one.
+    """
     ordered = _ordered(entries, criteria)
     seen = observations or {}
     skipped = list(ordered.skipped)
@@ -326,6 +337,9 @@ def make_plan(
         elif _age(entry, observation, now) < criteria.min_age:
             skipped.append(Skip(entry.name, SkipReason.TOO_YOUNG))
             # Taking a later file now would move the watermark past this one.
+            held = hold_back and not passed
+        elif ready is not None and not ready(entry.name):
+            skipped.append(Skip(entry.name, SkipReason.NO_MARKER))
             held = hold_back and not passed
         else:
             due.append(entry)

@@ -47,6 +47,9 @@ class LedgerEntry:
     bytes_transferred: int
     seconds: float
     completed_at: str
+    # How the file was proven against the server (app/proof.py); None in lines
+    # written before source proof existed.
+    verified_by: str | None = None
 
 
 def read_record(path: Path) -> str | None:
@@ -142,7 +145,10 @@ LEDGER_CHECKS: dict[str, tuple[Any, str]] = {
     "bytes_transferred": (_is_int, "a whole number >= 0"),
     "seconds": (_is_seconds, "a number >= 0"),
     "completed_at": (_is_timestamp, "an ISO 8601 time"),
+    "verified_by": (lambda v: v is None or (isinstance(v, str) and bool(v.strip())), "a proof method or null"),
 }
+# Fields older versions did not write: a line without them is still valid.
+LEDGER_OPTIONAL = frozenset({"verified_by"})
 
 
 # One check per RefetchNote field.
@@ -153,14 +159,18 @@ REFETCH_CHECKS: dict[str, tuple[Any, str]] = {
 }
 
 
-def _checked(data: dict[str, Any], checks: dict[str, tuple[Any, str]]) -> dict[str, Any]:
+def _checked(
+    data: dict[str, Any], checks: dict[str, tuple[Any, str]], optional: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     for key, (check, meaning) in checks.items():
         if key not in data:
+            if key in optional:
+                continue
             raise ValueError(f"no {key!r}")
         if not check(data[key]):
             raise ValueError(f"{key!r} is not {meaning}")
     # Fields a newer version may add are ignored, so that going back a version works.
-    return {key: data[key] for key in checks}
+    return {key: data[key] for key in checks if key in data}
 
 
 def _ledger_item(line: bytes) -> LedgerEntry | RefetchNote:
@@ -173,7 +183,7 @@ def _ledger_item(line: bytes) -> LedgerEntry | RefetchNote:
         raise ValueError("not a JSON object")
     if data.get("refetch") is True:
         return RefetchNote(**_checked(data, REFETCH_CHECKS))
-    return LedgerEntry(**_checked(data, LEDGER_CHECKS))
+    return LedgerEntry(**_checked(data, LEDGER_CHECKS, LEDGER_OPTIONAL))
 
 
 def _torn(line: bytes) -> bool:

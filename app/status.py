@@ -29,6 +29,7 @@ class Partial:
 class Status:
     last_completed_file: str | None
     last_completed_at: str | None
+    last_verified_by: str | None  # how the last completed file was proven (None: before source proof)
     last_file_record: str | None
     last_run: dict[str, Any] | None
     partials: list[Partial]
@@ -82,6 +83,7 @@ def gather(settings: StateSettings) -> Status:
     return Status(
         last_completed_file=last.name if last else None,
         last_completed_at=last.completed_at if last else None,
+        last_verified_by=last.verified_by if last else None,
         last_file_record=read_record(settings.last_file_record),
         last_run=read_report(settings.report_path),
         partials=_partials(settings.local_dir),
@@ -92,7 +94,8 @@ def gather(settings: StateSettings) -> Status:
 def render(status: Status) -> str:
     lines = []
     if status.last_completed_file:
-        lines.append(f"last completed file: {status.last_completed_file} at {status.last_completed_at}")
+        proven = f", verified by {status.last_verified_by}" if status.last_verified_by else ""
+        lines.append(f"last completed file: {status.last_completed_file} at {status.last_completed_at}{proven}")
     else:
         lines.append("last completed file: none yet")
     lines.append(f"LAST_FILE_RECORD: {status.last_file_record or 'none'}")

@@ -51,6 +51,7 @@ class FileTally:
     completed: bool = False
     started: float = field(default_factory=time.monotonic)
     prefix: PrefixDigest | None = None
+    mismatches: int = 0  # downloads the server's evidence contradicted (app/proof.py)
 
     def digest_of_prefix(self, path: Path, offset: int) -> hashlib._Hash | None:
         """A copy of the remembered digest of ``path``'s first ``offset`` bytes, if the
@@ -102,6 +103,7 @@ def file_reports(
                 bytes_kept=tally.kept,
                 resume_offsets=list(tally.resume_offsets),
                 completed=done is not None,
+                verified_by=result.verified_by if result else None,
             )
         )
     return files

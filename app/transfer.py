@@ -29,13 +29,13 @@ import random
 import secrets
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from loguru import logger
 
-from app import interrupt
+from app import interrupt, proof
 from app.config import Settings
 from app.errors import RemoteFileError
 from app.fsutil import (
@@ -70,6 +70,9 @@ HASH_BLOCK = 1024 * 1024
 # SAMPLE_BLOCK / slice. Only a server digest of the prefix (issue 11) sees all.
 SAMPLE_BLOCK = 16 * 1024
 SAMPLE_STRATA = 16
+# A download the server's evidence contradicts is fetched once more in the same run;
+# the second contradiction fails the file: a mismatch is never retried into success.
+MAX_MISMATCHES = 2
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class TransferResult:
     bytes_transferred: int
     seconds: float
     resumed_from: int
+    verified_by: str | None = None  # how the file was proven against the server (app/proof.py)
 
 
 @dataclass(frozen=True)
@@ -224,11 +228,24 @@ def _resume_offset(
         log.warning("{}: partial is larger than the remote file; starting again", entry.name)
         _start_partial(paths, entry)
         return 0
-    if have and not _prefix_matches(conn, settings, entry, paths, have):
+    kept = _kept_prefix(conn, settings, entry, paths, have) if have else 0
+    if have and not kept:
         log.warning("{}: the remote bytes before the resume point differ from ours; starting again", entry.name)
         _start_partial(paths, entry)
-        return 0
-    return have
+    return kept
+
+
+def _kept_prefix(conn: Connection, settings: Settings, entry: RemoteEntry, paths: Paths, have: int) -> int:
+    """How much of a partial of ``have`` bytes to resume from: what the server's per-block
+    digests prove where it offers them (issue 11), else all or nothing by the sampled comparison."""
+    proven = proof.proven_resume(conn, settings, entry.name, paths.part, have)
+    if proven is None:
+        return have if _prefix_matches(conn, settings, entry, paths, have) else 0
+    if proven:
+        logger.bind(file=entry.name, proven_bytes=proven).info(
+            "{}: the server's block digests prove {} of the {} bytes kept", entry.name, proven, have
+        )
+    return proven
 
 
 def sample_ranges(have: int, window: int, rng: random.Random) -> list[tuple[int, int]]:
@@ -281,8 +298,29 @@ def _request_size(conn: Connection, settings: Settings) -> tuple[int, bool]:
     return min(settings.chunk_size, limit), False
 
 
-def download(conn: Connection, settings: Settings, entry: RemoteEntry, tally: FileTally) -> TransferResult:
-    """Bring ``entry`` into LOCAL_DIR complete and checked, resuming any partial."""
+def download(
+    conn: Connection,
+    settings: Settings,
+    entry: RemoteEntry,
+    tally: FileTally,
+    listing_names: Collection[str] = frozenset(),
+) -> TransferResult:
+    """Bring ``entry`` into LOCAL_DIR complete, checked and proven against the server
+    (VERIFY_SOURCE; ``listing_names`` is where checksum files are looked for), resuming
+    any partial. A download the evidence contradicts is discarded and fetched once more."""
+    while True:
+        try:
+            return _download(conn, settings, entry, tally, listing_names)
+        except proof.ProofMismatchError as exc:
+            tally.mismatches += 1
+            if tally.mismatches >= MAX_MISMATCHES:
+                raise proof.ProofMismatchError(f"{exc}; again after fetching it once more, not recording it") from None
+            logger.bind(file=entry.name).warning("{}; discarded, fetching it once more", exc)
+
+
+def _download(
+    conn: Connection, settings: Settings, entry: RemoteEntry, tally: FileTally, listing_names: Collection[str]
+) -> TransferResult:
     paths = Paths.for_name(settings.local_dir, entry.name)
     started = time.monotonic()
     received_before = tally.received
@@ -298,8 +336,15 @@ def download(conn: Connection, settings: Settings, entry: RemoteEntry, tally: Fi
         except OSError as exc:
             raise storage_error("read", paths.final, exc) from None
         log.info("{}: already complete in LOCAL_DIR, not downloading it again", entry.name)
+        try:
+            verified_by = proof.prove_download(
+                conn, settings, entry.name, listing_names, {proof.BASE_ALGORITHM: existing}, paths.final
+            )
+        except proof.ProofMismatchError:
+            paths.final.unlink(missing_ok=True)
+            raise
         tally.kept, tally.completed = size, True
-        return TransferResult(entry.name, size, entry.mtime, existing, 0, 0.0, size)
+        return TransferResult(entry.name, size, entry.mtime, existing, 0, 0.0, size, verified_by)
 
     if entry.size is None or entry.mtime is None or entry.size <= WHOLE_FILE_MAX:
         # Too small to be worth resuming, or without the size and mtime that tie a
@@ -324,12 +369,20 @@ def download(conn: Connection, settings: Settings, entry: RemoteEntry, tally: Fi
             raise storage_error("open", paths.part, exc) from None
     tally.resume_offsets.append(offset)
     tally.kept = offset
+    # The server's algorithm is computed on the way when known; a resume leaves any
+    # digest but SHA-256 to the proof, which reads the finished file once.
+    alongside = proof.hashers_alongside(conn) if offset == 0 else {}
     try:
-        received = _fill(conn, settings, entry, fd, offset, digest, tally, target)
-    except BaseException:
+        received = _fill(conn, settings, entry, fd, offset, digest, tally, target, alongside)
+        digests = {proof.BASE_ALGORITHM: digest.hexdigest(), **{a: h.hexdigest() for a, h in alongside.items()}}
+        verified_by = proof.prove_download(conn, settings, entry.name, listing_names, digests, target)
+    except BaseException as exc:
         if target != paths.part:
             target.unlink(missing_ok=True)
             tally.kept = 0
+        elif isinstance(exc, proof.ProofMismatchError):
+            _discard_partial(paths)
+            tally.kept, tally.prefix = 0, None
         else:
             tally.remember_prefix(paths.part, tally.kept, digest)
         raise
@@ -358,6 +411,7 @@ def download(conn: Connection, settings: Settings, entry: RemoteEntry, tally: Fi
         bytes_transferred=tally.received - received_before,
         seconds=seconds,
         resumed_from=offset,
+        verified_by=verified_by,
     )
 
 
@@ -370,6 +424,7 @@ def _fill(
     digest: hashlib._Hash,
     tally: FileTally,
     target: Path,
+    alongside: Mapping[str, hashlib._Hash] | None = None,
 ) -> int:
     """Write the rest of the file into ``fd`` from ``offset``, re-check the remote,
     fsync; returns the file's size. Reads up to the listed size and checks that
@@ -404,6 +459,8 @@ def _fill(
                     checkpoints.request()
                     since_sync = 0
                 digest.update(chunk)
+                for extra in (alongside or {}).values():
+                    extra.update(chunk)
                 position += len(chunk)
                 tally.received += len(chunk)
                 if partial:

@@ -7,7 +7,7 @@ from dataclasses import replace
 from prometheus_client import CollectorRegistry
 
 from app.metrics import build_registry
-from app.report import RunReport
+from app.report import FileReport, RunReport, mismatches_so_far
 
 REPORT = RunReport(
     started_at="2025-01-01T00:00:00+00:00",
@@ -28,3 +28,32 @@ def test_failed_files_counts_the_files_that_failed_in_the_run() -> None:
     failed = replace(REPORT, failed={"20250101.IPI": "size changed", "20250102.IPI": "permission denied"})
     assert values(build_registry(failed))["sftp_ipi_last_run_failed_files"] == 2
     assert values(build_registry(REPORT))["sftp_ipi_last_run_failed_files"] == 0
+
+
+def test_files_verified_counts_completed_files_by_method_and_zero_for_the_rest() -> None:
+    def done(name: str, verified_by: str | None, completed: bool = True) -> FileReport:
+        return FileReport(name, 1, 1.0, 1.0, 0, "0" * 64, 1, completed=completed, verified_by=verified_by)
+
+    files = [
+        done("a", "check-file-handle:sha512"),
+        done("b", "check-file-handle:sha256"),
+        done("c", "checksum-file:SHA256SUMS"),
+        done("d", "size+mtime"),
+        done("e", None, completed=False),
+    ]
+    registry = build_registry(replace(REPORT, files=files))
+    counts = {
+        s.labels["method"]: s.value
+        for metric in registry.collect()
+        for s in metric.samples
+        if s.name == "sftp_ipi_files_verified"
+    }
+    assert counts == {"check-file-handle": 2, "checksum-file": 1, "command": 0, "size+mtime": 1}
+
+
+def test_verification_mismatches_are_a_counter_carried_across_runs() -> None:
+    assert mismatches_so_far(1, {"verification_mismatches_total": 3}) == 4
+    assert mismatches_so_far(0, None) == 0
+    assert mismatches_so_far(1, {"verification_mismatches_total": "x"}) == 1
+    report = replace(REPORT, verification_mismatches=1, verification_mismatches_total=4)
+    assert values(build_registry(report))["sftp_ipi_verification_mismatches_total"] == 4

@@ -63,6 +63,7 @@ def test_backlog_holds_waiting_and_late_files_but_not_done_or_by_design_skips() 
         "AMBIGUOUS_DATE.IPI",
         "NO_MTIME.IPI",
         "TOO_YOUNG.IPI",
+        "NO_MARKER.IPI",
         "HELD_BACK.IPI",
     }
     assert [h.name for h in backlog.late] == ["LATE.IPI"]

@@ -867,3 +867,29 @@ def test_runs_over_wild_listings_never_fetch_twice_and_name_every_file(
             record = new
         now += 60
     assert len(fetched) == len(set(fetched))
+
+
+# -- Ready markers and companions (issue 11) ----------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["next", "all"])
+def test_a_file_waiting_for_its_marker_holds_back_later_files(mode: str) -> None:
+    files = [entry("20250427.IPI"), entry("20250428.IPI"), entry("20250429.IPI")]
+    plan = make_plan(files, criteria(mode), None, frozenset(), NOW, ready=lambda name: name != "20250428.IPI")
+    assert due_names(plan) == ["20250427.IPI"]
+    assert skip_reasons(plan) == {"20250428.IPI": SkipReason.NO_MARKER, "20250429.IPI": SkipReason.HELD_BACK}
+
+
+def test_under_latest_a_file_waiting_for_its_marker_holds_nothing_back() -> None:
+    files = [entry("20250427.IPI"), entry("20250428.IPI"), entry("20250429.IPI")]
+    plan = make_plan(files, criteria("latest"), None, frozenset(), NOW, ready=lambda name: name != "20250428.IPI")
+    assert due_names(plan) == ["20250429.IPI"]
+    assert skip_reasons(plan)["20250428.IPI"] is SkipReason.NO_MARKER
+
+
+def test_companions_are_neither_candidates_nor_unmatched_noise() -> None:
+    crit = Criteria("*", "name", "all", 0, companion=lambda name: name.endswith((".sha256", ".done")))
+    listed = [entry("a.dat"), entry("a.dat.sha256"), entry("a.dat.done"), entry("b.txt")]
+    plan = make_plan(order(listed, crit), crit, None, frozenset(), NOW)
+    assert due_names(plan) == ["a.dat", "b.txt"]
+    assert plan.unmatched == 0 and plan.skipped == ()

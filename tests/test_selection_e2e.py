@@ -13,6 +13,8 @@ import pytest
 from conftest import OLD, Runner, Server, file_sha256, run_job, sha256
 from hostile_sftp import HostileSftpServer, Lies, hostile_env
 
+from app.selection import SkipReason
+
 MiB = 1024 * 1024
 FUTURE_2100 = 4_102_444_800  # 2100-01-01T00:00:00Z: a server clock (or file) far ahead of ours
 
@@ -120,7 +122,7 @@ def test_a_file_without_mtime_is_held_back_and_named_everywhere(
     held = {h["name"]: h for h in report_of(jail(tmp_path) / "state" / "last_file.txt")["held_back"]}
     assert set(held) == {"20250501.IPI", "20250502.IPI"}
     assert held["20250501.IPI"]["reason"] == "not yet unchanged for MIN_FILE_AGE" and held["20250501.IPI"]["since"]
-    assert held["20250502.IPI"]["reason"] == "held back behind a file still too young"
+    assert held["20250502.IPI"]["reason"] == SkipReason.HELD_BACK.value
     assert "held back: '20250501.IPI': not yet unchanged for MIN_FILE_AGE (since " in status.stdout
     assert {h["name"] for h in json.loads(machine.stdout)["held_back"]} == set(held)
     prom = metrics.read_text()

@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import pytest
@@ -209,6 +209,8 @@ def valid_line(**changes: object) -> bytes:
         valid_line(name=None),
         valid_line(seconds=float("nan")),
         valid_line(completed_at="yesterday"),
+        valid_line(verified_by=""),
+        valid_line(verified_by=7),
     ],
 )
 def test_a_damaged_ledger_line_is_a_config_error_naming_file_and_line(tmp_path: Path, line: bytes) -> None:
@@ -221,6 +223,18 @@ def test_a_damaged_ledger_line_is_a_config_error_naming_file_and_line(tmp_path: 
     with pytest.raises(ConfigError, match=rf"{re.escape(str(path))}:2: "):
         read_ledger(path)
     assert path.read_bytes() == before, "reading never rewrites the ledger"
+
+
+def test_ledger_lines_from_before_source_proof_read_without_verified_by(tmp_path: Path) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    old = {k: v for k, v in asdict(ledger_entry("20250427.IPI")).items() if k != "verified_by"}
+    path.write_text(json.dumps(old) + "\n")
+    append_ledger(path, replace(ledger_entry("20250428.IPI"), verified_by="checksum-file:SHA256SUMS"))
+    entries = read_ledger(path).entries
+    assert [(e.name, e.verified_by) for e in entries] == [
+        ("20250427.IPI", None),
+        ("20250428.IPI", "checksum-file:SHA256SUMS"),
+    ]
 
 
 def test_every_ledger_field_is_validated() -> None:
