@@ -67,8 +67,6 @@ def read_record(path: Path) -> str | None:
     name = name.removesuffix("\n").removesuffix("\r") if name.endswith("\n") else name
     if not name:
         return None
-    if not name.strip():
-        raise ConfigError(f"LAST_FILE_RECORD={path} holds only white space, not a file name")
     reason = invalid_name_reason(name)
     if reason:
         raise ConfigError(f"LAST_FILE_RECORD={path} does not hold a file name: {reason}")
@@ -76,7 +74,10 @@ def read_record(path: Path) -> str | None:
 
 
 def write_record(path: Path, name: str, *, durable: bool = True) -> None:
-    atomic_write(path, (name + "\n").encode("utf-8"), "LAST_FILE_RECORD", durable=durable)
+    # read_record strips one leading BOM as an editor's: a name that starts with
+    # one gets a BOM of its own in front, so it still reads back as itself.
+    prefix = _BOM if name.startswith(_BOM) else ""
+    atomic_write(path, (prefix + name + "\n").encode("utf-8"), "LAST_FILE_RECORD", durable=durable)
 
 
 @dataclass(frozen=True)
