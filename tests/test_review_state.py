@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import OLD, Runner, Server
+import pytest
+from conftest import OLD, Runner, Server, run_job
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,3 +36,28 @@ def test_every_name_the_job_would_fetch_round_trips_through_the_record(tmp_path:
     path = tmp_path / "last_file.txt"
     write_record(path, name)
     assert read_record(path) == name
+
+
+@pytest.mark.parametrize(
+    ("meta", "shown_as"),
+    [
+        (b"[" * 100_000, "20250428.IPI"),  # nested beyond the JSON parser's recursion limit
+        (b'{"name": "evil\\u001b[31mRED", "size": 5, "mtime": 1}', "20250428.IPI"),  # a terminal escape
+        (b'{"name": "20250101.IPI", "size": 5, "mtime": 1}', "20250428.IPI"),  # another file's partial
+    ],
+    ids=["deep", "escape", "other-file"],
+)
+def test_status_names_a_partial_whose_metadata_is_damaged_by_its_own_name(
+    tmp_path: Path, meta: bytes, shown_as: str
+) -> None:
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "20250428.IPI.part").write_bytes(b"x")
+    (local / "20250428.IPI.part.json").write_bytes(meta)
+    env = {"LOCAL_DIR": str(local), "LAST_FILE_RECORD": str(tmp_path / "state" / "last.txt")}
+
+    result = run_job(env, tmp_path / "cwd", "status")
+
+    assert result.code == 1, result.output  # no run recorded yet: not healthy, not damaged
+    assert f"in progress: {shown_as}: 1 " in result.stdout
+    assert "\x1b" not in result.output and "internal error" not in result.output
