@@ -106,7 +106,17 @@ class Ledger:
 
     @property
     def mtimes(self) -> dict[str, int]:
-        return {e.name: e.mtime for e in self.entries if e.mtime is not None}
+        """Where each completed file stands under ORDER_BY=mtime: the mtime it had when
+        it was fetched, but never later than when it was fetched. A date ahead of our
+        clock (a server clock ahead, a file dated 2100) would otherwise leave every file
+        that arrives after it behind the watermark, as late, never delivered."""
+        return {e.name: min(e.mtime, _epoch(e.completed_at)) for e in self.entries if e.mtime is not None}
+
+
+def _epoch(timestamp: str) -> int:
+    when = dt.datetime.fromisoformat(timestamp)
+    # The job writes UTC with its offset; a hand-made line without one is taken as UTC too.
+    return int((when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp())
 
 
 def _is_int(value: object, low: int = 0) -> bool:
