@@ -24,6 +24,9 @@ def invalid_name_reason(name: str) -> str | None:
     """Why ``name`` must not be used as a local file name, or None if it is safe."""
     if not name:
         return "empty name"
+    if not name.strip():
+        # Invisible in a log line, and indistinguishable from a blank LAST_FILE_RECORD.
+        return "only white space"
     if name in (".", ".."):
         return "a relative directory reference"
     if name.startswith("."):

@@ -70,8 +70,6 @@ def read_record(path: Path) -> str | None:
     name = name.removesuffix("\n").removesuffix("\r") if name.endswith("\n") else name
     if not name:
         return None
-    if not name.strip():
-        raise ConfigError(f"LAST_FILE_RECORD={path} holds only white space, not a file name")
     reason = invalid_name_reason(name)
     if reason:
         raise ConfigError(f"LAST_FILE_RECORD={path} does not hold a file name: {reason}")
@@ -79,7 +77,10 @@ def read_record(path: Path) -> str | None:
 
 
 def write_record(path: Path, name: str, *, durable: bool = True) -> None:
-    atomic_write(path, (name + "\n").encode("utf-8"), "LAST_FILE_RECORD", durable=durable)
+    # read_record strips one leading BOM as an editor's: a name that starts with
+    # one gets a BOM of its own in front, so it still reads back as itself.
+    prefix = _BOM if name.startswith(_BOM) else ""
+    atomic_write(path, (prefix + name + "\n").encode("utf-8"), "LAST_FILE_RECORD", durable=durable)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,17 @@ class Ledger:
 
     @property
     def mtimes(self) -> dict[str, int]:
-        return {e.name: e.mtime for e in self.entries if e.mtime is not None}
+        """Where each completed file stands under ORDER_BY=mtime: the mtime it had when
+        it was fetched, but never later than when it was fetched. A date ahead of our
+        clock (a server clock ahead, a file dated 2100) would otherwise leave every file
+        that arrives after it behind the watermark, as late, never delivered."""
+        return {e.name: min(e.mtime, _epoch(e.completed_at)) for e in self.entries if e.mtime is not None}
+
+
+def _epoch(timestamp: str) -> int:
+    when = dt.datetime.fromisoformat(timestamp)
+    # The job writes UTC with its offset; a hand-made line without one is taken as UTC too.
+    return int((when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp())
 
 
 def _is_int(value: object, low: int = 0) -> bool:

@@ -167,10 +167,12 @@ def partial_name(paths: Paths) -> str:
     """The remote name a partial belongs to, as its metadata records it (a long
     name's partial has a derived name); the partial's own name otherwise."""
     try:
-        name = json.loads(paths.meta.read_text(encoding="utf-8")).get("name")
-    except (OSError, ValueError, AttributeError):
+        name = json.loads(paths.meta.read_bytes()).get("name")
+    except (OSError, ValueError, AttributeError, RecursionError):
         name = None
-    return name if isinstance(name, str) else paths.final.name
+    # Damaged metadata may name anything: only a safe name whose partial this is counts.
+    safe = isinstance(name, str) and invalid_name_reason(name) is None
+    return name if safe and Paths.for_name(paths.final.parent, name).part == paths.part else paths.final.name
 
 
 def _discard_partial(paths: Paths) -> None:
