@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -41,6 +42,10 @@ from app.state import RunLock
 from app.status import gather, render
 
 T = TypeVar("T")
+
+# Seconds each network step after the run (metrics push, webhook, e-mail) may take
+# once a stop was requested: three of them stay well within a 30 s stop budget.
+STOP_GRACE = 5
 
 # Restrictive by default: downloaded files are readable by the group, not by others.
 DEFAULT_UMASK = 0o027
@@ -201,6 +206,11 @@ def _after_run(settings: Settings, job: Job, code: int, error: str | None, start
     report = _step("run report not built", lambda: build_report(settings, job.summary, code, error, started, _now()))
     if report is None:
         return
+    if interrupt.requested() is not None and settings.notify_timeout > STOP_GRACE:
+        # A stopped run still reports and alerts, but within the grace a supervisor
+        # allows after SIGTERM (systemd's TimeoutStopSec, Kubernetes' grace period),
+        # not NOTIFY_TIMEOUT per step.
+        settings = dataclasses.replace(settings, notify_timeout=STOP_GRACE)
     # A run refused by the lock did nothing; its report would hide the running one's.
     if code != EXIT_LOCKED:
         _step("run report not written", lambda: write_report(settings.report_path, report))

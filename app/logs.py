@@ -36,17 +36,19 @@ REDACTED = "***"
 # also matches ordinary text (SFTP_PASS=0101 inside 20250101_IPI.dat): masking it
 # there would mangle file names and, by showing where it matched, reveal it.
 MIN_REDACTED_LENGTH = 8
-# Around a masked secret there must be no letter or digit: a secret is masked where
-# it stands as a token of its own (after "=", ":", a space, inside quotes...), never
-# inside a longer word or number that merely contains it.
-_WORD_CHAR = "[^\\W_]"
+# A secret is masked only where it stands as a token of its own (after "=", ":", a
+# space, inside quotes, before a sentence's full stop...), never inside a longer word,
+# number or file name that merely contains it: letters, digits, "_", "-" and a "."
+# followed by more of the name all continue a word (20250428_Feed2025x_IPI.dat).
+_BEFORE = r"(?<![\w.\-])"
+_AFTER = r"(?![\w\-]|\.\w)"
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
     """``text`` with each long-enough secret that stands as a whole token masked; other text unchanged."""
     for secret in secrets:
         if len(secret) >= MIN_REDACTED_LENGTH and secret in text:
-            pattern = f"(?<!{_WORD_CHAR}){re.escape(secret)}(?!{_WORD_CHAR})"
+            pattern = f"{_BEFORE}{re.escape(secret)}{_AFTER}"
             text = re.sub(pattern, REDACTED, text)
     return text
 

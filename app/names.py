@@ -37,6 +37,10 @@ def invalid_name_reason(name: str) -> str | None:
         return "contains control characters"
     if any(c in BIDI_CONTROLS for c in name):
         return "contains bidirectional text controls"
+    if any(unicodedata.category(c) == "Cf" for c in name):
+        # Zero-width spaces and joiners, soft hyphens, a BOM: invisible in a log line or
+        # a terminal, so two different names would be shown as one.
+        return "contains invisible format characters"
     try:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError:

@@ -77,10 +77,9 @@ def read_record(path: Path) -> str | None:
 
 
 def write_record(path: Path, name: str, *, durable: bool = True) -> None:
-    # read_record strips one leading BOM as an editor's: a name that starts with
-    # one gets a BOM of its own in front, so it still reads back as itself.
-    prefix = _BOM if name.startswith(_BOM) else ""
-    atomic_write(path, (prefix + name + "\n").encode("utf-8"), "LAST_FILE_RECORD", durable=durable)
+    # No valid name starts with a BOM (names.py refuses invisible format characters),
+    # so the one read_record strips is always an editor's.
+    atomic_write(path, (name + "\n").encode("utf-8"), "LAST_FILE_RECORD", durable=durable)
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,15 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Server, run_job, start_job, wait_until
 from sshd import free_port
+
+from app.__main__ import STOP_GRACE
 
 
 class Webhook:
@@ -138,3 +141,33 @@ def test_no_second_run_while_the_first_is_still_sending_its_alert(server: Server
     assert first.returncode == 0, out + err
     assert report["exit_code"] == 0 and report["files"][0]["name"] == "20250428.IPI"
     assert hook.requests == 2, "the refused run alerts, as before; it writes nothing"
+
+
+def test_a_stopped_run_alerts_within_a_short_grace_not_notify_timeout(server: Server) -> None:
+    """SIGTERM mid-download: the alert is still attempted, but a webhook that never
+    answers holds the stop up for STOP_GRACE seconds, not NOTIFY_TIMEOUT."""
+    from relay import Relay
+
+    server.put("20250428.IPI", b"x" * (8 * 1024 * 1024))
+    relay = Relay(server.port)
+    relay.rate = 1024 * 1024
+    part = server.local / "20250428.IPI.part"
+    try:
+        with webhook() as hook:
+            env = server.env(relay.port, NOTIFY_WEBHOOK_URL=hook.url, NOTIFY_TIMEOUT=60)
+            proc = start_job(env, server.tmp / "cwd")
+            try:
+                assert wait_until(lambda: part.exists() and part.stat().st_size > 1024 * 1024, 60)
+                proc.terminate()
+                sent = time.monotonic()
+                out, err = proc.communicate(timeout=60)
+                took = time.monotonic() - sent
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            assert proc.returncode == 143, out + err
+            assert hook.requests == 1, "a stopped run still sends its alert"
+            assert took < STOP_GRACE + 5, f"took {took:.1f} s to stop"
+            assert len([w for w in warnings(err) if "notification failed" in w]) == 1, err
+    finally:
+        relay.close()

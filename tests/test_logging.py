@@ -41,6 +41,7 @@ def test_short_secret_is_never_masked_inside_other_text() -> None:
         "'Leaky-secret-value'",
         "http://user:Leaky-secret-value@host:9091/",
         "Leaky-secret-value",
+        "the password was Leaky-secret-value.",
     ],
 )
 def test_long_secret_standing_as_a_token_is_masked(text: str) -> None:
@@ -51,6 +52,14 @@ def test_long_secret_standing_as_a_token_is_masked(text: str) -> None:
 
 def test_long_secret_inside_a_longer_word_leaves_the_word_alone() -> None:
     assert redact("IPI_x20250101120000y.dat", ["20250101120000"]) == "IPI_x20250101120000y.dat"
+
+
+@pytest.mark.parametrize(
+    "name", ["20250428_Feed2025x_IPI.dat", "20250428.Feed2025x.IPI", "20250428-Feed2025x-IPI", "Feed2025x.IPI"]
+)
+def test_long_secret_inside_a_file_name_leaves_the_name_alone(name: str) -> None:
+    """Masking it there would change the name and, by where it matched, reveal the secret."""
+    assert redact(f"{name}: published", ["Feed2025x"]) == f"{name}: published"
 
 
 def test_short_password_leaves_file_names_unaltered(run: Runner, server: Server) -> None:

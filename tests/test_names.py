@@ -39,6 +39,10 @@ from app.names import MAX_NAME_BYTES, invalid_name_reason, shown
         pytest.param("a\u2066b\u2069", id="bidi-isolate"),
         pytest.param("a\u200fb", id="rtl-mark"),
         pytest.param("a\u061cb", id="arabic-letter-mark"),
+        pytest.param("a\u200bb.IPI", id="zero-width-space"),
+        pytest.param("a\u00adb.IPI", id="soft-hyphen"),
+        pytest.param("\ufeff20250428.IPI", id="leading-bom"),
+        pytest.param("a\u2060b.IPI", id="word-joiner"),
     ],
 )
 def test_unsafe_names_have_a_reason(name: str) -> None:

@@ -13,19 +13,19 @@ from app.names import invalid_name_reason
 from app.state import read_record, write_record
 
 
-def test_a_name_starting_with_a_bom_round_trips_through_the_record(server: Server, run: Runner) -> None:
-    """A leading U+FEFF is stripped from the record as an editor's BOM; a name that
-    really starts with one must still read back as itself, or ORDER_BY=mtime cannot
-    place the record and every later run exits 2."""
+def test_a_name_starting_with_a_bom_is_refused_and_named_never_wedging_the_record(server: Server, run: Runner) -> None:
+    """A leading U+FEFF is stripped from the record as an editor's BOM, and it is
+    invisible in a log line: such a name is refused like other unsafe names (and
+    named), so the record never holds it and ORDER_BY=mtime keeps placing it."""
     name = "\ufeff20250428.IPI"
     server.put(name, b"bom first", mtime=OLD)
     server.put("20250429.IPI", b"after it", mtime=OLD + 100)
-    assert run(ORDER_BY="mtime").code == 0
-    assert (server.served / name).read_bytes() == b"bom first"
 
-    result = run(ORDER_BY="mtime")
+    first = run(ORDER_BY="mtime", SELECT_MODE="all")
 
-    assert result.code == 0, result.output
+    assert first.code == 0, first.output
+    assert not (server.served / name).exists()
+    assert "'\\ufeff20250428.IPI': skipped, unsafe file name from the server" in first.stderr
     assert (server.served / "20250429.IPI").read_bytes() == b"after it"
     assert run(ORDER_BY="mtime").code == 0
 
