@@ -19,7 +19,7 @@ import contextlib
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,14 @@ def delivered(ledger: Ledger) -> dict[str, LedgerEntry]:
     return {entry.name: entry for entry in ledger.entries}
 
 
+def as_published(entry: LedgerEntry) -> LedgerEntry:
+    """What SERVER_DIR received for ``entry``: with DECRYPT=gpg, the plaintext under
+    the name without the suffix (LOCAL_DIR keeps both); otherwise the entry itself."""
+    if entry.published_as is None or entry.plaintext_size is None or entry.plaintext_sha256 is None:
+        return entry
+    return replace(entry, name=entry.published_as, size=entry.plaintext_size, sha256=entry.plaintext_sha256)
+
+
 def size_problem(entry: LedgerEntry, mode: int, size: int) -> str | None:
     if not stat.S_ISREG(mode):
         return "not a regular file"
@@ -125,7 +133,8 @@ def _local_copy(path: Path) -> os.stat_result | None:
 def audit(settings: StateSettings) -> AuditResult:
     with run_lock_waiting(settings.lock_path, LOCK_WAIT_SECONDS):
         ledger = read_ledger(settings.ledger_path)
-        expected = delivered(ledger)
+        downloaded = delivered(ledger)
+        expected = {published.name: published for published in map(as_published, downloaded.values())}
         pending = {note.name for note in ledger.refetch_pending}
         findings: list[Finding] = []
         checks: list[_Check] = []
@@ -149,7 +158,9 @@ def audit(settings: StateSettings) -> AuditResult:
             if name not in seen
         )
 
-        for name, entry in expected.items():
+        # LOCAL_DIR keeps the download and, when decrypted, its plaintext too.
+        local = {**downloaded, **expected}
+        for name, entry in local.items():
             copy = _local_copy(settings.local_dir / name)
             if copy is None:
                 continue  # LOCAL_DIR need not keep what was published

@@ -19,9 +19,11 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import subprocess  # nosec B404
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -384,4 +386,49 @@ def _remove_home(home: Path) -> None:
             timeout=_GPG_TIMEOUT,
             check=False,
         )
+    _reap_agents(home)
     shutil.rmtree(home, ignore_errors=True)
+
+
+# How long a stopped gpg-agent may take to exit before it is killed outright.
+_AGENT_EXIT_SECONDS = 5.0
+
+
+def _reap_agents(home: Path) -> None:
+    """Wait for the gpg-agent of ``home`` if it became our child.
+
+    gpg starts the agent detached: it outlives gpg and is re-parented to the
+    nearest subreaper, PID 1 by default. When this process is PID 1 (a container
+    without an init) or a subreaper, the stopped agent would stay a zombie until
+    the job exits; it is reaped here. Only our own children running gpg-agent
+    for this home are touched, never another process.
+    """
+    for pid in _agent_children(home):
+        deadline = time.monotonic() + _AGENT_EXIT_SECONDS
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() >= deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.01)
+
+
+def _agent_children(home: Path) -> list[int]:
+    me = os.getpid()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            stat_line = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
+        ppid = int(stat_line.rsplit(")", 1)[1].split()[1])
+        agent = bool(cmdline) and os.path.basename(cmdline[0]) == b"gpg-agent"
+        # A zombie has no command line left: its comm tells, and it is our child.
+        zombie = not cmdline[0] and "(gpg-agent)" in stat_line
+        if ppid == me and (zombie or (agent and str(home).encode() in b" ".join(cmdline))):
+            found.append(int(proc.name))
+    return found

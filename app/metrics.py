@@ -60,6 +60,18 @@ def build_registry(report: RunReport, now: float | None = None) -> CollectorRegi
         0.0 if oldest is None else max(0.0, now - oldest),
     )
     gauge("late_files", "Files that arrived behind the last completed file and were not fetched.", len(report.late))
+    # Counters kept across runs in the run report, pushed as gauges (a Pushgateway
+    # keeps only the last push), which the alert rules read like counters.
+    gauge(
+        "decrypt_failures_total",
+        "Files that did not decrypt or lacked a required good signature, over all runs.",
+        report.decrypt_failures_total,
+    )
+    gauge(
+        "remote_after_failures_total",
+        "REMOTE_AFTER actions (delete, move) that failed on the server, over all runs.",
+        report.remote_after_failures_total,
+    )
     return registry
 
 

@@ -68,6 +68,13 @@ class RunReport:
     newest_completed_mtime: int | None = None
     held_back: list[HeldFile] = field(default_factory=list)
     late: list[HeldFile] = field(default_factory=list)
+    # File lifecycle (app/lifecycle.py): this run's failures, name -> reason, and the
+    # counts over all runs so far (carried over from the previous report, for the
+    # counter metrics the alert rules read).
+    decrypt_failed: dict[str, str] = field(default_factory=dict)
+    remote_after_failed: dict[str, str] = field(default_factory=dict)
+    decrypt_failures_total: int = 0
+    remote_after_failures_total: int = 0
     version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -80,6 +87,10 @@ def iso(moment: dt.datetime) -> str:
 
 def _optional(kind: type | tuple[type, ...]) -> Any:
     return lambda v: v is None or isinstance(v, kind)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _held_files(value: object) -> bool:
@@ -105,6 +116,8 @@ _REPORT_CHECKS: dict[str, Any] = {
     "last_completed_at": _optional(str),
     "held_back": lambda v: v is None or _held_files(v),
     "late": lambda v: v is None or _held_files(v),
+    "decrypt_failures_total": lambda v: _count(v),
+    "remote_after_failures_total": lambda v: _count(v),
 }
 _REQUIRED = ("exit_code", "ok")
 
@@ -151,3 +164,9 @@ def last_success(exit_code: int, finished_at: str, previous: dict[str, Any] | No
         return finished_at
     value = (previous or {}).get("last_success_at")
     return value if isinstance(value, str) else None
+
+
+def so_far(key: str, this_run: int, previous: dict[str, Any] | None) -> int:
+    """A count over every run so far, this one included: the previous report's ``key`` plus ``this_run``."""
+    value = (previous or {}).get(key)
+    return this_run + (value if isinstance(value, int) else 0)

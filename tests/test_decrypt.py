@@ -85,6 +85,11 @@ class Keys:
 
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
+    yield from make_keys(tmp_path_factory)
+
+
+def make_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
+    """The keys of ``keys``, for another module's fixture (whose ``keys`` are SSH keys)."""
     _ensure_gpg()
     d = tmp_path_factory.mktemp("gpg")
     homes = {name: d / name for name in ("r", "p", "s", "x", "o", "send")}
