@@ -352,6 +352,12 @@ def _translate_storage(action: str, path: Path) -> Iterator[None]:
         raise storage_error(action, path, exc) from None
 
 
+# gpg-agent's sockets live in the GnuPG home; a Unix socket path holds at most
+# sizeof(sun_path) - 1 = 107 bytes on Linux, and this is the longest socket name.
+_SUN_PATH = 108
+_LONGEST_SOCKET = "S.gpg-agent.browser"
+
+
 @contextlib.contextmanager
 def open_keyring(settings: Settings, parent: Path | None = None) -> Iterator[Keyring]:
     """A Keyring for this run, in a fresh 0700 directory under ``parent`` (default: TMPDIR).
@@ -366,6 +372,13 @@ def open_keyring(settings: Settings, parent: Path | None = None) -> Iterator[Key
     except OSError as exc:
         raise storage_error("create a GnuPG home in", parent or Path(tempfile.gettempdir()), exc) from None
     try:
+        longest = home / _LONGEST_SOCKET
+        if len(os.fsencode(longest)) >= _SUN_PATH:
+            # gpg would only say it cannot reach its agent, and the key import would seem to fail.
+            raise ConfigError(
+                f"DECRYPT=gpg: the GnuPG home {home} is too long for gpg-agent's socket {longest.name}"
+                f" ({_SUN_PATH - 1} bytes at most): set TMPDIR to a shorter directory"
+            )
         home.chmod(0o700)
         keyring = Keyring(home, settings.gpg_passphrase, settings.gpg_require_signer)
         keyring.import_keys(settings.gpg_private_key_file)
