@@ -15,6 +15,7 @@ import pytest
 from conftest import OLD, REPO, Runner, Server, file_sha256, run_job, sha256
 from hostile_sftp import NoPosixRenameServer, hostile_env
 from test_decrypt import Keys, make_keys
+from test_operations import Webhook
 
 from app.state import read_ledger
 
@@ -140,13 +141,20 @@ def test_move_without_posix_rename_uses_plain_rename(tmp_path: Path, keys: dict[
     assert (tmp_path / "jail" / "server" / "20250101.IPI").read_bytes() == b"delivered"
 
 
-def test_permission_denied_on_delete_warns_counts_and_is_retried_without_a_second_download(
-    unprivileged_server: Server,
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+def test_permission_denied_on_delete_warns_counts_alerts_and_is_retried_without_a_second_download(
+    unprivileged_server: Server, webhook: Webhook
 ) -> None:
     srv = unprivileged_server
     srv.put("20250101.IPI", b"data")
     textfile = srv.tmp / "metrics.prom"
-    env = srv.env(REMOTE_AFTER="delete", METRICS_TEXTFILE=textfile)
+    env = srv.env(REMOTE_AFTER="delete", METRICS_TEXTFILE=textfile, NOTIFY_WEBHOOK_URL=webhook.url)
     srv.remote.chmod(0o555)
     try:
         first = run_job(env, srv.tmp / "cwd")
@@ -164,6 +172,9 @@ def test_permission_denied_on_delete_warns_counts_and_is_retried_without_a_secon
     assert metric(textfile, "sftp_ipi_remote_after_failures_total") == 2
     denied = "delete remote file '20250101.IPI': Permission denied"
     assert report_of(srv)["remote_after_failed"] == {"20250101.IPI": denied}
+    # The run succeeded, yet someone has to fix the server's permissions: each run alerts.
+    assert [body["ok"] for body in webhook.bodies] == [True, True]
+    assert f"REMOTE_AFTER failed (retried next run): 20250101.IPI: {denied}" in webhook.bodies[-1]["text"]
 
     third = run_job(env, srv.tmp / "cwd")
 
@@ -173,6 +184,7 @@ def test_permission_denied_on_delete_warns_counts_and_is_retried_without_a_secon
     assert [e.remote_after for e in read_ledger(srv.ledger).entries] == ["done"]
     assert len([line for line in ledger_lines(srv.ledger) if "size" in line]) == 1
     assert metric(textfile, "sftp_ipi_remote_after_failures_total") == 2
+    assert len(webhook.bodies) == 2, "a run without a failed action sends no alert"
 
 
 def test_remote_after_required_makes_a_failed_action_fail_the_run(unprivileged_server: Server) -> None:
