@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import OLD, REPO, Runner, Server, file_sha256, run_job, sha256
+from conftest import OLD, REPO, Runner, Server, file_sha256, run_job, sha256, start_job, wait_until
 from hostile_sftp import NoPosixRenameServer, hostile_env
+from relay import Relay
 from test_decrypt import Keys, make_keys
 from test_operations import Webhook
 
@@ -218,6 +220,34 @@ def test_a_run_killed_between_ledger_commit_and_remote_action_completes_it_witho
     assert "downloading" not in result.output
     assert report_of(server)["files"] == []
     assert [e.remote_after for e in read_ledger(server.ledger).entries] == ["done"]
+
+
+def test_kill_9_right_after_the_ledger_commit_leaves_the_action_pending_and_the_next_run_does_it(
+    server: Server, relay: Relay
+) -> None:
+    """A real kill -9: over a link with a 0.15 s delay each way, the delete comes at
+    least two round trips (0.6 s) after the ledger line is durable; the ledger is
+    polled every 10 ms and the job killed as soon as the line is there."""
+    server.put("20250101.IPI", b"data")
+    relay.delay = 0.15
+    proc = start_job(server.env(port=relay.port, REMOTE_AFTER="delete"), server.tmp / "cwd")
+    try:
+        assert wait_until(lambda: server.ledger.exists() and b"pending" in server.ledger.read_bytes(), 60, 0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert (server.remote / "20250101.IPI").exists(), "killed too late: the delete had already been sent"
+    assert [e.remote_after for e in read_ledger(server.ledger).entries] == ["pending"]
+
+    relay.delay = 0.0
+    result = run_job(server.env(port=relay.port, REMOTE_AFTER="delete"), server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    assert remote_names(server.remote) == []
+    assert "downloading" not in result.output
+    assert [e.remote_after for e in read_ledger(server.ledger).entries] == ["done"]
+    assert (server.served / "20250101.IPI").read_bytes() == b"data"
 
 
 def test_a_new_version_uploaded_after_the_delivery_is_not_deleted(server: Server, run: Runner) -> None:
