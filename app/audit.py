@@ -19,7 +19,7 @@ import contextlib
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from app.config import StateSettings
 from app.errors import EXIT_CONFIG, EXIT_OK
 from app.fsutil import is_temp_name, storage_error
 from app.progress import Progress
-from app.state import LOCK_WAIT_SECONDS, Ledger, LedgerEntry, read_ledger, run_lock_waiting
+from app.state import LOCK_WAIT_SECONDS, Ledger, LedgerEntry, as_published, read_ledger, run_lock_waiting
 from app.transfer import hash_file
 
 # The exit code when any file does not match: the job's "did not do its job".
@@ -80,14 +80,6 @@ class _Check:
 def delivered(ledger: Ledger) -> dict[str, LedgerEntry]:
     """Each delivered file's latest entry: a file fetched again is recorded again, and the last entry wins."""
     return {entry.name: entry for entry in ledger.entries}
-
-
-def as_published(entry: LedgerEntry) -> LedgerEntry:
-    """What SERVER_DIR received for ``entry``: with DECRYPT=gpg, the plaintext under
-    the name without the suffix (LOCAL_DIR keeps both); otherwise the entry itself."""
-    if entry.published_as is None or entry.plaintext_size is None or entry.plaintext_sha256 is None:
-        return entry
-    return replace(entry, name=entry.published_as, size=entry.plaintext_size, sha256=entry.plaintext_sha256)
 
 
 def size_problem(entry: LedgerEntry, mode: int, size: int) -> str | None:

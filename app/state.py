@@ -58,6 +58,14 @@ class LedgerEntry:
     plaintext_sha256: str | None = None
 
 
+def as_published(entry: LedgerEntry) -> LedgerEntry:
+    """What SERVER_DIR received for ``entry``: with DECRYPT=gpg, the plaintext under
+    the name without the suffix (LOCAL_DIR keeps both); otherwise the entry itself."""
+    if entry.published_as is None or entry.plaintext_size is None or entry.plaintext_sha256 is None:
+        return entry
+    return replace(entry, name=entry.published_as, size=entry.plaintext_size, sha256=entry.plaintext_sha256)
+
+
 def read_record(path: Path) -> str | None:
     """The last completed file's name, or None before the first completion.
 

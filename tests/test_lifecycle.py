@@ -319,6 +319,18 @@ def test_a_run_publishes_the_plaintext_of_an_encrypted_signed_file(server: Serve
     assert json.loads(audit.stdout)["checked_files"] == 3
 
 
+def test_local_retention_lets_both_local_copies_of_a_decrypted_file_go(
+    server: Server, run: Runner, gpg_keys: Keys
+) -> None:
+    server.put("20250101.IPI.gpg", gpg_keys.encrypt(b"rows\n", gpg_keys.recipient))
+
+    result = run(**_decrypting(server, gpg_keys, LOCAL_RETENTION="delete-after-publish"))
+
+    assert result.code == 0, result.output
+    assert remote_names(server.local) == []
+    assert (server.served / "20250101.IPI").read_bytes() == b"rows\n"
+
+
 @pytest.mark.parametrize("damage", ["another signer", "corrupted"])
 def test_a_file_that_fails_decryption_is_not_published_nor_recorded(
     server: Server, run: Runner, gpg_keys: Keys, damage: str
