@@ -34,8 +34,9 @@ from loguru import logger
 from app import interrupt
 from app.config import READY_MARKER_CHECKSUM, Settings
 from app.decrypt import Keyring, open_keyring, output_name
-from app.errors import DecryptError, JobError
+from app.errors import DecryptError, JobError, RemoteFileError
 from app.fsutil import storage_error
+from app.names import invalid_name_reason
 from app.proof import find_checksum_sources, render
 from app.remote import Connection
 from app.remote_after import Outcome, act
@@ -114,6 +115,10 @@ class Lifecycle:
                 )
             return Publishable(source, result.size, result.sha256, fields)
         log = logger.bind(file=result.name)
+        unsafe = invalid_name_reason(plain)
+        if unsafe is not None:
+            # e.g. "x.part.gpg": the plaintext's name would pass for a partial download.
+            raise RemoteFileError(f"{result.name}: not decrypted, its plaintext name {plain!r} is unsafe: {unsafe}")
         try:
             decrypted = self._keyring_for_run().decrypt(source, self.s.local_dir / plain)
         except DecryptError as exc:

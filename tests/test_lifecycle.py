@@ -331,6 +331,18 @@ def test_local_retention_lets_both_local_copies_of_a_decrypted_file_go(
     assert (server.served / "20250101.IPI").read_bytes() == b"rows\n"
 
 
+def test_a_plaintext_name_that_would_pass_for_a_partial_is_refused(server: Server, run: Runner, gpg_keys: Keys) -> None:
+    server.put("20250101.IPI.part.gpg", gpg_keys.encrypt(b"rows\n", gpg_keys.recipient))
+
+    result = run(**_decrypting(server, gpg_keys))
+
+    assert result.code == 1, result.output
+    assert "its plaintext name '20250101.IPI.part' is unsafe" in result.output
+    assert remote_names(server.local) == ["20250101.IPI.part.gpg"]
+    assert not server.served.exists() or remote_names(server.served) == []
+    assert read_ledger(server.ledger).entries == ()
+
+
 @pytest.mark.parametrize("damage", ["another signer", "corrupted"])
 def test_a_file_that_fails_decryption_is_not_published_nor_recorded(
     server: Server, run: Runner, gpg_keys: Keys, damage: str
