@@ -27,7 +27,7 @@ from app.config import StateSettings
 from app.errors import EXIT_CONFIG, EXIT_OK
 from app.fsutil import is_temp_name, storage_error
 from app.progress import Progress
-from app.state import LOCK_WAIT_SECONDS, Ledger, LedgerEntry, read_ledger, run_lock_waiting
+from app.state import LOCK_WAIT_SECONDS, Ledger, LedgerEntry, as_published, read_ledger, run_lock_waiting
 from app.transfer import hash_file
 
 # The exit code when any file does not match: the job's "did not do its job".
@@ -125,7 +125,8 @@ def _local_copy(path: Path) -> os.stat_result | None:
 def audit(settings: StateSettings) -> AuditResult:
     with run_lock_waiting(settings.lock_path, LOCK_WAIT_SECONDS):
         ledger = read_ledger(settings.ledger_path)
-        expected = delivered(ledger)
+        downloaded = delivered(ledger)
+        expected = {published.name: published for published in map(as_published, downloaded.values())}
         pending = {note.name for note in ledger.refetch_pending}
         findings: list[Finding] = []
         checks: list[_Check] = []
@@ -149,7 +150,9 @@ def audit(settings: StateSettings) -> AuditResult:
             if name not in seen
         )
 
-        for name, entry in expected.items():
+        # LOCAL_DIR keeps the download and, when decrypted, its plaintext too.
+        local = {**downloaded, **expected}
+        for name, entry in local.items():
             copy = _local_copy(settings.local_dir / name)
             if copy is None:
                 continue  # LOCAL_DIR need not keep what was published

@@ -16,10 +16,13 @@ the requests.
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from collections.abc import Callable
 
 from app import interrupt
+from app.config import Settings
 
 # Half a second's worth: a link shared with production traffic sees at most
 # 1.5x the limit in any one-second window, even right after an idle pause.
@@ -27,6 +30,12 @@ _BURST_SECONDS = 0.5
 # Room for two read requests, so a full-size request never waits for a bucket
 # that could not hold it, and the next one can be granted while one is in flight.
 _BURST_REQUESTS = 2
+# With a limit, one read request is at most this many seconds' worth: at a low
+# limit a full-size request would otherwise wait longer than IO_TIMEOUT for its
+# tokens and be taken for a stalled server.
+_REQUEST_SECONDS = 0.25
+# The smallest read request worth its round trip, whatever the limit.
+_MIN_REQUEST = 256
 # Shorter waits are not worth a wake-up, and a float deficit of a few bytes
 # could otherwise ask for sleeps too short to move the clock at all.
 _MIN_SLEEP = 0.001
@@ -82,3 +91,37 @@ def limiter(rate: int | None, request_size: int) -> Callable[[int], None] | None
     if rate is None:
         return None
     return TokenBucket(rate, burst_for(rate, request_size)).take
+
+
+def request_cap(rate: int | None, request_size: int) -> int:
+    """``request_size``, lowered under a limit to a quarter second's worth."""
+    if rate is None:
+        return request_size
+    return max(min(request_size, int(rate * _REQUEST_SECONDS)), _MIN_REQUEST)
+
+
+# One bucket per run's settings: every read of the run (downloads, resume
+# checks, several files at once) shares the one limit. A lock makes the bucket
+# safe to share between threads; a request waiting for tokens holds it, so
+# waiters are served in turn.
+_buckets: weakref.WeakKeyDictionary[Settings, Callable[[int], None] | None] = weakref.WeakKeyDictionary()
+_buckets_lock = threading.Lock()
+
+
+def throttle_for(settings: Settings) -> Callable[[int], None] | None:
+    """The run's BANDWIDTH_LIMIT hook for the read pipeline (None when unlimited), built once."""
+    with _buckets_lock:
+        if settings not in _buckets:
+            take = limiter(settings.bandwidth_limit, request_cap(settings.bandwidth_limit, settings.chunk_size))
+            _buckets[settings] = None if take is None else _serialised(take)
+        return _buckets[settings]
+
+
+def _serialised(take: Callable[[int], None]) -> Callable[[int], None]:
+    lock = threading.Lock()
+
+    def throttle(nbytes: int) -> None:
+        with lock:
+            take(nbytes)
+
+    return throttle

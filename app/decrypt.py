@@ -19,9 +19,11 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import subprocess  # nosec B404
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -350,6 +352,12 @@ def _translate_storage(action: str, path: Path) -> Iterator[None]:
         raise storage_error(action, path, exc) from None
 
 
+# gpg-agent's sockets live in the GnuPG home; a Unix socket path holds at most
+# sizeof(sun_path) - 1 = 107 bytes on Linux, and this is the longest socket name.
+_SUN_PATH = 108
+_LONGEST_SOCKET = "S.gpg-agent.browser"
+
+
 @contextlib.contextmanager
 def open_keyring(settings: Settings, parent: Path | None = None) -> Iterator[Keyring]:
     """A Keyring for this run, in a fresh 0700 directory under ``parent`` (default: TMPDIR).
@@ -364,6 +372,13 @@ def open_keyring(settings: Settings, parent: Path | None = None) -> Iterator[Key
     except OSError as exc:
         raise storage_error("create a GnuPG home in", parent or Path(tempfile.gettempdir()), exc) from None
     try:
+        longest = home / _LONGEST_SOCKET
+        if len(os.fsencode(longest)) >= _SUN_PATH:
+            # gpg would only say it cannot reach its agent, and the key import would seem to fail.
+            raise ConfigError(
+                f"DECRYPT=gpg: the GnuPG home {home} is too long for gpg-agent's socket {longest.name}"
+                f" ({_SUN_PATH - 1} bytes at most): set TMPDIR to a shorter directory"
+            )
         home.chmod(0o700)
         keyring = Keyring(home, settings.gpg_passphrase, settings.gpg_require_signer)
         keyring.import_keys(settings.gpg_private_key_file)
@@ -384,4 +399,49 @@ def _remove_home(home: Path) -> None:
             timeout=_GPG_TIMEOUT,
             check=False,
         )
+    _reap_agents(home)
     shutil.rmtree(home, ignore_errors=True)
+
+
+# How long a stopped gpg-agent may take to exit before it is killed outright.
+_AGENT_EXIT_SECONDS = 5.0
+
+
+def _reap_agents(home: Path) -> None:
+    """Wait for the gpg-agent of ``home`` if it became our child.
+
+    gpg starts the agent detached: it outlives gpg and is re-parented to the
+    nearest subreaper, PID 1 by default. When this process is PID 1 (a container
+    without an init) or a subreaper, the stopped agent would stay a zombie until
+    the job exits; it is reaped here. Only our own children running gpg-agent
+    for this home are touched, never another process.
+    """
+    for pid in _agent_children(home):
+        deadline = time.monotonic() + _AGENT_EXIT_SECONDS
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() >= deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.01)
+
+
+def _agent_children(home: Path) -> list[int]:
+    me = os.getpid()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            stat_line = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
+        ppid = int(stat_line.rsplit(")", 1)[1].split()[1])
+        agent = bool(cmdline) and os.path.basename(cmdline[0]) == b"gpg-agent"
+        # A zombie has no command line left: its comm tells, and it is our child.
+        zombie = not cmdline[0] and "(gpg-agent)" in stat_line
+        if ppid == me and (zombie or (agent and str(home).encode() in b" ".join(cmdline))):
+            found.append(int(proc.name))
+    return found

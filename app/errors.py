@@ -70,8 +70,10 @@ class RemoteFileError(JobError):
     """One remote file cannot be fetched (vanished, unreadable, changed); others may be."""
 
 
-class DecryptError(JobError):
-    """A downloaded file does not decrypt, or lacks a required good signature; it is not published."""
+class DecryptError(RemoteFileError):
+    """A downloaded file does not decrypt, or lacks a required good signature; it is not published.
+
+    A failure of that one file: the run goes on with the others as for any RemoteFileError."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)

@@ -25,10 +25,11 @@ from app.errors import (
     TransientError,
 )
 from app.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_errors
+from app.lifecycle import Lifecycle, LifecycleTally
 from app.planning import Backlog, Planner
 from app.publish import publish
 from app.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
-from app.report import RetryRecord, RunReport, iso, last_success, mismatches_so_far, outcome, read_report
+from app.report import RetryRecord, RunReport, iso, last_success, outcome, read_report, so_far
 from app.retention import apply_retention
 from app.retry import RetryPolicy
 from app.selection import (
@@ -57,6 +58,7 @@ class RunSummary:
     recorded: dict[str, LedgerEntry] = field(default_factory=dict)  # seconds and bytes across attempts
     tallies: dict[str, FileTally] = field(default_factory=dict)  # every file tried, finished or not
     backlog: Backlog = field(default_factory=Backlog)
+    lifecycle: LifecycleTally = field(default_factory=LifecycleTally)
 
 
 @dataclass
@@ -94,6 +96,7 @@ class Job:
         self._unsynced_record: str | None = None
         self._uncommitted: list[LedgerEntry] = []
         self._last_commit = time.monotonic()
+        self.lifecycle = Lifecycle(settings, self.summary.lifecycle)
 
     # -- entry point --------------------------------------------------------
 
@@ -114,7 +117,8 @@ class Job:
         for directory in {self.s.local_dir, self.s.server_dir, self.s.last_file_record.parent}:
             for path in remove_stale_temps(directory):
                 logger.info("removed {} left by an interrupted run", path)
-        code = self._with_retries(lambda: self._attempt(key, verifier))
+        with self.lifecycle:
+            code = self._with_retries(lambda: self._attempt(key, verifier))
         apply_retention(
             self.s.ledger_path, self.s.local_dir, self.s.server_dir, self.s.local_retention, dt.datetime.now(dt.UTC)
         )
@@ -183,7 +187,8 @@ class Job:
                 with contextlib.suppress(JobError):
                     self._commit(snap)
                 raise
-            self._commit(snap)
+            snap = self._commit(snap)
+            self.lifecycle.after_commit(conn, snap.ledger, snap.entries)
         finally:
             failing = sys.exc_info()[1] is not None
             conn.close()
@@ -245,14 +250,8 @@ class Job:
         log.bind(sha256=result.sha256, size=result.size, verified_by=result.verified_by).info(
             "{}: verified {} bytes, sha256 {}, by {}", entry.name, result.size, result.sha256, result.verified_by
         )
-        method = publish(
-            self.s.local_dir / entry.name,
-            self.s.server_dir,
-            result.size,
-            result.mtime,
-            result.sha256,
-            self.s.publish_method,
-        )
+        ready = self.lifecycle.prepare(result)
+        method = publish(ready.path, self.s.server_dir, ready.size, result.mtime, ready.sha256, self.s.publish_method)
         if method is None:
             log.info("{}: already identical in SERVER_DIR", entry.name)
         else:
@@ -267,6 +266,7 @@ class Job:
             seconds=round(seconds, 3),
             completed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             verified_by=result.verified_by,
+            **ready.ledger_fields,
         )
         self._uncommitted.append(done)
         self.summary.recorded[entry.name] = done
@@ -314,6 +314,7 @@ def build_report(
     finished_at = iso(finished)
     previous = read_report(settings.report_path)
     mismatches = sum(t.mismatches >= MAX_MISMATCHES for t in summary.tallies.values())
+    lifecycle = summary.lifecycle
     return RunReport(
         started_at=iso(started),
         finished_at=finished_at,
@@ -333,7 +334,11 @@ def build_report(
         held_back=list(summary.backlog.held_back),
         late=list(summary.backlog.late),
         verification_mismatches=mismatches,
-        verification_mismatches_total=mismatches_so_far(mismatches, previous),
+        verification_mismatches_total=so_far("verification_mismatches_total", mismatches, previous),
+        decrypt_failed=dict(lifecycle.decrypt_failed),
+        remote_after_failed=dict(lifecycle.remote_after_failed),
+        decrypt_failures_total=so_far("decrypt_failures_total", len(lifecycle.decrypt_failed), previous),
+        remote_after_failures_total=so_far("remote_after_failures_total", len(lifecycle.remote_after_failed), previous),
     )
 
 

@@ -79,6 +79,16 @@ def build_registry(report: RunReport, now: float | None = None) -> CollectorRegi
         "Files failed because the server's evidence contradicted the download twice, over all runs.",
         report.verification_mismatches_total,
     )
+    gauge(
+        "decrypt_failures_total",
+        "Files that did not decrypt or lacked a required good signature, over all runs.",
+        report.decrypt_failures_total,
+    )
+    gauge(
+        "remote_after_failures_total",
+        "REMOTE_AFTER actions (delete, move) that failed on the server, over all runs.",
+        report.remote_after_failures_total,
+    )
     return registry
 
 

@@ -28,7 +28,9 @@ class NotificationError(Exception):
 
 
 def should_notify(settings: Settings, report: RunReport) -> bool:
-    return settings.notify_on == "always" or not report.ok
+    # A failed REMOTE_AFTER leaves the run a success (the delivery is done), yet
+    # someone must fix the server's permissions or archive: it alerts too.
+    return settings.notify_on == "always" or not report.ok or bool(report.remote_after_failed)
 
 
 def message(settings: Settings, report: RunReport) -> dict[str, Any]:
@@ -42,6 +44,9 @@ def message(settings: Settings, report: RunReport) -> dict[str, Any]:
     )
     if report.error:
         text += f" Error: {report.error}"
+    if report.remote_after_failed:
+        failed = "; ".join(f"{name}: {why}" for name, why in sorted(report.remote_after_failed.items()))
+        text += f" REMOTE_AFTER failed (retried next run): {failed}"
     secrets = settings.secrets
     return {
         "text": redact(text, secrets),

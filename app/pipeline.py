@@ -21,7 +21,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import paramiko
 from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
@@ -191,6 +191,7 @@ def read_range(
     *,
     check_end: bool = False,
     probe: bool = True,
+    throttle: Callable[[int], None] | None = None,
 ) -> Iterator[bytes]:
     """Yield the bytes of ``[start, end)`` in order; with ``end=None``, up to the end of the file.
 
@@ -208,8 +209,13 @@ def read_range(
 
     ``end=None`` is for a file whose size the server did not send: requests run
     ahead as usual and the first end-of-file reply marks the end.
+
+    ``throttle`` (BANDWIDTH_LIMIT, app/bandwidth.py) hears the length of each read
+    request before it is sent, and may wait.
     """
-    for _, chunk in _read(sftp, handle, [(start, end)], request_size, depth, check_end=check_end, probe=probe):
+    for _, chunk in _read(
+        sftp, handle, [(start, end)], request_size, depth, check_end=check_end, probe=probe, throttle=throttle
+    ):
         yield chunk
 
 
@@ -221,6 +227,7 @@ def read_ranges(
     depth: int,
     *,
     probe: bool = True,
+    throttle: Callable[[int], None] | None = None,
 ) -> dict[int, bytes]:
     """The bytes of several ``[start, end)`` ranges, all requested in one pipelined
     batch (one round trip for a handful of small ranges); keyed by start."""
@@ -232,7 +239,9 @@ def read_ranges(
         if range_end > following[0]:
             raise ValueError(f"overlapping ranges at {range_start} and {following[0]}")
     owner = 0
-    for offset, chunk in _read(sftp, handle, ordered, request_size, depth, check_end=False, probe=probe):
+    for offset, chunk in _read(
+        sftp, handle, ordered, request_size, depth, check_end=False, probe=probe, throttle=throttle
+    ):
         while owner + 1 < len(ordered) and offset >= ordered[owner + 1][0]:
             owner += 1
         found.setdefault(ordered[owner][0], []).append(chunk)
@@ -248,6 +257,7 @@ def _read(
     *,
     check_end: bool,
     probe: bool,
+    throttle: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[int, bytes]]:
     """The pipelined reader behind read_range and read_ranges: yields ``(offset,
     chunk)`` in file order over sorted, disjoint ranges; only the last may be
@@ -269,6 +279,8 @@ def _read(
 
     def send(offset: int, length: int) -> int:
         nonlocal outstanding
+        if throttle is not None:
+            throttle(length)
         num: int = sftp._async_request(sink, CMD_READ, handle, int64(offset), int(length))
         inflight[num] = (offset, length)
         outstanding += length

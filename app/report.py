@@ -73,6 +73,13 @@ class RunReport:
     # every run's so far (carried over from the previous report, for a counter metric).
     verification_mismatches: int = 0
     verification_mismatches_total: int = 0
+    # File lifecycle (app/lifecycle.py): this run's failures, name -> reason, and the
+    # counts over all runs so far (carried over from the previous report, for the
+    # counter metrics the alert rules read).
+    decrypt_failed: dict[str, str] = field(default_factory=dict)
+    remote_after_failed: dict[str, str] = field(default_factory=dict)
+    decrypt_failures_total: int = 0
+    remote_after_failures_total: int = 0
     version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -101,6 +108,10 @@ def _optional_time(value: object) -> bool:
     return True
 
 
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _held_files(value: object) -> bool:
     return isinstance(value, list) and all(
         isinstance(item, dict)
@@ -124,7 +135,9 @@ _REPORT_CHECKS: dict[str, Any] = {
     "last_completed_at": _optional_time,
     "held_back": lambda v: v is None or _held_files(v),
     "late": lambda v: v is None or _held_files(v),
-    "verification_mismatches_total": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "verification_mismatches_total": lambda v: _count(v),
+    "decrypt_failures_total": lambda v: _count(v),
+    "remote_after_failures_total": lambda v: _count(v),
 }
 _REQUIRED = ("exit_code", "ok")
 
@@ -173,7 +186,7 @@ def last_success(exit_code: int, finished_at: str, previous: dict[str, Any] | No
     return value if isinstance(value, str) else None
 
 
-def mismatches_so_far(this_run: int, previous: dict[str, Any] | None) -> int:
-    """Files failed by a verification mismatch in every run so far, this one included."""
-    value = (previous or {}).get("verification_mismatches_total")
+def so_far(key: str, this_run: int, previous: dict[str, Any] | None) -> int:
+    """A count over every run so far, this one included: the previous report's ``key`` plus ``this_run``."""
+    value = (previous or {}).get(key)
     return this_run + (value if isinstance(value, int) else 0)

@@ -17,7 +17,7 @@ from pathlib import Path
 from loguru import logger
 
 from app.fsutil import storage_error
-from app.state import LedgerEntry, read_ledger
+from app.state import LedgerEntry, as_published, read_ledger
 
 
 def expired(entries: Iterable[LedgerEntry], days: int, now: dt.datetime) -> list[str]:
@@ -54,17 +54,22 @@ def apply_retention(
     if days is None:
         return []
     deleted: list[Path] = []
-    for name in expired(read_ledger(ledger_path).entries, days, now):
-        local = local_dir / name
-        if not _regular(server_dir / name) or not _regular(local):
+    entries = read_ledger(ledger_path).entries
+    published = {entry.name: as_published(entry).name for entry in entries}
+    for name in expired(entries, days, now):
+        # A decrypted delivery: SERVER_DIR holds the plaintext; LOCAL_DIR both copies.
+        if not _regular(server_dir / published[name]):
             continue
-        try:
-            os.unlink(local)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise storage_error("delete (LOCAL_RETENTION)", local, exc) from None
-        deleted.append(local)
+        for local in dict.fromkeys((local_dir / name, local_dir / published[name])):
+            if not _regular(local):
+                continue
+            try:
+                os.unlink(local)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise storage_error("delete (LOCAL_RETENTION)", local, exc) from None
+            deleted.append(local)
     if deleted:
         logger.bind(files=[p.name for p in deleted]).info(
             "LOCAL_RETENTION: deleted {} published file(s) from LOCAL_DIR", len(deleted)

@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ _BOM = "\ufeff"
 # overflow the float arithmetic of ages and rates).
 _MAX_INT = 2**63
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+REMOTE_AFTER_STATES = ("pending", "done", "failed")
 OBSERVATIONS_VERSION = 1
 
 
@@ -50,6 +51,22 @@ class LedgerEntry:
     # How the file was proven against the server (app/proof.py); None in lines
     # written before source proof existed.
     verified_by: str | None = None
+    # REMOTE_AFTER of this delivery: "pending" when recorded (the action follows the
+    # ledger commit), then "done" or "failed" by a later RemoteAfterNote; None: keep.
+    remote_after: str | None = None
+    # DECRYPT=gpg: what SERVER_DIR received (the plaintext, under the name without
+    # the suffix); name, size and sha256 above stay those of the encrypted download.
+    published_as: str | None = None
+    plaintext_size: int | None = None
+    plaintext_sha256: str | None = None
+
+
+def as_published(entry: LedgerEntry) -> LedgerEntry:
+    """What SERVER_DIR received for ``entry``: with DECRYPT=gpg, the plaintext under
+    the name without the suffix (LOCAL_DIR keeps both); otherwise the entry itself."""
+    if entry.published_as is None or entry.plaintext_size is None or entry.plaintext_sha256 is None:
+        return entry
+    return replace(entry, name=entry.published_as, size=entry.plaintext_size, sha256=entry.plaintext_sha256)
 
 
 def read_record(path: Path) -> str | None:
@@ -93,6 +110,22 @@ class RefetchNote:
     requested_at: str
     requested_by: str
     refetch: bool = True  # what tells this line from a LedgerEntry's
+
+
+@dataclass(frozen=True)
+class RemoteAfterNote:
+    """A ledger line saying what REMOTE_AFTER did for the latest entry of ``name``.
+
+    The latest note after a file's entry gives that entry its ``remote_after``
+    ("done" or "failed"); ``outcome`` is app/remote_after.py's status.
+    """
+
+    name: str
+    remote_after: str
+    outcome: str
+    reason: str
+    at: str
+    event: str = "remote_after"  # what tells this line from a LedgerEntry's
 
 
 @dataclass(frozen=True)
@@ -156,9 +189,22 @@ LEDGER_CHECKS: dict[str, tuple[Any, str]] = {
     "seconds": (_is_seconds, "a number >= 0"),
     "completed_at": (_is_timestamp, "an ISO 8601 time"),
     "verified_by": (lambda v: v is None or (isinstance(v, str) and bool(v.strip())), "a proof method or null"),
+    "remote_after": (lambda v: v in (None, *REMOTE_AFTER_STATES), "pending, done, failed or null"),
+    "published_as": (lambda v: v is None or LEDGER_CHECKS["name"][0](v), "a valid file name or null"),
+    "plaintext_size": (lambda v: v is None or _is_int(v), "a whole number >= 0 or null"),
+    "plaintext_sha256": (lambda v: v is None or LEDGER_CHECKS["sha256"][0](v), "64 lowercase hex digits or null"),
 }
 # Fields older versions did not write: a line without them is still valid.
-LEDGER_OPTIONAL = frozenset({"verified_by"})
+LEDGER_OPTIONAL = frozenset({"verified_by", "remote_after", "published_as", "plaintext_size", "plaintext_sha256"})
+
+# One check per RemoteAfterNote field.
+REMOTE_AFTER_CHECKS: dict[str, tuple[Any, str]] = {
+    "name": LEDGER_CHECKS["name"],
+    "remote_after": (lambda v: v in ("done", "failed"), "done or failed"),
+    "outcome": (lambda v: isinstance(v, str) and bool(v), "an outcome"),
+    "reason": (lambda v: isinstance(v, str), "a string"),
+    "at": (_is_timestamp, "an ISO 8601 time"),
+}
 
 
 # One check per RefetchNote field.
@@ -183,7 +229,10 @@ def _checked(
     return {key: data[key] for key in checks if key in data}
 
 
-def _ledger_item(line: bytes) -> LedgerEntry | RefetchNote:
+_Item = LedgerEntry | RefetchNote | RemoteAfterNote
+
+
+def _ledger_item(line: bytes) -> _Item:
     """One ledger line, validated field by field; ValueError says what is wrong."""
     try:
         data = json.loads(line.decode("utf-8"))
@@ -193,6 +242,8 @@ def _ledger_item(line: bytes) -> LedgerEntry | RefetchNote:
         raise ValueError("not a JSON object")
     if data.get("refetch") is True:
         return RefetchNote(**_checked(data, REFETCH_CHECKS))
+    if data.get("event") == "remote_after":
+        return RemoteAfterNote(**_checked(data, REMOTE_AFTER_CHECKS))
     return LedgerEntry(**_checked(data, LEDGER_CHECKS, LEDGER_OPTIONAL))
 
 
@@ -216,7 +267,7 @@ def read_ledger(path: Path) -> Ledger:
         return Ledger(entries=())
     except OSError as exc:
         raise storage_error("read the ledger", path, exc) from None
-    items: list[LedgerEntry | RefetchNote] = []
+    items: list[_Item] = []
     damaged = 0
     for number, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
@@ -230,8 +281,26 @@ def read_ledger(path: Path) -> Ledger:
             raise ConfigError(
                 f"ledger {path}:{number}: {exc}; repair or remove that line (see README, state files)"
             ) from None
-    entries, pending = _apply_refetches(items)
+    entries, pending = _apply_refetches(_apply_remote_after(items))
     return Ledger(entries=entries, damaged_lines=damaged, refetch_pending=pending)
+
+
+def _apply_remote_after(items: list[_Item]) -> list[LedgerEntry | RefetchNote]:
+    """Give each file's latest entry the state of the latest RemoteAfterNote after it;
+    a note with no entry before it says nothing (a remote action needs a delivery)."""
+    out: list[LedgerEntry | RefetchNote] = []
+    latest: dict[str, tuple[int, LedgerEntry]] = {}  # name -> its latest entry, and where it is in out
+    for item in items:
+        if isinstance(item, RemoteAfterNote):
+            if item.name in latest:
+                at, entry = latest[item.name]
+                latest[item.name] = at, replace(entry, remote_after=item.remote_after)
+                out[at] = latest[item.name][1]
+            continue
+        if isinstance(item, LedgerEntry):
+            latest[item.name] = len(out), item
+        out.append(item)
+    return out
 
 
 def _apply_refetches(
@@ -254,7 +323,7 @@ def _apply_refetches(
     return entries, tuple(note for _, note in last_note.values() if note.name not in done)
 
 
-def append_ledger(path: Path, *entries: LedgerEntry | RefetchNote) -> None:
+def append_ledger(path: Path, *entries: _Item) -> None:
     """Append entries durably, in one write. A torn line from an earlier crash is
     closed off first, so a new entry never fuses with it."""
     line = b"".join((json.dumps(asdict(e), sort_keys=True) + "\n").encode("utf-8") for e in entries)

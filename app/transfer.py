@@ -36,6 +36,7 @@ from pathlib import Path
 from loguru import logger
 
 from app import interrupt, proof
+from app.bandwidth import request_cap, throttle_for
 from app.config import Settings
 from app.errors import RemoteFileError
 from app.fsutil import (
@@ -283,7 +284,9 @@ def _prefix_matches(
         open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle,
     ):
         size, probe = _request_size(conn, settings)
-        theirs = read_ranges(conn.sftp, handle, ranges, size, settings.pipeline_depth, probe=probe)
+        theirs = read_ranges(
+            conn.sftp, handle, ranges, size, settings.pipeline_depth, probe=probe, throttle=throttle_for(settings)
+        )
     try:
         with open(paths.part, "rb") as fh:
             return all(os.pread(fh.fileno(), end - start, start) == theirs[start] for start, end in ranges)
@@ -294,10 +297,11 @@ def _prefix_matches(
 def _request_size(conn: Connection, settings: Settings) -> tuple[int, bool]:
     """CHUNK_SIZE, lowered to the server's announced read limit; and whether the
     reader still has to discover the limit itself."""
+    chunk = request_cap(settings.bandwidth_limit, settings.chunk_size)
     limit = conn.read_limit.get()
     if limit is None:
-        return settings.chunk_size, True
-    return min(settings.chunk_size, limit), False
+        return chunk, True
+    return min(chunk, limit), False
 
 
 def download(
@@ -448,7 +452,15 @@ def _fill(
         ):
             size, probe = _request_size(conn, settings)
             for chunk in read_range(
-                conn.sftp, handle, offset, entry.size, size, settings.pipeline_depth, check_end=True, probe=probe
+                conn.sftp,
+                handle,
+                offset,
+                entry.size,
+                size,
+                settings.pipeline_depth,
+                check_end=True,
+                probe=probe,
+                throttle=throttle_for(settings),
             ):
                 interrupt.check()
                 try:

@@ -24,8 +24,6 @@ ANNOUNCED = {
     "sftp_ipi_held_back_files": "issue 10 (hardening)",
     "sftp_ipi_oldest_held_back_seconds": "issue 10 (hardening)",
     "sftp_ipi_late_files": "issue 10 (hardening)",
-    "sftp_ipi_decrypt_failures_total": "issue 12 (file lifecycle)",
-    "sftp_ipi_remote_after_failures_total": "issue 12 (file lifecycle)",
 }
 # Series that are not the job's own: the Pushgateway's push time, Prometheus's alerts.
 FOREIGN = {"push_time_seconds", "ALERTS"}

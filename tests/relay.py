@@ -32,6 +32,18 @@ class Fault:
     reset: bool = False
 
 
+def peak_rate(log: list[tuple[float, int]], window: float = 1.0) -> int:
+    """The most bytes sent within any ``window`` seconds of ``log`` (a sliding window)."""
+    peak, total, start = 0, 0, 0
+    for when, size in log:
+        total += size
+        while log[start][0] <= when - window:
+            total -= log[start][1]
+            start += 1
+        peak = max(peak, total)
+    return peak
+
+
 class Relay:
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
@@ -39,6 +51,7 @@ class Relay:
         self.delay = 0.0
         self.rate: float | None = None
         self.bytes_down = 0  # server -> client, all connections
+        self.down_log: list[tuple[float, int]] = []  # (monotonic time, bytes) of each server -> client send
         self.connections = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -143,6 +156,7 @@ class Relay:
             if dst is not None and self._is_client_side(dst):
                 with self._lock:
                     self.bytes_down += len(data)
+                    self.down_log.append((time.monotonic(), len(data)))
 
     def _is_client_side(self, sock: socket.socket) -> bool:
         with contextlib.suppress(OSError):

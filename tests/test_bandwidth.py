@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import Server, file_sha256, run_job, sha256
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from relay import Relay, peak_rate
 
 from app import interrupt
-from app.bandwidth import TokenBucket, burst_for, limiter
+from app.bandwidth import TokenBucket, burst_for, limiter, request_cap, throttle_for
 from app.config import load_settings
 from app.errors import ConfigError, Interrupted
 
@@ -130,7 +134,7 @@ def test_waiting_ends_at_once_on_sigterm(monkeypatch: pytest.MonkeyPatch) -> Non
 # -- the setting --------------------------------------------------------------
 
 
-def _load(tmp_path: Path, value: str | None) -> int | None:
+def _env(tmp_path: Path, value: str | None) -> dict[str, str]:
     env = {
         "SFTP_HOST": "h",
         "SFTP_USER": "u",
@@ -142,7 +146,11 @@ def _load(tmp_path: Path, value: str | None) -> int | None:
     }
     if value is not None:
         env["BANDWIDTH_LIMIT"] = value
-    return load_settings(env).bandwidth_limit
+    return env
+
+
+def _load(tmp_path: Path, value: str | None) -> int | None:
+    return load_settings(_env(tmp_path, value)).bandwidth_limit
 
 
 @pytest.mark.parametrize(
@@ -168,3 +176,33 @@ def test_bandwidth_limit_accepts_rclone_style_rates(tmp_path: Path, raw: str | N
 def test_bandwidth_limit_refuses_what_it_cannot_mean(tmp_path: Path, raw: str) -> None:
     with pytest.raises(ConfigError, match="BANDWIDTH_LIMIT="):
         _load(tmp_path, raw)
+
+
+# -- in the read pipeline, through a real link ------------------------------------
+
+
+def test_requests_under_a_limit_are_a_quarter_second_worth() -> None:
+    assert request_cap(None, 256 * KiB) == 256 * KiB
+    assert request_cap(4 * MiB, 256 * KiB) == 256 * KiB
+    assert request_cap(100 * KiB, 256 * KiB) == 25 * KiB
+    assert request_cap(1024, 256 * KiB) == 256
+
+
+def test_one_bucket_serves_the_whole_run(tmp_path: Path) -> None:
+    limited = load_settings(_env(tmp_path, "4M"))
+
+    assert throttle_for(limited) is throttle_for(limited)
+    assert throttle_for(load_settings(_env(tmp_path, None))) is None
+
+
+def test_a_download_through_a_real_link_keeps_to_the_limit(server: Server, relay: Relay) -> None:
+    data = os.urandom(16 * MiB)
+    server.put("20250101.IPI", data)
+
+    result = run_job(server.env(port=relay.port, BANDWIDTH_LIMIT="4M"), server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    assert file_sha256(server.served / "20250101.IPI") == sha256(data)
+    (report,) = json.loads((server.record.parent / "run_report.json").read_text())["files"]
+    assert 3.5 <= report["seconds"] <= 5.0, report
+    assert peak_rate(relay.down_log) <= 1.5 * 4 * MiB

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,11 @@ class Keys:
 
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
+    yield from make_keys(tmp_path_factory)
+
+
+def make_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
+    """The keys of ``keys``, for another module's fixture (whose ``keys`` are SSH keys)."""
     _ensure_gpg()
     d = tmp_path_factory.mktemp("gpg")
     homes = {name: d / name for name in ("r", "p", "s", "x", "o", "send")}
@@ -148,13 +154,33 @@ def _key_file(tmp_path: Path, *parts: Path) -> Path:
     return path
 
 
+_SHORT_LINK = "short-gnupg-parent"
+
+
+def short_dir(tmp_path: Path) -> Path:
+    """A directory for GnuPG homes whose path is short enough for gpg-agent's sockets
+    (pytest's tmp_path under xdist is not): one per test, found through a link in tmp_path."""
+    link = tmp_path / _SHORT_LINK
+    if not link.is_symlink():
+        link.symlink_to(tempfile.mkdtemp(prefix="g", dir="/tmp"))
+    return link.resolve()
+
+
+@pytest.fixture(autouse=True)
+def _remove_short_dir(tmp_path: Path) -> Iterator[None]:
+    yield
+    link = tmp_path / _SHORT_LINK
+    if link.is_symlink():
+        shutil.rmtree(link.resolve(), ignore_errors=True)
+
+
 def _decrypt(settings: Settings, tmp_path: Path, name: str, ciphertext: bytes) -> Decrypted:
     local = tmp_path / "local"
     local.mkdir(exist_ok=True)
     source = local / name
     source.write_bytes(ciphertext)
     final = local / (output_name(name, settings.decrypt_suffixes) or name)
-    with open_keyring(settings, parent=tmp_path) as keyring:
+    with open_keyring(settings, parent=short_dir(tmp_path)) as keyring:
         return keyring.decrypt(source, final)
 
 
@@ -375,8 +401,9 @@ def test_passphrase_is_in_no_argv_environment_or_log(
 def test_gnupg_home_is_private_and_removed_after_the_run(keys: Keys, tmp_path: Path) -> None:
     settings = _settings(tmp_path, GPG_PRIVATE_KEY_FILE=str(keys.recipient_secret))
 
-    with open_keyring(settings, parent=tmp_path) as keyring:
-        assert keyring.home.parent == tmp_path
+    parent = short_dir(tmp_path)
+    with open_keyring(settings, parent=parent) as keyring:
+        assert keyring.home.parent == parent
         assert keyring.home.stat().st_mode & 0o777 == 0o700
         assert (keyring.home / "private-keys-v1.d").is_dir()
         home = keyring.home
@@ -396,10 +423,23 @@ def test_key_file_without_a_secret_key_is_a_config_error(keys: Keys, tmp_path: P
 
     with (
         pytest.raises(ConfigError, match=r"GPG_PRIVATE_KEY_FILE=.*no usable armored secret key"),
-        open_keyring(settings, parent=tmp_path),
+        open_keyring(settings, parent=short_dir(tmp_path)),
     ):
         pass
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("sftp-ipi-gpg-")] == []
+    assert [p.name for p in short_dir(tmp_path).iterdir() if p.name.startswith("sftp-ipi-gpg-")] == []
+
+
+def test_a_gnupg_home_too_long_for_the_agent_socket_is_named(keys: Keys, tmp_path: Path) -> None:
+    settings = _settings(tmp_path, GPG_PRIVATE_KEY_FILE=str(keys.recipient_secret))
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+
+    with (
+        pytest.raises(ConfigError, match=r"too long for gpg-agent's socket S\.gpg-agent\.browser.*TMPDIR"),
+        open_keyring(settings, parent=deep),
+    ):
+        pass
+    assert list(deep.iterdir()) == []
 
 
 # -- settings -----------------------------------------------------------------

@@ -7,7 +7,7 @@ from dataclasses import replace
 from prometheus_client import CollectorRegistry
 
 from app.metrics import build_registry
-from app.report import FileReport, RunReport, mismatches_so_far
+from app.report import FileReport, RunReport, so_far
 
 REPORT = RunReport(
     started_at="2025-01-01T00:00:00+00:00",
@@ -52,8 +52,8 @@ def test_files_verified_counts_completed_files_by_method_and_zero_for_the_rest()
 
 
 def test_verification_mismatches_are_a_counter_carried_across_runs() -> None:
-    assert mismatches_so_far(1, {"verification_mismatches_total": 3}) == 4
-    assert mismatches_so_far(0, None) == 0
-    assert mismatches_so_far(1, {"verification_mismatches_total": "x"}) == 1
+    assert so_far("verification_mismatches_total", 1, {"verification_mismatches_total": 3}) == 4
+    assert so_far("verification_mismatches_total", 0, None) == 0
+    assert so_far("verification_mismatches_total", 1, {"verification_mismatches_total": "x"}) == 1
     report = replace(REPORT, verification_mismatches=1, verification_mismatches_total=4)
     assert values(build_registry(report))["sftp_ipi_verification_mismatches_total"] == 4

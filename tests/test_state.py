@@ -22,8 +22,11 @@ from app.report import last_success, read_report
 from app.selection import Observation
 from app.state import (
     LEDGER_CHECKS,
+    LEDGER_OPTIONAL,
     Ledger,
     LedgerEntry,
+    RefetchNote,
+    RemoteAfterNote,
     RunLock,
     append_ledger,
     read_ledger,
@@ -245,6 +248,76 @@ def test_ledger_fields_added_by_a_newer_version_are_ignored(tmp_path: Path) -> N
     path = tmp_path / "completed_files.jsonl"
     path.write_bytes(valid_line(origin="v2") + b"\n")
     assert read_ledger(path).entries == (ledger_entry("20250429.IPI"),)
+
+
+def test_a_ledger_line_from_before_the_lifecycle_fields_reads_with_them_unset(tmp_path: Path) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    old = {k: v for k, v in json.loads(valid_line()).items() if k not in LEDGER_OPTIONAL}
+    path.write_text(json.dumps(old) + "\n")
+
+    (entry,) = read_ledger(path).entries
+
+    assert (entry.remote_after, entry.published_as, entry.plaintext_sha256) == (None, None, None)
+
+
+def _note(name: str, state: str, outcome: str = "deleted") -> RemoteAfterNote:
+    return RemoteAfterNote(name, state, outcome, "", "2025-04-29T00:01:00+00:00")
+
+
+def test_the_latest_remote_after_note_after_an_entry_gives_its_state(tmp_path: Path) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    pending = replace(ledger_entry("20250429.IPI"), remote_after="pending")
+    append_ledger(path, _note("20250429.IPI", "done"), pending, _note("20250429.IPI", "failed", "failed"))
+    assert [e.remote_after for e in read_ledger(path).entries] == ["failed"]
+
+    append_ledger(path, _note("20250429.IPI", "done"))
+    assert [e.remote_after for e in read_ledger(path).entries] == ["done"]
+
+    # A new delivery of the file (after a refetch, say) has its own, pending action.
+    append_ledger(path, pending)
+    assert [e.remote_after for e in read_ledger(path).entries] == ["done", "pending"]
+
+
+def test_a_remote_after_note_for_a_file_not_in_the_ledger_is_no_delivery(tmp_path: Path) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    append_ledger(path, _note("20250429.IPI", "done"))
+    assert read_ledger(path).entries == ()
+
+
+def test_a_refetch_still_cancels_an_entry_with_a_remote_after_note(tmp_path: Path) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    pending = replace(ledger_entry("20250429.IPI"), remote_after="pending")
+    append_ledger(
+        path, pending, _note("20250429.IPI", "done"), RefetchNote("20250429.IPI", "2025-04-30T00:00:00+00:00", "me")
+    )
+
+    ledger = read_ledger(path)
+
+    assert ledger.entries == ()
+    assert [n.name for n in ledger.refetch_pending] == ["20250429.IPI"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        {
+            "event": "remote_after",
+            "name": "20250429.IPI",
+            "remote_after": "pending",
+            "outcome": "x",
+            "reason": "",
+            "at": "2025-04-29T00:00:00+00:00",
+        },
+        {"event": "remote_after", "name": "20250429.IPI", "remote_after": "done", "outcome": "deleted", "reason": ""},
+        {**json.loads(valid_line()), "remote_after": "maybe"},
+        {**json.loads(valid_line()), "plaintext_sha256": "AB" * 32},
+    ],
+)
+def test_a_damaged_lifecycle_field_is_a_config_error(tmp_path: Path, line: dict[str, object]) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    with pytest.raises(ConfigError, match=":1: "):
+        read_ledger(path)
 
 
 def test_blank_lines_in_the_ledger_are_not_damage(tmp_path: Path) -> None:
