@@ -28,6 +28,7 @@ from observability import (
     recording_rules,
     rules,
 )
+from readme import anchors
 
 from app.errors import EXIT_MEANINGS
 
@@ -81,12 +82,6 @@ def test_every_alert_has_unit_tests_that_fire_and_that_stay_silent(name: str) ->
     assert any(not c["exp_alerts"] for c in cases), f"{name}: no unit test where it stays silent"
 
 
-def _anchors(markdown: str) -> set[str]:
-    """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens."""
-    headings = re.findall(r"^#+ (.+)$", markdown, flags=re.MULTILINE)
-    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
-
-
 @pytest.mark.parametrize("name", sorted(alerts()))
 def test_every_alert_has_a_summary_a_description_and_a_runbook_section_in_the_readme(name: str) -> None:
     rule = alerts()[name]
@@ -95,7 +90,7 @@ def test_every_alert_has_a_summary_a_description_and_a_runbook_section_in_the_re
     assert "{{ $labels.instance }}" in annotations["summary"]
     assert rule["labels"]["severity"] in {"critical", "warning"}
     page, anchor = annotations["runbook"].split("#")
-    assert page == "README.md" and anchor in _anchors(README), f"{name}: no README section #{anchor}"
+    assert page == "README.md" and anchor in anchors(README), f"{name}: no README section #{anchor}"
     assert f"`{name}`" in README, f"{name}: not in the README's alert table"
     runbook = README.split(f"#### {name}\n", 1)[1].split("\n#", 1)[0]
     assert re.search(r"sftp-ipi (status|audit|refetch)", runbook), f"{name}: the runbook names no command"

@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+from readme import anchors, github_anchor, prose_lines
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -10,40 +12,6 @@ ENV_EXAMPLE = ROOT / ".env.example"
 # Upper-case names in the README that are not settings of the job: build and test
 # variables, and other programs' environment.
 NOT_SETTINGS = {"SFTP_TEST_IMAGE", "SFTP_TEST_PORT", "BASE_IMAGE", "KILL_SEED", "AUDIT_REQUIRED", "SSL_CERT_FILE"}
-
-
-def _prose_lines(text: str) -> list[str]:
-    """The README's lines outside fenced code blocks, where '#' starts a comment, not a heading."""
-    lines, fenced = [], False
-    for line in text.splitlines():
-        if line.lstrip().startswith("```"):
-            fenced = not fenced
-            continue
-        if not fenced:
-            lines.append(line)
-    return lines
-
-
-def github_anchor(heading: str) -> str:
-    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to '-'."""
-    text = re.sub(r"[`*]", "", heading.strip().lower())
-    text = re.sub(r"\[([^]]*)\]\([^)]*\)", r"\1", text)
-    text = re.sub(r"[^\w\- ]", "", text)
-    return text.replace(" ", "-")
-
-
-def _anchors(lines: list[str]) -> set[str]:
-    anchors: set[str] = set()
-    seen: dict[str, int] = {}
-    for line in lines:
-        match = re.match(r"#{1,6} (.+)", line)
-        if match:
-            base = github_anchor(match.group(1))
-            # GitHub numbers repeated headings: name, name-1, name-2, ...
-            count = seen.get(base, 0)
-            seen[base] = count + 1
-            anchors.add(base if count == 0 else f"{base}-{count}")
-    return anchors
 
 
 def _settings() -> set[str]:
@@ -62,10 +30,10 @@ def test_github_anchor_follows_githubs_rules() -> None:
 
 def test_every_intra_document_link_names_a_heading() -> None:
     text = README.read_text()
-    anchors = _anchors(_prose_lines(text))
+    headings = anchors(text)
     links = re.findall(r"\]\(#([^)]+)\)", text)
     assert links, "the README has no intra-document links: this test's pattern is wrong"
-    broken = sorted({link for link in links if link not in anchors})
+    broken = sorted({link for link in links if link not in headings})
     assert broken == [], f"links to no heading: {broken}"
 
 
@@ -74,7 +42,7 @@ def test_every_setting_the_readme_names_exists() -> None:
     # Only names that look like ours: the first word of a setting's name, then '_'.
     prefixes = {name.split("_")[0] + "_" for name in settings}
     named = set()
-    for line in _prose_lines(README.read_text()):
+    for line in prose_lines(README.read_text()):
         for code in re.findall(r"`([^`]+)`", line):
             for name in re.findall(r"\b([A-Z][A-Z0-9]*_[A-Z0-9_]*)\b", code):
                 if any(name.startswith(p) for p in prefixes):
