@@ -20,8 +20,6 @@ from typing import TypeVar
 from loguru import logger
 
 from app import __version__, interrupt
-from app.audit import audit
-from app.audit import render as render_audit
 from app.config import (
     MissingSettingError,
     Settings,
@@ -33,13 +31,15 @@ from app.config import (
     state_setting_names,
 )
 from app.errors import EXIT_LOCKED, EXIT_STORAGE, Interrupted, JobError, describe
-from app.fsutil import ensure_dir
 from app.job import Job, build_report, summary_line
-from app.logs import setup, setup_bootstrap
-from app.refetch import refetch
-from app.report import write_report
-from app.state import RunLock
-from app.status import gather, render
+from app.reporting.logs import setup, setup_bootstrap
+from app.reporting.report import write_report
+from app.reporting.status import gather, render
+from app.storage.audit import audit
+from app.storage.audit import render as render_audit
+from app.storage.fsutil import ensure_dir
+from app.storage.refetch import refetch
+from app.storage.state import RunLock
 
 T = TypeVar("T")
 
@@ -216,11 +216,11 @@ def _after_run(settings: Settings, job: Job, code: int, error: str | None, start
         _step("run report not written", lambda: write_report(settings.report_path, report))
         if settings.metrics_pushgateway_url or settings.metrics_textfile:
             # Imported only when used: prometheus-client adds start-up time to every run.
-            from app.metrics import publish_metrics
+            from app.reporting.metrics import publish_metrics
 
             _step("metrics not published", lambda: publish_metrics(settings, report))
     if settings.notify_webhook_url or settings.notify_smtp_host:
-        from app.notify import notify
+        from app.reporting.notify import notify
 
         _step("notification not sent", lambda: notify(settings, report))
 

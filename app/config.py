@@ -20,7 +20,7 @@ from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
 from app.errors import ConfigError
-from app.urls import split_credentials
+from app.reporting.urls import split_credentials
 
 HOST_KEY_POLICIES = ("strict", "accept-new")
 ORDERINGS = ("name-date", "mtime", "name")

@@ -24,13 +24,9 @@ from app.errors import (
     RemoteFileError,
     TransientError,
 )
-from app.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_errors
 from app.lifecycle import Lifecycle, LifecycleTally
 from app.planning import Backlog, Planner
-from app.publish import publish
-from app.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
-from app.report import RetryRecord, RunReport, iso, last_success, outcome, read_report, so_far
-from app.retention import apply_retention
+from app.reporting.report import RetryRecord, RunReport, iso, last_success, outcome, read_report, so_far
 from app.retry import RetryPolicy
 from app.selection import (
     Ordered,
@@ -41,9 +37,13 @@ from app.selection import (
     order,
     record_key,
 )
-from app.state import Ledger, LedgerEntry, append_ledger, read_ledger, read_record, write_record
+from app.server.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
+from app.server.transfer import MAX_MISMATCHES, TransferResult, download
+from app.storage.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_errors
+from app.storage.publish import publish
+from app.storage.retention import apply_retention
+from app.storage.state import Ledger, LedgerEntry, append_ledger, read_ledger, read_record, write_record
 from app.tally import FileTally, file_reports, total_kept
-from app.transfer import MAX_MISMATCHES, TransferResult, download
 
 # Files published within this many seconds share one fsync of SERVER_DIR and of
 # the ledger: with hundreds of small files due, fsyncs dominate the run.

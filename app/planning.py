@@ -21,9 +21,7 @@ from loguru import logger
 
 from app.config import Settings
 from app.errors import ConfigError
-from app.names import shown
-from app.proof import awaited_marker, is_companion, is_ready
-from app.report import HeldFile, iso
+from app.reporting.report import HeldFile, iso
 from app.selection import (
     HOLDING,
     Criteria,
@@ -37,7 +35,9 @@ from app.selection import (
     make_plan,
     observe,
 )
-from app.state import read_observations, write_observations
+from app.server.proof import awaited_marker, is_companion, is_ready
+from app.storage.names import shown
+from app.storage.state import read_observations, write_observations
 
 # Skipped files named one by one in the log, per reason, before they are counted.
 SKIPS_NAMED = 20

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.report import FileReport
+from app.reporting.report import FileReport
 
 if TYPE_CHECKING:  # transfer imports this module
-    from app.state import LedgerEntry
-    from app.transfer import TransferResult
+    from app.server.transfer import TransferResult
+    from app.storage.state import LedgerEntry
 
 
 @dataclass
@@ -51,7 +51,7 @@ class FileTally:
     completed: bool = False
     started: float = field(default_factory=time.monotonic)
     prefix: PrefixDigest | None = None
-    mismatches: int = 0  # downloads the server's evidence contradicted (app/proof.py)
+    mismatches: int = 0  # downloads the server's evidence contradicted (app/server/proof.py)
 
     def digest_of_prefix(self, path: Path, offset: int) -> hashlib._Hash | None:
         """A copy of the remembered digest of ``path``'s first ``offset`` bytes, if the

@@ -5,7 +5,7 @@ python bench/decrypt_rss.py [--size-mib 256]
 Keys (ed25519/cv25519) are made in a throw-away GNUPGHOME; the plaintext is
 random, written and encrypted in a scratch directory that is removed at the
 end. The job's process must stay flat whatever the size: gpg streams, and
-app/decrypt.py reads its output in blocks. gpg's own peak is shown too.
+app/storage/decrypt.py reads its output in blocks. gpg's own peak is shown too.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.config import load_settings
-from app.decrypt import open_keyring
+from app.storage.decrypt import open_keyring
 
 MiB = 1024 * 1024
 

@@ -289,7 +289,7 @@ def size_of(path: Path) -> int:
 
 def temp_names(directory: Path) -> list[str]:
     """The job's temporary files in ``directory``."""
-    from app.fsutil import is_temp_name
+    from app.storage.fsutil import is_temp_name
 
     return [name for name in os.listdir(directory) if is_temp_name(name)] if directory.exists() else []
 

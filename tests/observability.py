@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
-from app.metrics import build_registry
-from app.report import FileReport, RetryRecord, RunReport
+from app.reporting.metrics import build_registry
+from app.reporting.report import FileReport, RetryRecord, RunReport
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "deploy" / "prometheus" / "sftp-ipi-rules.yaml"
@@ -18,7 +18,7 @@ RULE_TESTS = REPO / "deploy" / "prometheus" / "tests"
 DASHBOARD = REPO / "deploy" / "grafana" / "sftp-ipi-dashboard.json"
 
 # Metrics other issues announce; the rules and the dashboard use them already, and
-# they have no data until the job pushes them. Once app/metrics.py exports a name,
+# they have no data until the job pushes them. Once app/reporting/metrics.py exports a name,
 # the tests hold it to the same standard as every other metric.
 ANNOUNCED = {
     "sftp_ipi_held_back_files": "issue 10 (hardening)",

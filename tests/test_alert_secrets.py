@@ -24,7 +24,7 @@ from conftest import Server, run_job
 from sshd import free_port
 
 from app.config import load_settings
-from app.urls import reason, safe_url, split_credentials
+from app.reporting.urls import reason, safe_url, split_credentials
 
 SMTP_PASSWORD = "Smtp-pa55-never-in-clear"
 PUSH_PASSWORD = "PushPw-123"

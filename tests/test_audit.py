@@ -14,7 +14,7 @@ from pathlib import Path
 
 from conftest import REPO, Runner, Server, job_env
 
-from app.state import RunLock
+from app.storage.state import RunLock
 
 NAMES = ("20250101.IPI", "20250102.IPI", "20250103.IPI")
 

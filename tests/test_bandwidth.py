@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from relay import Relay, peak_rate
 
 from app import interrupt
-from app.bandwidth import TokenBucket, burst_for, limiter, request_cap, throttle_for
 from app.config import load_settings
 from app.errors import ConfigError, Interrupted
+from app.server.bandwidth import TokenBucket, burst_for, limiter, request_cap, throttle_for
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -18,11 +18,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from loguru import logger
 
-from app import decrypt as decrypt_module
 from app import interrupt
 from app.config import Settings, load_settings
-from app.decrypt import Decrypted, Status, judge, open_keyring, output_name
 from app.errors import EXIT_TRANSFER, ConfigError, DecryptError, Interrupted
+from app.storage import decrypt as decrypt_module
+from app.storage.decrypt import Decrypted, Status, judge, open_keyring, output_name
 
 PASSPHRASE = "gpg-Pp93-never-shown"
 

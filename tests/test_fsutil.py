@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.errors import LocalStorageError
-from app.fsutil import BackgroundFsync, atomic_write, is_temp_name
+from app.storage.fsutil import BackgroundFsync, atomic_write, is_temp_name
 
 
 def test_background_fsync_error_is_raised_not_swallowed(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 from conftest import Runner, Server, file_sha256, sha256
 from sshd import keygen
 
-from app.known_hosts import HostKeys, Unusable, host_matches, key_blob, parse
+from app.server.known_hosts import HostKeys, Unusable, host_matches, key_blob, parse
 
 ED25519 = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 OTHER = "AAAAC3NzaC1lZDI1NTE5AAAAIH3QKTpKzUs4s0wZL3j7iS4Hf1FZZDcUV7r7wPmk7Zg1"

@@ -19,7 +19,7 @@ from relay import Relay
 from test_decrypt import Keys, make_keys
 from test_operations import Webhook
 
-from app.state import read_ledger
+from app.storage.state import read_ledger
 
 MiB = 1024 * 1024
 
@@ -380,7 +380,7 @@ import ctypes, os, sys
 from pathlib import Path
 ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 from app.config import load_settings
-from app.decrypt import open_keyring
+from app.storage.decrypt import open_keyring
 settings = load_settings({{"SFTP_HOST": "h", "SFTP_USER": "u", "SFTP_PASS": "p", "DECRYPT": "gpg",
     "LOCAL_DIR": "{tmp_path}/l", "SERVER_DIR": "{tmp_path}/s", "LOG_FILE": "{tmp_path}/j.log",
     "LAST_FILE_RECORD": "{tmp_path}/st/r", "GPG_PRIVATE_KEY_FILE": "{gpg_keys.recipient_secret}"}})

@@ -12,7 +12,7 @@ import pytest
 from conftest import Runner, Server, file_sha256, sha256
 from relay import Relay
 
-from app.logs import REDACTED, redact
+from app.reporting.logs import REDACTED, redact
 
 MiB = 1024 * 1024
 # Every line the job writes in text format starts with its timestamp.

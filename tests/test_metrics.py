@@ -6,8 +6,8 @@ from dataclasses import replace
 
 from prometheus_client import CollectorRegistry
 
-from app.metrics import build_registry
-from app.report import FileReport, RunReport, so_far
+from app.reporting.metrics import build_registry
+from app.reporting.report import FileReport, RunReport, so_far
 
 REPORT = RunReport(
     started_at="2025-01-01T00:00:00+00:00",

@@ -9,8 +9,8 @@ from conftest import Server, file_sha256, run_job, sha256, wait_until
 from hostile_sftp import HostileSftpServer, Lies, hostile_env
 
 from app.config import load_settings
-from app.pipeline import open_for_reading, read_range
-from app.remote import HostKeyVerifier, connect, load_private_key
+from app.server.pipeline import open_for_reading, read_range
+from app.server.remote import HostKeyVerifier, connect, load_private_key
 
 MiB = 1024 * 1024
 
@@ -52,7 +52,7 @@ def test_a_dead_connection_is_transient_not_a_file_failure(server: Server) -> No
     import pytest
 
     from app.errors import RemoteFileError, TransientError
-    from app.remote import remote_errors
+    from app.server.remote import remote_errors
 
     path = server.put("20250428.IPI", b"x" * 100)
     settings = load_settings(server.env())
@@ -69,7 +69,7 @@ def test_a_dead_connection_is_transient_not_a_file_failure(server: Server) -> No
 
 
 def test_several_ranges_in_one_batch_and_reads_to_the_end_without_a_size(server: Server) -> None:
-    from app.pipeline import read_ranges
+    from app.server.pipeline import read_ranges
 
     data = os.urandom(3 * MiB + 999)
     path = server.put("20250428.IPI", data)

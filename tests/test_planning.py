@@ -10,9 +10,9 @@ from prometheus_client import generate_latest
 
 from app.config import load_settings
 from app.job import RunSummary, summary_line
-from app.metrics import build_registry
 from app.planning import Backlog, Planner, backlog_of
-from app.report import HeldFile, RunReport, iso
+from app.reporting.metrics import build_registry
+from app.reporting.report import HeldFile, RunReport, iso
 from app.selection import Observation, Plan, RemoteEntry, Skip, SkipReason, order
 
 NOW = 1_750_000_000.0

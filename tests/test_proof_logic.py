@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from app.config import CHECKSUM_AUTO, Settings, load_settings
 from app.errors import ConfigError, RemoteFileError
-from app.pipeline import _check_file_reply
-from app.proof import (
+from app.server.pipeline import _check_file_reply
+from app.server.proof import (
     MAX_PREFIX_BLOCKS,
     ChecksumFileError,
     ChecksumSource,

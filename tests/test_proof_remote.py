@@ -14,14 +14,14 @@ from proftpd import Proftpd
 
 from app.config import load_settings
 from app.errors import RemoteFileError
-from app.proof import (
+from app.server.proof import (
     ChecksumFileError,
     NoProofError,
     ProofMismatchError,
     command_digest,
     prove_source,
 )
-from app.remote import Connection, HostKeyVerifier, connect, load_private_key
+from app.server.remote import Connection, HostKeyVerifier, connect, load_private_key
 
 NAME = "IPI_20250428.dat"
 HOSTILE_NAMES = [

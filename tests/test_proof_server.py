@@ -13,8 +13,8 @@ from conftest import Server
 from proftpd import Proftpd
 
 from app.config import load_settings
-from app.pipeline import check_file_handle, open_for_reading
-from app.proof import (
+from app.server.pipeline import check_file_handle, open_for_reading
+from app.server.proof import (
     ProofMismatchError,
     file_digests,
     hashers_alongside,
@@ -22,7 +22,7 @@ from app.proof import (
     prove_source,
     server_digest,
 )
-from app.remote import Connection, HostKeyVerifier, connect, load_private_key
+from app.server.remote import Connection, HostKeyVerifier, connect, load_private_key
 
 MiB = 1024 * 1024
 
@@ -243,7 +243,7 @@ def test_a_server_that_ignores_or_refuses_check_file_is_not_offered_and_keeps_wo
     may stall the job for more than the timeout, nor spoil the session."""
     from hostile_sftp import HostileSftpServer, Lies, hostile_env
 
-    from app.pipeline import read_range
+    from app.server.pipeline import read_range
 
     data = os.urandom(5000)
     lies = Lies(files={b"20250501.IPI": data}, silent_extensions={b"check-file-handle"} if silent else set())

@@ -11,8 +11,8 @@ import pytest
 from conftest import Runner, Server, sha256
 
 from app.errors import ConfigError
-from app.refetch import plan_refetch, rewound_record
-from app.state import Ledger, LedgerEntry, RefetchNote
+from app.storage.refetch import plan_refetch, rewound_record
+from app.storage.state import Ledger, LedgerEntry, RefetchNote
 
 A, B, C = "20250101.IPI", "20250102.IPI", "20250103.IPI"
 MiB = 1024 * 1024
@@ -174,7 +174,7 @@ def test_plan_names_every_unknown_file_and_reports_pending_ones() -> None:
 
 
 def test_refetch_notes_in_the_ledger_are_read_back(tmp_path: Path) -> None:
-    from app.state import append_ledger, read_ledger
+    from app.storage.state import append_ledger, read_ledger
 
     path = tmp_path / "completed_files.jsonl"
     append_ledger(path, entry("20250101.IPI"), entry("20250102.IPI"))

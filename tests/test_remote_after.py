@@ -12,8 +12,8 @@ from hostile_sftp import NoPosixRenameServer, hostile_env
 
 from app.config import Settings, load_settings
 from app.errors import ConfigError, TransientError
-from app.remote import Connection, HostKeyVerifier, connect, load_private_key
-from app.remote_after import POSIX_RENAME, Outcome, act, offered_extensions
+from app.server.remote import Connection, HostKeyVerifier, connect, load_private_key
+from app.server.remote_after import POSIX_RENAME, Outcome, act, offered_extensions
 
 Connect = Callable[..., tuple[Connection, Settings]]
 

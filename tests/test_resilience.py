@@ -16,7 +16,7 @@ import pytest
 from conftest import Server, file_sha256, job_env, run_job, sha256, size_of, small_filesystem, start_job, wait_until
 from relay import Relay
 
-from app.state import read_ledger
+from app.storage.state import read_ledger
 
 MiB = 1024 * 1024
 VERIFY_WINDOW = MiB

@@ -7,7 +7,7 @@ import time
 
 from conftest import OLD, Runner, Server
 
-from app.state import Ledger, LedgerEntry
+from app.storage.state import Ledger, LedgerEntry
 
 FUTURE_2100 = 4_102_444_800  # 2100-01-01T00:00:00Z
 

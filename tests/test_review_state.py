@@ -9,8 +9,8 @@ from conftest import OLD, Runner, Server, run_job
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.names import invalid_name_reason
-from app.state import read_record, write_record
+from app.storage.names import invalid_name_reason
+from app.storage.state import read_record, write_record
 
 
 def test_a_name_starting_with_a_bom_is_refused_and_named_never_wedging_the_record(server: Server, run: Runner) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import Server, file_sha256, run_job, sha256, start_job, stop_mid_publish, temp_names
 
-from app.fsutil import atomic_write, create_temp, hold, remove_stale_temps, temp_path
+from app.storage.fsutil import atomic_write, create_temp, hold, remove_stale_temps, temp_path
 
 MiB = 1024 * 1024
 

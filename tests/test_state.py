@@ -17,10 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.errors import ConfigError, LockedError
-from app.names import invalid_name_reason
-from app.report import last_success, read_report
+from app.reporting.report import last_success, read_report
 from app.selection import Observation
-from app.state import (
+from app.server.transfer import Paths, read_partial_meta
+from app.storage.names import invalid_name_reason
+from app.storage.state import (
     LEDGER_CHECKS,
     LEDGER_OPTIONAL,
     Ledger,
@@ -36,7 +37,6 @@ from app.state import (
     write_observations,
     write_record,
 )
-from app.transfer import Paths, read_partial_meta
 
 
 def ledger_entry(name: str, mtime: int = 1_745_800_000) -> LedgerEntry:

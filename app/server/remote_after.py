@@ -35,7 +35,7 @@ from paramiko.sftp import CMD_INIT, CMD_VERSION
 
 from app.config import Settings
 from app.errors import RemoteFileError
-from app.remote import Connection, remote_errors, remote_path
+from app.server.remote import Connection, remote_errors, remote_path
 
 POSIX_RENAME = "posix-rename@openssh.com"
 

@@ -18,9 +18,9 @@ from typing import Any
 from loguru import logger
 
 from app.config import Settings
-from app.logs import redact
-from app.report import RunReport
-from app.urls import reason, safe_url, split_credentials
+from app.reporting.logs import redact
+from app.reporting.report import RunReport
+from app.reporting.urls import reason, safe_url, split_credentials
 
 
 class NotificationError(Exception):

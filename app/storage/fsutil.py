@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.errors import LocalStorageError
-from app.names import MAX_NAME_BYTES
+from app.storage.names import MAX_NAME_BYTES
 
 # Temporary names are hidden and carry this marker, so a later run can recognise
 # and remove the leftovers of a killed one.

@@ -32,7 +32,7 @@ from typing import IO
 from app import interrupt
 from app.config import Settings
 from app.errors import ConfigError, DecryptError
-from app.fsutil import open_exclusive, storage_error, temp_path, write_all
+from app.storage.fsutil import open_exclusive, storage_error, temp_path, write_all
 
 # (subprocess above: gpg is run with an argument list, never through a shell.)
 

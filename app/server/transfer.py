@@ -35,11 +35,16 @@ from pathlib import Path
 
 from loguru import logger
 
-from app import interrupt, proof
-from app.bandwidth import request_cap, throttle_for
+from app import interrupt
 from app.config import Settings
 from app.errors import RemoteFileError
-from app.fsutil import (
+from app.reporting.progress import Progress
+from app.selection import RemoteEntry
+from app.server import proof
+from app.server.bandwidth import request_cap, throttle_for
+from app.server.pipeline import open_for_reading, read_range, read_ranges
+from app.server.remote import Connection, remote_errors, remote_path, stat_entry
+from app.storage.fsutil import (
     BackgroundFsync,
     atomic_write,
     create_temp,
@@ -48,11 +53,7 @@ from app.fsutil import (
     storage_error,
     write_all,
 )
-from app.names import invalid_name_reason
-from app.pipeline import open_for_reading, read_range, read_ranges
-from app.progress import Progress
-from app.remote import Connection, remote_errors, remote_path, stat_entry
-from app.selection import RemoteEntry
+from app.storage.names import invalid_name_reason
 from app.tally import FileTally
 
 # fsync the partial every so often, so that after a power cut at most this much
@@ -87,7 +88,7 @@ class TransferResult:
     bytes_transferred: int
     seconds: float
     resumed_from: int
-    verified_by: str | None = None  # how the file was proven against the server (app/proof.py)
+    verified_by: str | None = None  # how the file was proven against the server (app/server/proof.py)
 
 
 @dataclass(frozen=True)

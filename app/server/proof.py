@@ -34,10 +34,10 @@ from loguru import logger
 
 from app.config import READY_MARKER_CHECKSUM, Settings
 from app.errors import RemoteFileError
-from app.pipeline import CHECK_FILE_DIGEST_SIZES, check_file_handle, open_for_reading
+from app.server.pipeline import CHECK_FILE_DIGEST_SIZES, check_file_handle, open_for_reading
 
 if TYPE_CHECKING:
-    from app.remote import Connection
+    from app.server.remote import Connection
 
 # Strongest first: the order the server is asked to choose in.
 ALGORITHMS = ("sha512", "sha384", "sha256", "sha224", "sha1", "md5")
@@ -362,7 +362,7 @@ def server_digest(conn: Connection, remote_path: str, size: int, timeout: float 
 
     An empty file is never asked about: ProFTPD refuses it as if the extension were missing.
     """
-    from app.remote import remote_errors  # app.remote imports selection, which will import this module
+    from app.server.remote import remote_errors  # app.server.remote imports selection, which will import this module
 
     if size == 0:
         return None
@@ -417,7 +417,7 @@ def prove_prefix(
     None when the server offers no digests (the caller falls back to its sampled
     comparison). ``proven_bytes`` of the result is where a proven resume starts.
     """
-    from app.remote import remote_errors
+    from app.server.remote import remote_errors
 
     block, count = prefix_layout(prefix)
     if count == 0:
@@ -438,7 +438,7 @@ def prove_prefix(
 
 def read_checksum_file(conn: Connection, remote_dir: str, source: str) -> ChecksumFile:
     """Fetch and parse one listed checksum file."""
-    from app.remote import remote_errors
+    from app.server.remote import remote_errors
 
     path = posixpath.join(remote_dir, source) if remote_dir else source
     with remote_errors(f"read checksum file {source!r}", conn=conn), conn.sftp.open(path, "rb") as fh:
@@ -482,7 +482,7 @@ def command_digest(conn: Connection, command: str, remote_path: str, timeout: fl
     The path is quoted for a POSIX shell, so any name, however hostile, reaches the
     command as one argument; ``--`` keeps a leading dash from reading as an option.
     """
-    from app.remote import remote_errors
+    from app.server.remote import remote_errors
 
     line = f"{command} -- {shlex.quote(remote_path)}".encode("utf-8", "surrogateescape")
     deadline = time.monotonic() + timeout
@@ -576,7 +576,7 @@ def prove_download(
 ) -> str:
     """The transfer's hook after a download, before the file is kept: prove_source for
     ``name`` in SFTP_DIR; returns ``verified_by``, raises as prove_source does."""
-    from app.remote import remote_path
+    from app.server.remote import remote_path
 
     verified_by = prove_source(
         conn, settings, name, remote_path(settings, name), listing_names, local_digests, local_path
@@ -596,7 +596,7 @@ def proven_resume(conn: Connection, settings: Settings, name: str, partial: Path
     """How much of a kept partial the server's per-block digests prove (where a resume
     starts); None when the server offers none (or VERIFY_SOURCE=off): then the
     caller's sampled comparison decides."""
-    from app.remote import remote_path
+    from app.server.remote import remote_path
 
     if settings.verify_source == "off":
         return None

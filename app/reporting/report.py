@@ -12,7 +12,7 @@ from typing import Any
 from loguru import logger
 
 from app.errors import EXIT_MEANINGS, EXIT_OK
-from app.fsutil import atomic_write
+from app.storage.fsutil import atomic_write
 
 SCHEMA_VERSION = 1
 

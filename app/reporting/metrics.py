@@ -17,10 +17,10 @@ from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from app.config import Settings
 from app.errors import LocalStorageError
-from app.fsutil import atomic_write
-from app.proof import METHODS
-from app.report import RunReport
-from app.urls import reason, safe_url, split_credentials
+from app.reporting.report import RunReport
+from app.reporting.urls import reason, safe_url, split_credentials
+from app.server.proof import METHODS
+from app.storage.fsutil import atomic_write
 
 JOB = "sftp_ipi"
 

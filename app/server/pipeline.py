@@ -210,7 +210,7 @@ def read_range(
     ``end=None`` is for a file whose size the server did not send: requests run
     ahead as usual and the first end-of-file reply marks the end.
 
-    ``throttle`` (BANDWIDTH_LIMIT, app/bandwidth.py) hears the length of each read
+    ``throttle`` (BANDWIDTH_LIMIT, app/server/bandwidth.py) hears the length of each read
     request before it is sent, and may wait.
     """
     for _, chunk in _read(

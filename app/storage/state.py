@@ -23,9 +23,9 @@ from typing import Any
 
 from app import interrupt
 from app.errors import ConfigError, LockedError
-from app.fsutil import atomic_write, fsync_dir, storage_error
-from app.names import invalid_name_reason
 from app.selection import Observation
+from app.storage.fsutil import atomic_write, fsync_dir, storage_error
+from app.storage.names import invalid_name_reason
 
 # What Windows editors put at the start of a text file; never part of a name.
 _BOM = "\ufeff"
@@ -48,7 +48,7 @@ class LedgerEntry:
     bytes_transferred: int
     seconds: float
     completed_at: str
-    # How the file was proven against the server (app/proof.py); None in lines
+    # How the file was proven against the server (app/server/proof.py); None in lines
     # written before source proof existed.
     verified_by: str | None = None
     # REMOTE_AFTER of this delivery: "pending" when recorded (the action follows the
@@ -117,7 +117,7 @@ class RemoteAfterNote:
     """A ledger line saying what REMOTE_AFTER did for the latest entry of ``name``.
 
     The latest note after a file's entry gives that entry its ``remote_after``
-    ("done" or "failed"); ``outcome`` is app/remote_after.py's status.
+    ("done" or "failed"); ``outcome`` is app/server/remote_after.py's status.
     """
 
     name: str

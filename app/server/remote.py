@@ -24,11 +24,12 @@ from typing import Any
 import paramiko
 from loguru import logger
 
-from app import interrupt, known_hosts
+from app import interrupt
 from app.config import Settings
 from app.errors import AuthError, ConfigError, HostKeyError, RemoteFileError, TransientError
-from app.pipeline import ReadLimit, list_directory, open_sftp
 from app.selection import RemoteEntry
+from app.server import known_hosts
+from app.server.pipeline import ReadLimit, list_directory, open_sftp
 
 # The host-key algorithms that can verify a known_hosts entry of each key type.
 _ALGORITHMS_FOR_KEY_TYPE = {

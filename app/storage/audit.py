@@ -25,10 +25,10 @@ from typing import Any
 
 from app.config import StateSettings
 from app.errors import EXIT_CONFIG, EXIT_OK
-from app.fsutil import is_temp_name, storage_error
-from app.progress import Progress
-from app.state import LOCK_WAIT_SECONDS, Ledger, LedgerEntry, as_published, read_ledger, run_lock_waiting
-from app.transfer import hash_file
+from app.reporting.progress import Progress
+from app.server.transfer import hash_file
+from app.storage.fsutil import is_temp_name, storage_error
+from app.storage.state import LOCK_WAIT_SECONDS, Ledger, LedgerEntry, as_published, read_ledger, run_lock_waiting
 
 # The exit code when any file does not match: the job's "did not do its job".
 EXIT_MISMATCH = 1

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from loguru import logger
 
-from app.fsutil import storage_error
-from app.state import LedgerEntry, as_published, read_ledger
+from app.storage.fsutil import storage_error
+from app.storage.state import LedgerEntry, as_published, read_ledger
 
 
 def expired(entries: Iterable[LedgerEntry], days: int, now: dt.datetime) -> list[str]:

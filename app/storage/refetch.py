@@ -37,10 +37,11 @@ from loguru import logger
 
 from app.config import StateSettings
 from app.errors import EXIT_OK, ConfigError
-from app.fsutil import atomic_write, storage_error
-from app.report import iso
+from app.reporting.report import iso
 from app.selection import OrderKey, UnplaceableRecordError, order_key, record_key
-from app.state import (
+from app.server.transfer import Paths
+from app.storage.fsutil import atomic_write, storage_error
+from app.storage.state import (
     LOCK_WAIT_SECONDS,
     Ledger,
     LedgerEntry,
@@ -51,7 +52,6 @@ from app.state import (
     run_lock_waiting,
     write_record,
 )
-from app.transfer import Paths
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""What the job tells people and machines: logs, progress, the run report, status, metrics, alerts."""

@@ -1,0 +1,1 @@
+"""Talking to the SFTP server: connecting, host keys, listing, reading, proving, acting on remote files."""
