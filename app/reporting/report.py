@@ -13,6 +13,7 @@ from loguru import logger
 
 from app.errors import EXIT_MEANINGS, EXIT_OK
 from app.storage.fsutil import atomic_write
+from app.storage.state import is_timestamp
 
 SCHEMA_VERSION = 1
 
@@ -95,17 +96,9 @@ def _optional(kind: type | tuple[type, ...]) -> Any:
 
 
 def _optional_time(value: object) -> bool:
-    """None, or an ISO 8601 time: metrics and status compute with these, so a damaged
-    one ("last Tuesday") must not get past the reader."""
-    if value is None:
-        return True
-    if not isinstance(value, str):
-        return False
-    try:
-        dt.datetime.fromisoformat(value)
-    except ValueError:
-        return False
-    return True
+    # Metrics and status compute with these times: a damaged one ("last Tuesday")
+    # must not get past the reader.
+    return value is None or is_timestamp(value)
 
 
 def _count(value: object) -> bool:

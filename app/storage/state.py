@@ -168,7 +168,8 @@ def _is_seconds(value: object) -> bool:
     )
 
 
-def _is_timestamp(value: object) -> bool:
+def is_timestamp(value: object) -> bool:
+    """An ISO 8601 time, as the job writes them; the state and report readers check with it."""
     if not isinstance(value, str):
         return False
     try:
@@ -187,7 +188,7 @@ LEDGER_CHECKS: dict[str, tuple[Any, str]] = {
     "sha256": (lambda v: isinstance(v, str) and _SHA256.fullmatch(v) is not None, "64 lowercase hex digits"),
     "bytes_transferred": (_is_int, "a whole number >= 0"),
     "seconds": (_is_seconds, "a number >= 0"),
-    "completed_at": (_is_timestamp, "an ISO 8601 time"),
+    "completed_at": (is_timestamp, "an ISO 8601 time"),
     "verified_by": (lambda v: v is None or (isinstance(v, str) and bool(v.strip())), "a proof method or null"),
     "remote_after": (lambda v: v in (None, *REMOTE_AFTER_STATES), "pending, done, failed or null"),
     "published_as": (lambda v: v is None or LEDGER_CHECKS["name"][0](v), "a valid file name or null"),
@@ -203,14 +204,14 @@ REMOTE_AFTER_CHECKS: dict[str, tuple[Any, str]] = {
     "remote_after": (lambda v: v in ("done", "failed"), "done or failed"),
     "outcome": (lambda v: isinstance(v, str) and bool(v), "an outcome"),
     "reason": (lambda v: isinstance(v, str), "a string"),
-    "at": (_is_timestamp, "an ISO 8601 time"),
+    "at": (is_timestamp, "an ISO 8601 time"),
 }
 
 
 # One check per RefetchNote field.
 REFETCH_CHECKS: dict[str, tuple[Any, str]] = {
     "name": LEDGER_CHECKS["name"],
-    "requested_at": (_is_timestamp, "an ISO 8601 time"),
+    "requested_at": (is_timestamp, "an ISO 8601 time"),
     "requested_by": (lambda v: isinstance(v, str), "a string"),
 }
 
