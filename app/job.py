@@ -14,18 +14,17 @@ import paramiko
 from loguru import logger
 
 from app import interrupt
+from app.catchup import fetch_due
 from app.config import Settings
 from app.errors import (
     EXIT_MEANINGS,
     EXIT_OK,
     ConfigError,
     JobError,
-    RemoteFileError,
     TransientError,
 )
 from app.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_errors
 from app.names import shown
-from app.publish import publish
 from app.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
 from app.report import RetryRecord, RunReport, iso, last_success, outcome, read_report
 from app.retention import apply_retention
@@ -45,7 +44,7 @@ from app.selection import (
 )
 from app.state import Ledger, LedgerEntry, append_ledger, read_ledger, read_record, write_record
 from app.tally import FileTally, file_reports, total_kept
-from app.transfer import TransferResult, download
+from app.transfer import TransferResult
 
 # Skipped files named one by one in the log, per reason, before they are counted.
 SKIPS_NAMED = 20
@@ -171,23 +170,15 @@ class Job:
             if self.dry_run:
                 self._print_plan(plan, snap)
                 return EXIT_OK
+            self._snap = snap
             try:
-                for entry in plan.due:
-                    interrupt.check()
-                    try:
-                        snap = self._process(conn, entry, snap)
-                    except RemoteFileError as exc:
-                        interrupt.check()
-                        self.summary.failed[entry.name] = str(exc)
-                        logger.bind(file=entry.name).error("{}: {}", entry.name, exc)
-                        if self.s.select_mode != "all":
-                            break
+                fetch_due(conn, self.s, plan.due, self.summary.tallies, self.summary.failed, self._recorded)
             except BaseException:
                 # Whatever stopped the run, what is already published gets recorded.
                 with contextlib.suppress(JobError):
-                    self._commit(snap)
+                    self._commit(self._snap)
                 raise
-            self._commit(snap)
+            self._commit(self._snap)
         finally:
             failing = sys.exc_info()[1] is not None
             conn.close()
@@ -244,44 +235,15 @@ class Job:
         due = tuple(e for e in plan.due if e.name not in self.summary.failed)
         return Plan(due, plan.skipped, plan.unmatched, plan.skipped_by_reason)
 
-    # -- one file -----------------------------------------------------------
+    # -- one file ---------------------------------------------------------
 
-    def _process(self, conn: Connection, entry: RemoteEntry, snap: _Snapshot) -> _Snapshot:
-        tally = self.summary.tallies.setdefault(entry.name, FileTally(entry.name))
-        log = logger.bind(file=entry.name)
-        log.info("{}: downloading {} bytes", entry.name, "an unknown number of" if entry.size is None else entry.size)
-        result = download(conn, self.s, entry, tally)
-        log.bind(sha256=result.sha256, size=result.size).info(
-            "{}: verified {} bytes, sha256 {}", entry.name, result.size, result.sha256
-        )
-        method = publish(
-            self.s.local_dir / entry.name,
-            self.s.server_dir,
-            result.size,
-            result.mtime,
-            result.sha256,
-            self.s.publish_method,
-        )
-        if method is None:
-            log.info("{}: already identical in SERVER_DIR", entry.name)
-        else:
-            log.bind(method=method).info("{}: published to SERVER_DIR ({})", entry.name, method)
-        seconds = time.monotonic() - tally.started
-        done = LedgerEntry(
-            name=entry.name,
-            size=result.size,
-            mtime=result.mtime,
-            sha256=result.sha256,
-            bytes_transferred=tally.received,
-            seconds=round(seconds, 3),
-            completed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        )
+    def _recorded(self, done: LedgerEntry, result: TransferResult) -> None:
+        """A file verified and published (in any order): recorded at the next group commit."""
         self._uncommitted.append(done)
-        self.summary.recorded[entry.name] = done
+        self.summary.recorded[done.name] = done
         self.summary.fetched.append(result)
         if time.monotonic() - self._last_commit >= GROUP_COMMIT_SECONDS:
-            snap = self._commit(snap)
-        return snap
+            self._snap = self._commit(self._snap)
 
     def _commit(self, snap: _Snapshot) -> _Snapshot:
         """Record the files published since the last commit, in the order durability needs:

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 import paramiko
 from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
 from paramiko.sftp import (
+    CMD_ATTRS,
     CMD_CLOSE,
     CMD_DATA,
     CMD_EXTENDED,
@@ -36,6 +37,7 @@ from paramiko.sftp import (
     CMD_OPENDIR,
     CMD_READ,
     CMD_READDIR,
+    CMD_STAT,
     CMD_STATUS,
     SFTP_EOF,
     SFTP_FLAG_READ,
@@ -459,3 +461,51 @@ class ReadLimit:
 
 # Below this a read limit is not believed (see ReadLimit).
 MIN_READ = 4096
+
+
+class Replies:
+    """A sink that keeps every reply routed to it, by request number, for a caller
+    that has requests of several kinds and files in flight (app/catchup.py)."""
+
+    def __init__(self) -> None:
+        self.got: dict[int, tuple[int, paramiko.Message]] = {}
+
+    def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
+        self.got[num] = (t, msg)
+
+
+def request_open(sftp: paramiko.SFTPClient, sink: Replies, path: str) -> int:
+    return int(sftp._async_request(sink, CMD_OPEN, path, int(SFTP_FLAG_READ), paramiko.SFTPAttributes()))
+
+
+def request_read(sftp: paramiko.SFTPClient, sink: Replies, handle: bytes, offset: int, length: int) -> int:
+    return int(sftp._async_request(sink, CMD_READ, handle, int64(offset), int(length)))
+
+
+def request_stat(sftp: paramiko.SFTPClient, sink: Replies, path: str) -> int:
+    return int(sftp._async_request(sink, CMD_STAT, path))
+
+
+def receive(sftp: paramiko.SFTPClient) -> None:
+    """Wait for the next reply and route it to its sink."""
+    sftp._read_response()
+
+
+def reply_status(t: int, msg: paramiko.Message) -> tuple[int, str] | None:
+    """(code, text) of a STATUS reply; None for any other reply."""
+    if t != CMD_STATUS:
+        return None
+    code = msg.get_int()
+    return code, msg.get_string().decode("utf-8", "replace") or f"status {code}"
+
+
+def reply_handle(t: int, msg: paramiko.Message) -> bytes | None:
+    return msg.get_string() if t == CMD_HANDLE else None
+
+
+def reply_data(t: int, msg: paramiko.Message) -> bytes | None:
+    return msg.get_string() if t == CMD_DATA else None
+
+
+def reply_attrs(t: int, msg: paramiko.Message) -> paramiko.SFTPAttributes | None:
+    return paramiko.SFTPAttributes._from_msg(msg) if t == CMD_ATTRS else None

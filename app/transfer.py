@@ -258,7 +258,7 @@ def _prefix_matches(
         remote_errors(f"verify resume point of {entry.name!r}", conn=conn),
         open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle,
     ):
-        size, probe = _request_size(conn, settings)
+        size, probe = request_size(conn, settings)
         theirs = read_ranges(conn.sftp, handle, ranges, size, settings.pipeline_depth, probe=probe)
     try:
         with open(paths.part, "rb") as fh:
@@ -267,7 +267,7 @@ def _prefix_matches(
         raise storage_error("read", paths.part, exc) from None
 
 
-def _request_size(conn: Connection, settings: Settings) -> tuple[int, bool]:
+def request_size(conn: Connection, settings: Settings) -> tuple[int, bool]:
     """CHUNK_SIZE, lowered to the server's announced read limit; and whether the
     reader still has to discover the limit itself."""
     limit = conn.read_limit.get()
@@ -300,12 +300,8 @@ def download(conn: Connection, settings: Settings, entry: RemoteEntry, tally: Fi
         # Too small to be worth resuming, or without the size and mtime that tie a
         # partial to one version of the file: no partial, no metadata, just a hidden
         # temp file (removed at start-up if a run dies) renamed when complete.
-        _discard_partial(paths)
         offset, digest = 0, hashlib.sha256()
-        try:
-            target, fd = create_temp(paths.final)
-        except OSError as exc:
-            raise storage_error("create a temp file for", paths.final, exc) from None
+        target, fd = start_whole(paths)
     else:
         target = paths.part
         offset = _resume_offset(conn, settings, entry, paths, entry.size, entry.mtime)
@@ -331,6 +327,30 @@ def download(conn: Connection, settings: Settings, entry: RemoteEntry, tally: Fi
     finally:
         os.close(fd)
 
+    return finish(paths, target, entry, received, digest, tally, offset, started, received_before)
+
+
+def start_whole(paths: Paths) -> tuple[Path, int]:
+    """A hidden temp file for a file fetched whole (no partial, no metadata), and its descriptor."""
+    _discard_partial(paths)
+    try:
+        return create_temp(paths.final)
+    except OSError as exc:
+        raise storage_error("create a temp file for", paths.final, exc) from None
+
+
+def finish(
+    paths: Paths,
+    target: Path,
+    entry: RemoteEntry,
+    received: int,
+    digest: hashlib._Hash,
+    tally: FileTally,
+    offset: int,
+    started: float,
+    received_before: int,
+) -> TransferResult:
+    """Give a received, re-checked and fsynced ``target`` its final name in LOCAL_DIR."""
     try:
         if target.stat().st_size != received:
             raise RemoteFileError(f"{entry.name}: {target} does not hold the {received} bytes received")
@@ -384,7 +404,7 @@ def _fill(
             remote_errors(f"download {entry.name!r}", conn=conn),
             open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle,
         ):
-            size, probe = _request_size(conn, settings)
+            size, probe = request_size(conn, settings)
             for chunk in read_range(
                 conn.sftp, handle, offset, entry.size, size, settings.pipeline_depth, check_end=True, probe=probe
             ):
@@ -424,15 +444,24 @@ def _check_unchanged(conn: Connection, settings: Settings, entry: RemoteEntry, r
         after = stat_entry(conn, settings, entry.name)
         if after.size is None:
             with open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle:
-                size, _ = _request_size(conn, settings)
+                size, _ = request_size(conn, settings)
                 # One reply tells: data (it grew) or end-of-file; a grown file is not read on.
                 extra = next(read_range(conn.sftp, handle, received, None, size, 1), b"")
             grown: int | None = received + len(extra)
         else:
             grown = after.size
-    mtime_changed = None not in (entry.mtime, after.mtime) and after.mtime != entry.mtime
-    if grown != received or mtime_changed:
-        raise RemoteFileError(
+    reason = changed_reason(entry, received, grown, after.mtime)
+    if reason is not None:
+        raise RemoteFileError(reason)
+
+
+def changed_reason(entry: RemoteEntry, received: int, size_after: int | None, mtime_after: int | None) -> str | None:
+    """Why a file whose second stat says ``size_after``/``mtime_after`` must not be
+    recorded after ``received`` bytes of it were read; None if it is unchanged."""
+    mtime_changed = None not in (entry.mtime, mtime_after) and mtime_after != entry.mtime
+    if size_after != received or mtime_changed:
+        return (
             f"remote file {entry.name!r} changed during the download"
-            f" (size {received} -> {grown}, mtime {entry.mtime} -> {after.mtime}); not recording it"
+            f" (size {received} -> {size_after}, mtime {entry.mtime} -> {mtime_after}); not recording it"
         )
+    return None

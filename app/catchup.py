@@ -1,0 +1,407 @@
+"""Catching up: the due files of one run, small ones several at once over the one connection.
+
+After an outage the backlog is many small files, and one after another each pays
+its own round trips (open, read, re-stat). paramiko's SFTPClient has one reader;
+``read_range`` already keeps many reads of one file in flight. Here one loop does
+that across files: each small file is a small state machine
+
+    OPEN sent -> handle -> READs (and one byte past the end) in flight -> end confirmed
+    -> CLOSE and STAT sent together -> STAT compared -> fsync, rename -> published
+
+and the loop waits for the next reply, whatever file it concerns, and hands it
+to its file by request number. Up to CONCURRENT_FILES files are in flight within
+one budget of bytes, so memory stays bounded however many are open.
+
+Files that need resume state (larger than WHOLE_FILE_MAX, or listed without a
+size or mtime) and files already complete in LOCAL_DIR go through
+``transfer.download`` one at a time, in plan order, after the small ones before
+them are done: a large file's own pipeline already fills the link
+(bench/RESULTS.md), and its resume verification stays in one place.
+
+Files may complete in any order; each is published and handed to ``record`` as
+it completes, and the job moves LAST_FILE_RECORD only over consecutive ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import hashlib
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loguru import logger
+from paramiko import Message
+from paramiko.sftp import SFTP_EOF, SFTP_NO_SUCH_FILE, SFTP_PERMISSION_DENIED
+
+from app import interrupt
+from app.config import Settings
+from app.errors import RemoteFileError
+from app.fsutil import storage_error, write_all
+from app.pipeline import (
+    MAX_AHEAD,
+    Replies,
+    close_later,
+    receive,
+    reply_attrs,
+    reply_data,
+    reply_handle,
+    reply_status,
+    request_open,
+    request_read,
+    request_stat,
+)
+from app.progress import Progress
+from app.publish import publish
+from app.remote import Connection, remote_errors, remote_path
+from app.selection import RemoteEntry
+from app.state import LedgerEntry
+from app.tally import FileTally
+from app.transfer import (
+    WHOLE_FILE_MAX,
+    Paths,
+    TransferResult,
+    changed_reason,
+    complete_local,
+    download,
+    finish,
+    request_size,
+    start_whole,
+)
+
+Record = Callable[[LedgerEntry, TransferResult], None]
+
+# Status codes that concern the file itself; any other refusal of a second open
+# is taken for a server that allows one open file per session.
+_FILE_STATUSES = {SFTP_NO_SUCH_FILE: errno.ENOENT, SFTP_PERMISSION_DENIED: errno.EACCES}
+
+
+def fetch_due(
+    conn: Connection,
+    settings: Settings,
+    due: Sequence[RemoteEntry],
+    tallies: dict[str, FileTally],
+    failed: dict[str, str],
+    record: Record,
+) -> None:
+    """Fetch, verify and publish every file of ``due``, handing each completed one to
+    ``record``. A file that fails alone is named in ``failed``; outside
+    SELECT_MODE=all the first failure ends the batch."""
+    keep_going = settings.select_mode == "all"
+    scheduler = _Scheduler(conn, settings, tallies, failed, record)
+    small: list[RemoteEntry] = []
+    for entry in due:
+        interrupt.check()
+        paths = Paths.for_name(settings.local_dir, entry.name)
+        if _fetched_whole(entry) and not complete_local(paths, entry):
+            small.append(entry)
+            continue
+        if small and not scheduler.run(small, keep_going):
+            return
+        small = []
+        tally = tallies.setdefault(entry.name, FileTally(entry.name))
+        _announce(entry)
+        try:
+            result = download(conn, settings, entry, tally)
+            record(*deliver(settings, entry, result, tally))
+        except RemoteFileError as exc:
+            if not _failed(failed, entry, exc) or not keep_going:
+                return
+    if small:
+        scheduler.run(small, keep_going)
+
+
+def _fetched_whole(entry: RemoteEntry) -> bool:
+    """Small enough to fetch whole (transfer.download keeps no resume state for it)."""
+    return entry.size is not None and entry.mtime is not None and entry.size <= WHOLE_FILE_MAX
+
+
+def _announce(entry: RemoteEntry) -> None:
+    size = "an unknown number of" if entry.size is None else entry.size
+    logger.bind(file=entry.name).info("{}: downloading {} bytes", entry.name, size)
+
+
+def _failed(failed: dict[str, str], entry: RemoteEntry, exc: RemoteFileError) -> bool:
+    # A stop request can surface as a file's failure: report it as what it is.
+    interrupt.check()
+    failed[entry.name] = str(exc)
+    logger.bind(file=entry.name).error("{}: {}", entry.name, exc)
+    return True
+
+
+def deliver(
+    settings: Settings, entry: RemoteEntry, result: TransferResult, tally: FileTally
+) -> tuple[LedgerEntry, TransferResult]:
+    """Publish a verified download to SERVER_DIR; its ledger line, not yet committed."""
+    log = logger.bind(file=entry.name)
+    log.bind(sha256=result.sha256, size=result.size).info(
+        "{}: verified {} bytes, sha256 {}", entry.name, result.size, result.sha256
+    )
+    method = publish(
+        settings.local_dir / entry.name,
+        settings.server_dir,
+        result.size,
+        result.mtime,
+        result.sha256,
+        settings.publish_method,
+    )
+    if method is None:
+        log.info("{}: already identical in SERVER_DIR", entry.name)
+    else:
+        log.bind(method=method).info("{}: published to SERVER_DIR ({})", entry.name, method)
+    done = LedgerEntry(
+        name=entry.name,
+        size=result.size,
+        mtime=result.mtime,
+        sha256=result.sha256,
+        bytes_transferred=tally.received,
+        seconds=round(time.monotonic() - tally.started, 3),
+        completed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+    return done, result
+
+
+@dataclass(eq=False)
+class _Small:
+    """One small file in flight: a whole-file temp in LOCAL_DIR and its SFTP requests."""
+
+    entry: RemoteEntry
+    size: int
+    paths: Paths
+    target: Path
+    fd: int
+    tally: FileTally
+    started: float = field(default_factory=time.monotonic)
+    received_before: int = 0
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+    handle: bytes | None = None
+    position: int = 0  # bytes written, in file order
+    ready: dict[int, bytes] = field(default_factory=dict)  # replies ahead of ``position``
+    reads: int = 0  # READs in flight
+    end_confirmed: bool = False
+
+
+class _RefusedError(Exception):
+    """The server refused an open while other files were open."""
+
+
+class _Scheduler:
+    def __init__(
+        self,
+        conn: Connection,
+        settings: Settings,
+        tallies: dict[str, FileTally],
+        failed: dict[str, str],
+        record: Record,
+    ) -> None:
+        self.conn = conn
+        self.sftp = conn.sftp
+        self.s = settings
+        self.tallies = tallies
+        self.failed = failed
+        self.record = record
+        self.limit = settings.concurrent_files
+        self.sink = Replies()
+        # Request number -> (file, kind, offset, length); kind is open, read, end or stat.
+        self.pending: dict[int, tuple[_Small, str, int, int]] = {}
+        self.active: list[_Small] = []
+        self.size = settings.chunk_size
+        self.probing = True
+
+    def run(self, entries: Sequence[RemoteEntry], keep_going: bool) -> bool:
+        """Fetch ``entries`` (all small); False if a failure ends the batch."""
+        self.queue = deque(entries)
+        self.keep_going = keep_going
+        self.size, self.probing = request_size(self.conn, self.s)
+        # The memory bound: bytes of admitted, unfinished files (each is fetched whole).
+        budget = min(self.s.pipeline_depth * self.size, MAX_AHEAD)
+        self.count, self.done_files, self.done_bytes = len(entries), 0, 0
+        self.progress = Progress(f"0/{self.count} files", sum(e.size or 0 for e in entries), 0)
+        try:
+            with remote_errors(f"fetch {self.count} file(s)"):
+                while self.queue or self.active:
+                    interrupt.check()
+                    held = sum(f.size for f in self.active)
+                    while self.queue and len(self.active) < self.limit:
+                        if self.active and held + (self.queue[0].size or 0) > budget:
+                            break
+                        held += self._start(self.queue.popleft())
+                    receive(self.sftp)
+                    for num in list(self.sink.got):
+                        if not self._dispatch(num):
+                            return False
+        finally:
+            for f in list(self.active):
+                self._drop(f)
+        self.progress.finish()
+        return True
+
+    def _dispatch(self, num: int) -> bool:
+        """Hand one reply to its file; False if a failure ends the batch."""
+        t, msg = self.sink.got.pop(num)
+        f, kind, offset, length = self.pending.pop(num)
+        if f not in self.active:
+            return True  # a late reply for a file that already failed
+        before = f.position
+        try:
+            result = self._step(f, kind, offset, length, t, msg)
+        except _RefusedError:
+            self._drop(f)
+            self.queue.appendleft(f.entry)
+            return True
+        except RemoteFileError as exc:
+            self._drop(f)
+            _failed(self.failed, f.entry, exc)
+            return self.keep_going
+        self.done_bytes += f.position - before
+        if result is not None:
+            self.done_files += 1
+            self.progress.name = f"{self.done_files}/{self.count} files"
+        self.progress.update(self.done_bytes)
+        return True
+
+    def _start(self, entry: RemoteEntry) -> int:
+        assert entry.size is not None  # _fetched_whole
+        _announce(entry)
+        tally = self.tallies.setdefault(entry.name, FileTally(entry.name))
+        tally.size = entry.size
+        paths = Paths.for_name(self.s.local_dir, entry.name)
+        target, fd = start_whole(paths)
+        f = _Small(entry, entry.size, paths, target, fd, tally, received_before=tally.received)
+        self.active.append(f)
+        self._send(f, "open", 0, 0)
+        return f.size
+
+    def _send(self, f: _Small, kind: str, offset: int, length: int) -> None:
+        path = remote_path(self.s, f.entry.name)
+        if kind == "open":
+            num = request_open(self.sftp, self.sink, path)
+        elif kind == "stat":
+            num = request_stat(self.sftp, self.sink, path)
+        else:
+            assert f.handle is not None
+            num = request_read(self.sftp, self.sink, f.handle, offset, length)
+            f.reads += 1
+        self.pending[num] = (f, kind, offset, length)
+
+    def _step(self, f: _Small, kind: str, offset: int, length: int, t: int, msg: Message) -> TransferResult | None:
+        """Advance ``f`` by one reply; its result once it is complete and published."""
+        status = reply_status(t, msg)
+        name = f.entry.name
+        if kind == "open":
+            handle = reply_handle(t, msg)
+            if handle is None:
+                self._refused_open(f, status)
+                raise RemoteFileError(f"download {name!r}: server did not open it")
+            f.handle = handle
+            f.tally.resume_offsets.append(0)
+            for start in range(0, f.size, self.size):
+                self._send(f, "read", start, min(self.size, f.size - start))
+            # One byte past the listed end must come back as end-of-file, or the
+            # file is longer than listed; sent with the reads, it costs no round trip.
+            self._send(f, "end", f.size, 1)
+            return None
+        if kind == "stat":
+            attrs = reply_attrs(t, msg)
+            if attrs is None:
+                raise RemoteFileError(f"re-check remote file {name!r}: {status[1] if status else 'no attributes'}")
+            mtime = None if attrs.st_mtime is None else int(attrs.st_mtime)
+            reason = changed_reason(f.entry, f.position, attrs.st_size, mtime)
+            if reason is not None:
+                raise RemoteFileError(reason)
+            return self._complete(f)
+        f.reads -= 1
+        data = reply_data(t, msg)
+        if kind == "end":
+            if data:
+                raise RemoteFileError(f"the file is longer than its listed size of {f.size} bytes")
+            if status is None or status[0] != SFTP_EOF:
+                raise RemoteFileError(f"server refused a read: {status[1] if status else 'unexpected reply'}")
+            f.end_confirmed = True
+        elif data is None:
+            if status is not None and status[0] == SFTP_EOF:
+                raise RemoteFileError(f"file ended at byte {offset}, before its listed size of {f.size}")
+            raise RemoteFileError(f"server refused a read: {status[1] if status else 'unexpected reply'}")
+        else:
+            self._take(f, offset, length, data)
+        if f.position == f.size and f.end_confirmed and not f.reads and f.handle is not None:
+            # The close needs no reply; the second stat goes with it.
+            close_later(self.sftp, f.handle)
+            f.handle = None
+            self._send(f, "stat", 0, 0)
+        return None
+
+    def _refused_open(self, f: _Small, status: tuple[int, str] | None) -> None:
+        code, text = status if status is not None else (-1, "unexpected reply")
+        if code in _FILE_STATUSES:
+            raise RemoteFileError(f"download {f.entry.name!r}: {os.strerror(_FILE_STATUSES[code])}")
+        if len(self.active) > 1 and self.limit > 1:
+            self.limit = 1
+            logger.bind(file=f.entry.name).warning(
+                "the server refused to open {} while other files were open ({}); fetching one file at a time"
+                " for the rest of this run",
+                f.entry.name,
+                text,
+            )
+            raise _RefusedError()
+        raise RemoteFileError(f"download {f.entry.name!r}: {text}")
+
+    def _take(self, f: _Small, offset: int, length: int, data: bytes) -> None:
+        """Keep one read's reply and write what is now contiguous, in file order."""
+        if len(data) > length:
+            raise RemoteFileError(f"server sent {len(data)} bytes for a read of {length}")
+        if self.probing and data:
+            # The first reply tells the server's read limit (see pipeline.read_range).
+            self.size, self.probing = min(self.size, len(data)), False
+        rest = offset + len(data)
+        while rest < offset + length:
+            # A short reply (a server read limit): ask for the rest in pieces it serves whole.
+            piece = min(len(data), offset + length - rest)
+            self._send(f, "read", rest, piece)
+            rest += piece
+        f.ready[offset] = data
+        while f.position in f.ready:
+            chunk = f.ready.pop(f.position)
+            try:
+                write_all(f.fd, chunk)
+            except OSError as exc:
+                raise storage_error("write", f.target, exc) from None
+            f.digest.update(chunk)
+            f.position += len(chunk)
+            f.tally.received += len(chunk)
+
+    def _complete(self, f: _Small) -> TransferResult:
+        try:
+            os.fsync(f.fd)
+        except OSError as exc:
+            raise storage_error("write", f.target, exc) from None
+        os.close(f.fd)
+        f.fd = -1
+        self.active.remove(f)
+        try:
+            result = finish(f.paths, f.target, f.entry, f.position, f.digest, f.tally, 0, f.started, f.received_before)
+        except BaseException:
+            f.target.unlink(missing_ok=True)
+            raise
+        self.record(*deliver(self.s, f.entry, result, f.tally))
+        return result
+
+    def _drop(self, f: _Small) -> None:
+        """Forget a file that failed or was cut short: its temp goes, nothing is kept."""
+        if f in self.active:
+            self.active.remove(f)
+        if f.handle is not None:
+            # On a dead connection the close cannot go out; the run reports the connection.
+            with contextlib.suppress(Exception):
+                close_later(self.sftp, f.handle)
+            f.handle = None
+        if f.fd >= 0:
+            os.close(f.fd)
+            f.fd = -1
+        f.target.unlink(missing_ok=True)
+        f.tally.kept = 0
