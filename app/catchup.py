@@ -216,6 +216,7 @@ class _Scheduler:
     def run(self, entries: Sequence[RemoteEntry], keep_going: bool) -> bool:
         """Fetch ``entries`` (all small); False if a failure ends the batch."""
         self.queue = deque(entries)
+        self.place = {e.name: n for n, e in enumerate(entries)}
         self.keep_going = keep_going
         self.size, self.probing = request_size(self.conn, self.s)
         # The memory bound: bytes of admitted, unfinished files (each is fetched whole).
@@ -252,7 +253,8 @@ class _Scheduler:
             result = self._step(f, kind, offset, length, t, msg)
         except _RefusedError:
             self._drop(f)
-            self.queue.appendleft(f.entry)
+            # Back in its place in the plan, so files are still fetched oldest first.
+            self.queue = deque(sorted((f.entry, *self.queue), key=lambda e: self.place[e.name]))
             return True
         except RemoteFileError as exc:
             self._drop(f)
@@ -340,14 +342,16 @@ class _Scheduler:
         code, text = status if status is not None else (-1, "unexpected reply")
         if code in _FILE_STATUSES:
             raise RemoteFileError(f"download {f.entry.name!r}: {os.strerror(_FILE_STATUSES[code])}")
-        if len(self.active) > 1 and self.limit > 1:
-            self.limit = 1
-            logger.bind(file=f.entry.name).warning(
-                "the server refused to open {} while other files were open ({}); fetching one file at a time"
-                " for the rest of this run",
-                f.entry.name,
-                text,
-            )
+        if len(self.active) > 1:
+            # Opens already sent behind this one are refused too: they are tried again, quietly.
+            if self.limit > 1:
+                self.limit = 1
+                logger.bind(file=f.entry.name).warning(
+                    "the server refused to open {} while other files were open ({}); fetching one file at a"
+                    " time for the rest of this run",
+                    f.entry.name,
+                    text,
+                )
             raise _RefusedError()
         raise RemoteFileError(f"download {f.entry.name!r}: {text}")
 
