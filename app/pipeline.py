@@ -281,23 +281,34 @@ def _read(
         stop = head_end if head_end is not None else eof
         return stop is not None and position >= stop
 
+    cut: BaseException | None = None  # the connection failed: what it delivered is still yielded
     while to_yield or not end_confirmed:
         window = 1 if probing else depth
         ahead = min(depth * size, MAX_AHEAD)
-        while to_send and len(inflight) < window and outstanding < ahead:
-            next_offset, range_end = to_send[0]
-            stop = range_end if range_end is not None else eof
-            if stop is not None and next_offset >= stop:
-                to_send.popleft()
-                continue
-            length = size if stop is None else min(size, stop - next_offset)
-            send(next_offset, length)
-            to_send[0] = (next_offset + length, range_end)
-        if check_end and end_probe is None and not to_send and last_end is not None:
-            end_probe = send(last_end, 1)
+        try:
+            while to_send and len(inflight) < window and outstanding < ahead:
+                next_offset, range_end = to_send[0]
+                stop = range_end if range_end is not None else eof
+                if stop is not None and next_offset >= stop:
+                    to_send.popleft()
+                    continue
+                length = size if stop is None else min(size, stop - next_offset)
+                send(next_offset, length)
+                to_send[0] = (next_offset + length, range_end)
+            if check_end and end_probe is None and not to_send and last_end is not None:
+                end_probe = send(last_end, 1)
 
-        if inflight:
-            sftp._read_response()
+            if inflight:
+                sftp._read_response()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            # A dead channel fails the next send while up to a window of replies
+            # sits received in its buffer: route the complete ones, so that every
+            # in-order byte that arrived is written before the error goes up. Not
+            # after a timeout, which may have left half a packet read.
+            cut = exc
+            if not isinstance(exc, TimeoutError):
+                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                    route_received(sftp)
         if sink.error is not None:
             raise RemoteFileError(f"server refused a read: {sink.error}")
         if end_probe is not None and end_probe in sink.data:
@@ -318,7 +329,7 @@ def _read(
                 continue
             if len(data) > length:
                 raise RemoteFileError(f"server sent {len(data)} bytes for a read of {length}")
-            if len(data) < length:
+            if len(data) < length and cut is None:
                 if probing:
                     size = len(data)
                 # Ask for the rest at once, in pieces the server serves whole, so the
@@ -344,6 +355,8 @@ def _read(
             outstanding -= len(chunk)
             yield position, chunk
             position += len(chunk)
+        if cut is not None:
+            raise cut
 
 
 # READDIR requests kept in flight while listing; each reply carries a batch of names.

@@ -170,3 +170,16 @@ def test_kill_9_campaign_with_concurrent_files_never_loses_or_duplicates_a_file(
     assert clean_state(server) == [], f"seed {seed}: stray files {clean_state(server)}"
     total = sum(len(d) for d in files.values())
     assert relay.bytes_down <= total + kills * (VERIFY_WINDOW + 4 * MiB), f"seed {seed}: too much re-fetched"
+
+
+def test_cut_on_loopback_wastes_at_most_the_verification_window_and_a_mib(server: Server, relay: Relay) -> None:
+    data = os.urandom(40 * MiB)
+    server.put("20250428.IPI", data)
+    relay.set_fault(cut_after=30 * MiB)
+
+    result = run_job(server.env(port=relay.port), server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    assert file_sha256(server.served / "20250428.IPI") == sha256(data)
+    # Every reply that arrived before the cut is kept, up to the SSH window of them.
+    assert relay.bytes_down <= len(data) + VERIFY_WINDOW + MiB, relay.bytes_down - len(data)
