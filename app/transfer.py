@@ -70,6 +70,11 @@ HASH_BLOCK = 1024 * 1024
 # SAMPLE_BLOCK / slice. Only a server digest of the prefix (issue 11) sees all.
 SAMPLE_BLOCK = 16 * 1024
 SAMPLE_STRATA = 16
+# A partial this run wrote itself, unchanged on disk since (the tally knows), from a
+# remote file whose size and mtime still match: its prefix was read from the server
+# minutes ago, so reconnecting only re-reads this much before the resume point, to
+# catch a rewrite there; the full sample is for partials the run found.
+RECHECK_BYTES = SAMPLE_BLOCK
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,7 @@ def _start_partial(paths: Paths, entry: RemoteEntry) -> None:
 
 
 def _resume_offset(
-    conn: Connection, settings: Settings, entry: RemoteEntry, paths: Paths, size: int, mtime: int
+    conn: Connection, settings: Settings, entry: RemoteEntry, paths: Paths, size: int, mtime: int, tally: FileTally
 ) -> int:
     """How much of the partial can be kept; 0 after discarding it."""
     meta = read_partial_meta(paths)
@@ -219,7 +224,8 @@ def _resume_offset(
         log.warning("{}: partial is larger than the remote file; starting again", entry.name)
         _start_partial(paths, entry)
         return 0
-    if have and not _prefix_matches(conn, settings, entry, paths, have):
+    ours = tally.digest_of_prefix(paths.part, have) is not None
+    if have and not _prefix_matches(conn, settings, entry, paths, have, recheck=ours):
         log.warning("{}: the remote bytes before the resume point differ from ours; starting again", entry.name)
         _start_partial(paths, entry)
         return 0
@@ -246,14 +252,25 @@ def sample_ranges(have: int, window: int, rng: random.Random) -> list[tuple[int,
 
 
 def _prefix_matches(
-    conn: Connection, settings: Settings, entry: RemoteEntry, paths: Paths, have: int, rng: random.Random | None = None
+    conn: Connection,
+    settings: Settings,
+    entry: RemoteEntry,
+    paths: Paths,
+    have: int,
+    rng: random.Random | None = None,
+    *,
+    recheck: bool = False,
 ) -> bool:
-    """Compare a sample of the kept prefix with the server's bytes (sample_ranges).
+    """Compare a sample of the kept prefix with the server's bytes (sample_ranges;
+    with ``recheck``, only the last RECHECK_BYTES).
 
     Catches a file rewritten in place with the same size and mtime, which the
     metadata check alone cannot see, and a damaged partial.
     """
-    ranges = sample_ranges(have, settings.resume_verify_bytes, rng or secrets.SystemRandom())
+    if recheck:
+        ranges = [(max(0, have - RECHECK_BYTES), have)]
+    else:
+        ranges = sample_ranges(have, settings.resume_verify_bytes, rng or secrets.SystemRandom())
     with (
         remote_errors(f"verify resume point of {entry.name!r}", conn=conn),
         open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle,
@@ -304,7 +321,7 @@ def download(conn: Connection, settings: Settings, entry: RemoteEntry, tally: Fi
         target, fd = start_whole(paths)
     else:
         target = paths.part
-        offset = _resume_offset(conn, settings, entry, paths, entry.size, entry.mtime)
+        offset = _resume_offset(conn, settings, entry, paths, entry.size, entry.mtime, tally)
         if offset:
             log.info("{}: resuming at byte {} of {}", entry.name, offset, entry.size)
         try:

@@ -183,3 +183,17 @@ def test_cut_on_loopback_wastes_at_most_the_verification_window_and_a_mib(server
     assert file_sha256(server.served / "20250428.IPI") == sha256(data)
     # Every reply that arrived before the cut is kept, up to the SSH window of them.
     assert relay.bytes_down <= len(data) + VERIFY_WINDOW + MiB, relay.bytes_down - len(data)
+
+
+def test_reconnecting_within_a_run_rechecks_a_small_window_of_its_own_partial(server: Server, relay: Relay) -> None:
+    data = os.urandom(16 * MiB)
+    server.put("20250428.IPI", data)
+    relay.set_fault(cut_after=4 * MiB, connections=3)
+
+    result = run_job(server.env(port=relay.port, RESUME_VERIFY_BYTES=2 * MiB), server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    assert result.stderr.count("resuming at byte") == 3
+    assert file_sha256(server.served / "20250428.IPI") == sha256(data)
+    # Not the 2 MiB window and the sample again on each of the 3 reconnects.
+    assert relay.bytes_down <= len(data) + 3 * 256 * 1024, relay.bytes_down - len(data)
