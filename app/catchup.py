@@ -32,6 +32,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,24 +224,55 @@ class _Scheduler:
         budget = min(self.s.pipeline_depth * self.size, MAX_AHEAD)
         self.count, self.done_files, self.done_bytes = len(entries), 0, 0
         self.progress = Progress(f"0/{self.count} files", sum(e.size or 0 for e in entries), 0)
+        self.finishing: dict[Future[tuple[LedgerEntry, TransferResult]], _Small] = {}
         try:
-            with remote_errors(f"fetch {self.count} file(s)"):
-                while self.queue or self.active:
-                    interrupt.check()
-                    held = sum(f.size for f in self.active)
-                    while self.queue and len(self.active) < self.limit:
-                        if self.active and held + (self.queue[0].size or 0) > budget:
-                            break
-                        held += self._start(self.queue.popleft())
-                    receive(self.sftp)
-                    for num in list(self.sink.got):
-                        if not self._dispatch(num):
+            with (
+                ThreadPoolExecutor(max_workers=self.limit, thread_name_prefix="finish") as self.pool,
+                remote_errors(f"fetch {self.count} file(s)"),
+            ):
+                try:
+                    while self.queue or self.active or self.finishing:
+                        interrupt.check()
+                        held = sum(f.size for f in self.active)
+                        while self.queue and len(self.active) < self.limit:
+                            if self.active and held + (self.queue[0].size or 0) > budget:
+                                break
+                            held += self._start(self.queue.popleft())
+                        if self.active:
+                            receive(self.sftp)
+                        else:
+                            wait(self.finishing, interrupt.POLL_SECONDS, FIRST_COMPLETED)
+                        for num in list(self.sink.got):
+                            if not self._dispatch(num):
+                                return False
+                        if not self._collect(only_done=True):
                             return False
+                finally:
+                    # What is already published gets recorded, whatever stops the batch.
+                    with contextlib.suppress(BaseException):
+                        self._collect(only_done=False)
         finally:
             for f in list(self.active):
                 self._drop(f)
         self.progress.finish()
         return True
+
+    def _collect(self, *, only_done: bool) -> bool:
+        """Record the files whose finishing (fsync, rename, publish) is over; False if
+        a failure ends the batch."""
+        going = True
+        for future in [fu for fu in self.finishing if fu.done() or not only_done]:
+            f = self.finishing.pop(future)
+            try:
+                self.record(*future.result())
+            except RemoteFileError as exc:
+                _failed(self.failed, f.entry, exc)
+                going = going and self.keep_going
+                continue
+            self.done_files += 1
+            self.progress.name = f"{self.done_files}/{self.count} files"
+            self.progress.update(self.done_bytes)
+        return going
 
     def _dispatch(self, num: int) -> bool:
         """Hand one reply to its file; False if a failure ends the batch."""
@@ -250,7 +282,7 @@ class _Scheduler:
             return True  # a late reply for a file that already failed
         before = f.position
         try:
-            result = self._step(f, kind, offset, length, t, msg)
+            self._step(f, kind, offset, length, t, msg)
         except _RefusedError:
             self._drop(f)
             # Back in its place in the plan, so files are still fetched oldest first.
@@ -261,9 +293,6 @@ class _Scheduler:
             _failed(self.failed, f.entry, exc)
             return self.keep_going
         self.done_bytes += f.position - before
-        if result is not None:
-            self.done_files += 1
-            self.progress.name = f"{self.done_files}/{self.count} files"
         self.progress.update(self.done_bytes)
         return True
 
@@ -291,8 +320,8 @@ class _Scheduler:
             f.reads += 1
         self.pending[num] = (f, kind, offset, length)
 
-    def _step(self, f: _Small, kind: str, offset: int, length: int, t: int, msg: Message) -> TransferResult | None:
-        """Advance ``f`` by one reply; its result once it is complete and published."""
+    def _step(self, f: _Small, kind: str, offset: int, length: int, t: int, msg: Message) -> None:
+        """Advance ``f`` by one reply; once it is verified, hand it to the finishing threads."""
         status = reply_status(t, msg)
         name = f.entry.name
         if kind == "open":
@@ -307,7 +336,7 @@ class _Scheduler:
             # One byte past the listed end must come back as end-of-file, or the
             # file is longer than listed; sent with the reads, it costs no round trip.
             self._send(f, "end", f.size, 1)
-            return None
+            return
         if kind == "stat":
             attrs = reply_attrs(t, msg)
             if attrs is None:
@@ -316,7 +345,11 @@ class _Scheduler:
             reason = changed_reason(f.entry, f.position, attrs.st_size, mtime)
             if reason is not None:
                 raise RemoteFileError(reason)
-            return self._complete(f)
+            # The network part is done: fsync, rename and publish run beside the
+            # next files' transfers, so their fsyncs share journal commits.
+            self.active.remove(f)
+            self.finishing[self.pool.submit(self._complete, f)] = f
+            return
         f.reads -= 1
         data = reply_data(t, msg)
         if kind == "end":
@@ -336,7 +369,7 @@ class _Scheduler:
             close_later(self.sftp, f.handle)
             f.handle = None
             self._send(f, "stat", 0, 0)
-        return None
+        return
 
     def _refused_open(self, f: _Small, status: tuple[int, str] | None) -> None:
         code, text = status if status is not None else (-1, "unexpected reply")
@@ -379,21 +412,21 @@ class _Scheduler:
             f.position += len(chunk)
             f.tally.received += len(chunk)
 
-    def _complete(self, f: _Small) -> TransferResult:
+    def _complete(self, f: _Small) -> tuple[LedgerEntry, TransferResult]:
+        """In a helper thread: make the verified temp durable, rename and publish it."""
         try:
-            os.fsync(f.fd)
-        except OSError as exc:
-            raise storage_error("write", f.target, exc) from None
-        os.close(f.fd)
-        f.fd = -1
-        self.active.remove(f)
-        try:
+            try:
+                os.fsync(f.fd)
+            except OSError as exc:
+                raise storage_error("write", f.target, exc) from None
+            finally:
+                os.close(f.fd)
+                f.fd = -1
             result = finish(f.paths, f.target, f.entry, f.position, f.digest, f.tally, 0, f.started, f.received_before)
         except BaseException:
             f.target.unlink(missing_ok=True)
             raise
-        self.record(*deliver(self.s, f.entry, result, f.tally))
-        return result
+        return deliver(self.s, f.entry, result, f.tally)
 
     def _drop(self, f: _Small) -> None:
         """Forget a file that failed or was cut short: its temp goes, nothing is kept."""

@@ -55,7 +55,7 @@ def test_small_files_are_in_flight_together_and_all_are_recorded_once(server: Se
     lines = server.log.read_text().splitlines()
     first_done = next(n for n, line in enumerate(lines) if "20250101.IPI: published" in line)
     started_before = [line for line in lines[:first_done] if ": downloading" in line]
-    assert len(started_before) == 8, "eight files were open before the first was done"
+    assert len(started_before) >= 8, "at least eight files were under way before the first was done"
     assert sorted(published(server)) == sorted(files)
     assert_all_served_once(server, files)
     assert server.record.read_text().strip() == "20250120.IPI"
