@@ -34,7 +34,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from loguru import logger
 from paramiko import Message
@@ -169,19 +168,17 @@ def deliver(
 
 @dataclass(eq=False)
 class _Small:
-    """One small file in flight: a whole-file temp in LOCAL_DIR and its SFTP requests."""
+    """One small file in flight: its SFTP requests and its bytes, held in memory until
+    it is verified (within the scheduler's budget) and then written in one go."""
 
     entry: RemoteEntry
     size: int
-    paths: Paths
-    target: Path
-    fd: int
     tally: FileTally
     started: float = field(default_factory=time.monotonic)
     received_before: int = 0
-    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+    chunks: list[bytes] = field(default_factory=list)  # in file order
     handle: bytes | None = None
-    position: int = 0  # bytes written, in file order
+    position: int = 0  # bytes in ``chunks``
     ready: dict[int, bytes] = field(default_factory=dict)  # replies ahead of ``position``
     reads: int = 0  # READs in flight
     end_confirmed: bool = False
@@ -233,7 +230,7 @@ class _Scheduler:
                 try:
                     while self.queue or self.active or self.finishing:
                         interrupt.check()
-                        held = sum(f.size for f in self.active)
+                        held = sum(f.size for f in (*self.active, *self.finishing.values()))
                         while self.queue and len(self.active) < self.limit:
                             if self.active and held + (self.queue[0].size or 0) > budget:
                                 break
@@ -301,9 +298,7 @@ class _Scheduler:
         _announce(entry)
         tally = self.tallies.setdefault(entry.name, FileTally(entry.name))
         tally.size = entry.size
-        paths = Paths.for_name(self.s.local_dir, entry.name)
-        target, fd = start_whole(paths)
-        f = _Small(entry, entry.size, paths, target, fd, tally, received_before=tally.received)
+        f = _Small(entry, entry.size, tally, received_before=tally.received)
         self.active.append(f)
         self._send(f, "open", 0, 0)
         return f.size
@@ -345,8 +340,7 @@ class _Scheduler:
             reason = changed_reason(f.entry, f.position, attrs.st_size, mtime)
             if reason is not None:
                 raise RemoteFileError(reason)
-            # The network part is done: fsync, rename and publish run beside the
-            # next files' transfers, so their fsyncs share journal commits.
+            # The network part is done: the rest runs beside the next files' transfers.
             self.active.remove(f)
             self.finishing[self.pool.submit(self._complete, f)] = f
             return
@@ -404,27 +398,31 @@ class _Scheduler:
         f.ready[offset] = data
         while f.position in f.ready:
             chunk = f.ready.pop(f.position)
-            try:
-                write_all(f.fd, chunk)
-            except OSError as exc:
-                raise storage_error("write", f.target, exc) from None
-            f.digest.update(chunk)
+            f.chunks.append(chunk)
             f.position += len(chunk)
             f.tally.received += len(chunk)
 
     def _complete(self, f: _Small) -> tuple[LedgerEntry, TransferResult]:
-        """In a helper thread: make the verified temp durable, rename and publish it."""
+        """In a helper thread, so that local file system work never holds up the
+        transfers: write the verified bytes to a temp file, make it durable,
+        rename and publish it. Concurrent fsyncs share journal commits."""
+        paths = Paths.for_name(self.s.local_dir, f.entry.name)
+        target, fd = start_whole(paths)
+        digest = hashlib.sha256()
         try:
             try:
-                os.fsync(f.fd)
+                for chunk in f.chunks:
+                    write_all(fd, chunk)
+                    digest.update(chunk)
+                os.fsync(fd)
             except OSError as exc:
-                raise storage_error("write", f.target, exc) from None
+                raise storage_error("write", target, exc) from None
             finally:
-                os.close(f.fd)
-                f.fd = -1
-            result = finish(f.paths, f.target, f.entry, f.position, f.digest, f.tally, 0, f.started, f.received_before)
+                os.close(fd)
+            f.chunks.clear()
+            result = finish(paths, target, f.entry, f.position, digest, f.tally, 0, f.started, f.received_before)
         except BaseException:
-            f.target.unlink(missing_ok=True)
+            target.unlink(missing_ok=True)
             raise
         return deliver(self.s, f.entry, result, f.tally)
 
@@ -437,8 +435,5 @@ class _Scheduler:
             with contextlib.suppress(Exception):
                 close_later(self.sftp, f.handle)
             f.handle = None
-        if f.fd >= 0:
-            os.close(f.fd)
-            f.fd = -1
-        f.target.unlink(missing_ok=True)
+        f.chunks.clear()
         f.tally.kept = 0
