@@ -71,10 +71,19 @@ from app.transfer import (
     download,
     finish,
     request_size,
+    start_partial,
     start_whole,
 )
 
 Record = Callable[[LedgerEntry, TransferResult], None]
+
+# Files up to this size with no partial yet are fetched together with others; a
+# quarter of the default budget of bytes in flight (64 requests of OpenSSH's
+# 255 KiB), so that several are in flight at once. Above 1 MiB (WHOLE_FILE_MAX)
+# they are written to a partial as they arrive, so a cut keeps what came, and
+# the next attempt resumes through transfer.download. Larger files fill a link
+# with their own pipeline (bench/RESULTS.md).
+TOGETHER_MAX = 4 * 1024 * 1024
 
 # Status codes that concern the file itself; any other refusal of a second open
 # is taken for a server that allows one open file per session.
@@ -97,8 +106,7 @@ def fetch_due(
     small: list[RemoteEntry] = []
     for entry in due:
         interrupt.check()
-        paths = Paths.for_name(settings.local_dir, entry.name)
-        if _fetched_whole(entry) and not complete_local(paths, entry):
+        if _fetched_together(settings, entry):
             small.append(entry)
             continue
         if small and not scheduler.run(small, keep_going):
@@ -110,15 +118,25 @@ def fetch_due(
             result = download(conn, settings, entry, tally)
             record(*deliver(settings, entry, result, tally))
         except RemoteFileError as exc:
-            if not _failed(failed, entry, exc) or not keep_going:
+            _failed(failed, entry, exc)
+            if not keep_going:
                 return
     if small:
         scheduler.run(small, keep_going)
 
 
-def _fetched_whole(entry: RemoteEntry) -> bool:
-    """Small enough to fetch whole (transfer.download keeps no resume state for it)."""
-    return entry.size is not None and entry.mtime is not None and entry.size <= WHOLE_FILE_MAX
+def _fetched_together(settings: Settings, entry: RemoteEntry) -> bool:
+    """Small enough to fetch whole (transfer.download keeps no resume state for it),
+    and not already complete in LOCAL_DIR. A name refused here is refused, and
+    reported, by transfer.download."""
+    if entry.size is None or entry.mtime is None or entry.size > TOGETHER_MAX:
+        return False
+    try:
+        paths = Paths.for_name(settings.local_dir, entry.name)
+    except RemoteFileError:
+        return False
+    # A partial left by an earlier attempt is resumed (and verified) by transfer.download.
+    return not complete_local(paths, entry) and (entry.size <= WHOLE_FILE_MAX or not paths.part.exists())
 
 
 def _announce(entry: RemoteEntry) -> None:
@@ -126,12 +144,11 @@ def _announce(entry: RemoteEntry) -> None:
     logger.bind(file=entry.name).info("{}: downloading {} bytes", entry.name, size)
 
 
-def _failed(failed: dict[str, str], entry: RemoteEntry, exc: RemoteFileError) -> bool:
+def _failed(failed: dict[str, str], entry: RemoteEntry, exc: RemoteFileError) -> None:
     # A stop request can surface as a file's failure: report it as what it is.
     interrupt.check()
     failed[entry.name] = str(exc)
     logger.bind(file=entry.name).error("{}: {}", entry.name, exc)
-    return True
 
 
 def deliver(
@@ -168,12 +185,16 @@ def deliver(
 
 @dataclass(eq=False)
 class _Small:
-    """One small file in flight: its SFTP requests and its bytes, held in memory until
-    it is verified (within the scheduler's budget) and then written in one go."""
+    """One file in flight: its SFTP requests and its bytes. Up to WHOLE_FILE_MAX they
+    are held in memory until verified (within the scheduler's budget), then written
+    in one go; a larger file is written to its partial (``fd``) as they arrive."""
 
     entry: RemoteEntry
     size: int
     tally: FileTally
+    paths: Paths
+    fd: int = -1  # the partial, open for writing; -1 for a file held in memory
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)  # of a partial's bytes
     started: float = field(default_factory=time.monotonic)
     received_before: int = 0
     chunks: list[bytes] = field(default_factory=list)  # in file order
@@ -215,6 +236,9 @@ class _Scheduler:
         """Fetch ``entries`` (all small); False if a failure ends the batch."""
         self.queue = deque(entries)
         self.place = {e.name: n for n, e in enumerate(entries)}
+        self.next_place = 0  # the first file in plan order not yet recorded or failed
+        self.settled: set[int] = set()  # places after it that are
+        self.results: dict[int, tuple[LedgerEntry, TransferResult]] = {}  # verified and published, by place
         self.keep_going = keep_going
         self.size, self.probing = request_size(self.conn, self.s)
         # The memory bound: bytes of admitted, unfinished files (each is fetched whole).
@@ -255,21 +279,37 @@ class _Scheduler:
         return True
 
     def _collect(self, *, only_done: bool) -> bool:
-        """Record the files whose finishing (fsync, rename, publish) is over; False if
-        a failure ends the batch."""
+        """Record the files whose finishing (fsync, rename, publish) is over, in plan
+        order (so the ledger reads oldest first, as one at a time would write it);
+        with ``only_done=False``, wait for all and record every one. False if a
+        failure ends the batch."""
         going = True
         for future in [fu for fu in self.finishing if fu.done() or not only_done]:
             f = self.finishing.pop(future)
             try:
-                self.record(*future.result())
+                self.results[self.place[f.entry.name]] = future.result()
             except RemoteFileError as exc:
+                self._settle(f)
                 _failed(self.failed, f.entry, exc)
                 going = going and self.keep_going
-                continue
+        while self.results and (not only_done or min(self.results) == self.next_place):
+            place = min(self.results)
+            self.record(*self.results.pop(place))
+            self._settle_place(place)
             self.done_files += 1
             self.progress.name = f"{self.done_files}/{self.count} files"
             self.progress.update(self.done_bytes)
         return going
+
+    def _settle(self, f: _Small) -> None:
+        """``f`` failed: files after it in the plan need not wait for it to be recorded."""
+        self._settle_place(self.place[f.entry.name])
+
+    def _settle_place(self, place: int) -> None:
+        self.settled.add(place)
+        while self.next_place in self.settled:
+            self.settled.discard(self.next_place)
+            self.next_place += 1
 
     def _dispatch(self, num: int) -> bool:
         """Hand one reply to its file; False if a failure ends the batch."""
@@ -287,6 +327,7 @@ class _Scheduler:
             return True
         except RemoteFileError as exc:
             self._drop(f)
+            self._settle(f)
             _failed(self.failed, f.entry, exc)
             return self.keep_going
         self.done_bytes += f.position - before
@@ -294,11 +335,18 @@ class _Scheduler:
         return True
 
     def _start(self, entry: RemoteEntry) -> int:
-        assert entry.size is not None  # _fetched_whole
+        assert entry.size is not None  # _fetched_together
         _announce(entry)
         tally = self.tallies.setdefault(entry.name, FileTally(entry.name))
         tally.size = entry.size
-        f = _Small(entry, entry.size, tally, received_before=tally.received)
+        paths = Paths.for_name(self.s.local_dir, entry.name)
+        f = _Small(entry, entry.size, tally, paths, received_before=tally.received)
+        if f.size > WHOLE_FILE_MAX:
+            start_partial(paths, entry)
+            try:
+                f.fd = os.open(paths.part, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as exc:
+                raise storage_error("open", paths.part, exc) from None
         self.active.append(f)
         self._send(f, "open", 0, 0)
         return f.size
@@ -398,7 +446,15 @@ class _Scheduler:
         f.ready[offset] = data
         while f.position in f.ready:
             chunk = f.ready.pop(f.position)
-            f.chunks.append(chunk)
+            if f.fd < 0:
+                f.chunks.append(chunk)
+            else:
+                try:
+                    write_all(f.fd, chunk)
+                except OSError as exc:
+                    raise storage_error("write", f.paths.part, exc) from None
+                f.digest.update(chunk)
+                f.tally.kept = f.position + len(chunk)
             f.position += len(chunk)
             f.tally.received += len(chunk)
 
@@ -406,9 +462,13 @@ class _Scheduler:
         """In a helper thread, so that local file system work never holds up the
         transfers: write the verified bytes to a temp file, make it durable,
         rename and publish it. Concurrent fsyncs share journal commits."""
-        paths = Paths.for_name(self.s.local_dir, f.entry.name)
-        target, fd = start_whole(paths)
-        digest = hashlib.sha256()
+        paths = f.paths
+        if f.fd >= 0:
+            target, fd, digest = paths.part, f.fd, f.digest
+            f.fd = -1
+        else:
+            target, fd = start_whole(paths)
+            digest = hashlib.sha256()
         try:
             try:
                 for chunk in f.chunks:
@@ -422,7 +482,8 @@ class _Scheduler:
             f.chunks.clear()
             result = finish(paths, target, f.entry, f.position, digest, f.tally, 0, f.started, f.received_before)
         except BaseException:
-            target.unlink(missing_ok=True)
+            if target != paths.part:  # a partial stays: it is a valid prefix
+                target.unlink(missing_ok=True)
             raise
         return deliver(self.s, f.entry, result, f.tally)
 
@@ -436,4 +497,10 @@ class _Scheduler:
                 close_later(self.sftp, f.handle)
             f.handle = None
         f.chunks.clear()
-        f.tally.kept = 0
+        if f.fd < 0:
+            f.tally.kept = 0
+            return
+        # The partial is a valid prefix: kept for the next attempt, which resumes it.
+        os.close(f.fd)
+        f.fd = -1
+        f.tally.remember_prefix(f.paths.part, f.position, f.digest)

@@ -179,7 +179,7 @@ def _discard_partial(paths: Paths) -> None:
             raise storage_error("remove", path, exc) from None
 
 
-def _start_partial(paths: Paths, entry: RemoteEntry) -> None:
+def start_partial(paths: Paths, entry: RemoteEntry) -> None:
     _discard_partial(paths)
     meta = json.dumps({"name": entry.name, "size": entry.size, "mtime": entry.mtime}).encode()
     # Not fsynced: metadata lost in a power cut only makes the next run start
@@ -210,7 +210,7 @@ def _resume_offset(
     if meta is None or have < 0:
         if have >= 0 or meta is not None or paths.part.is_symlink():
             log.warning("{}: partial download without its metadata; starting again", entry.name)
-        _start_partial(paths, entry)
+        start_partial(paths, entry)
         return 0
     if meta != (size, mtime):
         log.warning(
@@ -218,16 +218,16 @@ def _resume_offset(
             " discarding {} bytes and starting again",
             entry.name, meta[0], size, meta[1], mtime, have,
         )  # fmt: skip
-        _start_partial(paths, entry)
+        start_partial(paths, entry)
         return 0
     if have > size:
         log.warning("{}: partial is larger than the remote file; starting again", entry.name)
-        _start_partial(paths, entry)
+        start_partial(paths, entry)
         return 0
     ours = tally.digest_of_prefix(paths.part, have) is not None
     if have and not _prefix_matches(conn, settings, entry, paths, have, recheck=ours):
         log.warning("{}: the remote bytes before the resume point differ from ours; starting again", entry.name)
-        _start_partial(paths, entry)
+        start_partial(paths, entry)
         return 0
     return have
 
