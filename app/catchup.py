@@ -85,6 +85,11 @@ Record = Callable[[LedgerEntry, TransferResult], None]
 # with their own pipeline (bench/RESULTS.md).
 TOGETHER_MAX = 4 * 1024 * 1024
 
+# Threads that write, fsync and publish finished files: concurrent fsyncs share
+# the file system's journal commits (on ext4 here, 16 at once cost 1.4 ms per
+# small file instead of 7.5 ms one after another); a few already get most of it.
+FINISHERS = 8
+
 # Status codes that concern the file itself; any other refusal of a second open
 # is taken for a server that allows one open file per session.
 _FILE_STATUSES = {SFTP_NO_SUCH_FILE: errno.ENOENT, SFTP_PERMISSION_DENIED: errno.EACCES}
@@ -248,7 +253,7 @@ class _Scheduler:
         self.finishing: dict[Future[tuple[LedgerEntry, TransferResult]], _Small] = {}
         try:
             with (
-                ThreadPoolExecutor(max_workers=self.limit, thread_name_prefix="finish") as self.pool,
+                ThreadPoolExecutor(max_workers=min(self.limit, FINISHERS), thread_name_prefix="finish") as self.pool,
                 remote_errors(f"fetch {self.count} file(s)"),
             ):
                 try:

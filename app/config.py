@@ -157,7 +157,7 @@ class Settings(_StateLayout):
     )
     pipeline_depth: int = _setting(64, "Read requests kept in flight at once; hides the link's round trip.")
     concurrent_files: int = _setting(
-        16,
+        32,
         "Small files fetched at once over the one connection (opens, reads and re-stats overlap); 1 fetches"
         " one after another. Falls back to 1 by itself when the server refuses a second open file.",
     )

@@ -424,7 +424,7 @@ def main() -> int:
                 verdicts += catch_up_verdicts("40x4M at 20 ms", t, 1.0, peers)
             if on("concurrency"):
                 # The sweep behind CONCURRENT_FILES' default.
-                for n in ("1", "4", "8", "16", "32"):
+                for n in ("1", "4", "8", "16", "32", "64"):
                     scenario_catch_up(env, 200, 64 * 1024, min(reps, 3), rtt_ms=20, peers=False, concurrent=n)
             if on("backlog"):
                 rss = scenario_backlog_memory(env, 2000, 16 * 1024)
