@@ -238,7 +238,7 @@ class _Scheduler:
         self.probing = True
 
     def run(self, entries: Sequence[RemoteEntry], keep_going: bool) -> bool:
-        """Fetch ``entries`` (all small); False if a failure ends the batch."""
+        """Fetch ``entries`` (all to be fetched together); False if a failure ends the batch."""
         self.queue = deque(entries)
         self.place = {e.name: n for n, e in enumerate(entries)}
         self.next_place = 0  # the first file in plan order not yet recorded or failed

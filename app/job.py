@@ -235,10 +235,10 @@ class Job:
         due = tuple(e for e in plan.due if e.name not in self.summary.failed)
         return Plan(due, plan.skipped, plan.unmatched, plan.skipped_by_reason)
 
-    # -- one file ---------------------------------------------------------
+    # -- one file -----------------------------------------------------------
 
     def _recorded(self, done: LedgerEntry, result: TransferResult) -> None:
-        """A file verified and published (in any order): recorded at the next group commit."""
+        """A file verified and published by app/catchup.py: recorded at the next group commit."""
         self._uncommitted.append(done)
         self.summary.recorded[done.name] = done
         self.summary.fetched.append(result)
