@@ -1,10 +1,13 @@
-"""``make bench``: the job against OpenSSH ``sftp`` and the naive paramiko loop, side by side.
+"""``make bench``: the job against OpenSSH ``sftp``, rclone, lftp and the naive paramiko loop, side by side.
 
-Every client downloads the same file from the same private sshd, interleaved,
-several times; the table shows the median MB/s (file size over the whole
-client process's wall time, start-up and connect included), CPU seconds and
-peak RSS per client and scenario, and the ratios the targets are stated in.
-Latency comes from bench/delay_relay.py (this kernel has no netem).
+Every client downloads the same files from the same private sshd, interleaved,
+several times; the table shows the median MB/s (bytes over the whole client
+process's wall time, start-up and connect included), CPU seconds and peak RSS
+per client and scenario, and the ratios the targets are stated in. Latency
+comes from bench/delay_relay.py (this kernel has no netem). The catch-up
+scenarios (a backlog of many files) add ``rclone copy`` (its SFTP hash check
+off: it runs ``md5sum`` over a shell session per file, which a locked-down
+server does not allow) and ``lftp mirror``; ``make bench`` installs both.
 
     python bench/run.py [--quick] [--reps N] [--only SCENARIO ...]
 """
@@ -292,8 +295,9 @@ def scenario_memory(env: Env, size: int) -> float:
 def scenario_catch_up(
     env: Env, count: int, size: int, reps: int, rtt_ms: float = 0, peers: bool = True, concurrent: str | None = None
 ) -> dict[str, float]:
-    """A backlog of ``count`` files of ``size`` bytes, every client fetching all of them;
-    median seconds per client. ``concurrent`` sets the job's CONCURRENT_FILES."""
+    """A backlog of ``count`` files of ``size`` bytes, every client fetching all of them
+    (without ``peers``, the job alone); median seconds per client. ``concurrent``
+    sets the job's CONCURRENT_FILES."""
     catch = env.remote / "catch-up"
     catch.mkdir()
     for i in range(count):
@@ -308,9 +312,9 @@ def scenario_catch_up(
     try:
         clients: dict[str, tuple[Client, list[str], int]] = {
             "job all": (lambda e, p, n, o: job_client(e, p, n, o, mode="all", extra=extra), names, total),
-            "sftp mget": (sftp_client, names, total),
         }
         if peers:
+            clients["sftp mget"] = (sftp_client, names, total)
             clients["rclone -t4"] = (lambda e, p, n, o: rclone_client(e, p, n, o, transfers=4), names, total)
             clients["rclone -t16"] = (lambda e, p, n, o: rclone_client(e, p, n, o, transfers=16), names, total)
             clients["lftp -P4"] = (lambda e, p, n, o: lftp_client(e, p, n, o, parallel=4), names, total)
@@ -425,7 +429,8 @@ def main() -> int:
             if on("concurrency"):
                 # The sweep behind CONCURRENT_FILES' default.
                 for n in ("1", "4", "8", "16", "32", "64"):
-                    scenario_catch_up(env, 200, 64 * 1024, min(reps, 3), rtt_ms=20, peers=False, concurrent=n)
+                    t = scenario_catch_up(env, 200, 64 * 1024, min(reps, 3), rtt_ms=20, peers=False, concurrent=n)
+                    print(f"    CONCURRENT_FILES={n}: {t['job all']:.2f} s", flush=True)
             if on("backlog"):
                 rss = scenario_backlog_memory(env, 2000, 16 * 1024)
                 verdicts.append(target("peak RSS, backlog of 2,000 files <= 100 MiB", 100 / rss, 1.0, f"{rss:.0f} MiB"))
