@@ -315,9 +315,11 @@ def scenario_catch_up(
         }
         if peers:
             clients["sftp mget"] = (sftp_client, names, total)
-            clients["rclone -t4"] = (lambda e, p, n, o: rclone_client(e, p, n, o, transfers=4), names, total)
-            clients["rclone -t16"] = (lambda e, p, n, o: rclone_client(e, p, n, o, transfers=16), names, total)
-            clients["lftp -P4"] = (lambda e, p, n, o: lftp_client(e, p, n, o, parallel=4), names, total)
+            if shutil.which("rclone"):
+                clients["rclone -t4"] = (lambda e, p, n, o: rclone_client(e, p, n, o, transfers=4), names, total)
+                clients["rclone -t16"] = (lambda e, p, n, o: rclone_client(e, p, n, o, transfers=16), names, total)
+            if shutil.which("lftp"):
+                clients["lftp -P4"] = (lambda e, p, n, o: lftp_client(e, p, n, o, parallel=4), names, total)
         results = run_interleaved(env, port, clients, reps)
         label = f"catch-up {count}x{size // 1024}K" + (f" {rtt_ms:g} ms" if rtt_ms else " loopback")
         report(label, results)
