@@ -115,6 +115,7 @@ def test_server_allowing_one_open_file_gets_one_at_a_time_after_one_log_line(
 
 def test_sigterm_mid_batch_stops_within_2_s_and_the_next_run_completes(server: Server, relay: Relay) -> None:
     files = {f"2025{1 + i // 28:02d}{1 + i % 28:02d}.IPI": os.urandom(64 * 1024) for i in range(80)}
+    files |= {f"202512{day:02d}.IPI": os.urandom(3 * MiB) for day in range(1, 4)}  # written to partials
     put_all(server, files)
     relay.rate = MiB  # about 5 s for the batch: the signal lands mid-batch
     env = server.env(port=relay.port, SELECT_MODE="all", CONCURRENT_FILES=8)
@@ -128,6 +129,9 @@ def test_sigterm_mid_batch_stops_within_2_s_and_the_next_run_completes(server: S
     assert time.monotonic() - sent < 2
     assert "Traceback" not in err
     assert temp_names(server.local) == [] and temp_names(server.served) == []
+    for part in server.local.glob("*.part"):
+        kept = part.read_bytes()
+        assert kept == files[part.name.removesuffix(".part")][: len(kept)], "a partial is a valid prefix"
     done = {entry.name for entry in read_ledger(server.ledger).entries}
     assert done and len(done) < len(files), "what was published before the signal is recorded"
     for name in done:
