@@ -111,6 +111,11 @@ demo: venv sshd
 	$(PY) tools/demo.py
 
 bench: venv sshd
+	@# rclone and lftp are the catch-up scenarios' peers (Debian packages).
+	@if [ "$$(id -u)" = 0 ] && { ! command -v rclone >/dev/null || ! command -v lftp >/dev/null; }; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			rclone lftp >/dev/null; \
+	fi
 	$(PY) bench/run.py
 
 clean:

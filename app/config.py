@@ -188,6 +188,11 @@ class Settings(_StateLayout):
         "Largest SFTP read request, in bytes; servers may serve less (OpenSSH: 255 KiB) and the job adapts.",
     )
     pipeline_depth: int = _setting(64, "Read requests kept in flight at once; hides the link's round trip.")
+    concurrent_files: int = _setting(
+        32,
+        "Small files fetched at once over the one connection (opens, reads and re-stats overlap); 1 fetches"
+        " one after another. Falls back to 1 by itself when the server refuses a second open file.",
+    )
     ssh_window_size: int = _setting(
         16 * MiB, "SSH channel window in bytes; caps throughput near window / round-trip time."
     )
@@ -655,6 +660,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     # 4 KiB floor: smaller requests cost a round trip each for almost no data.
     "chunk_size": _int(4096, 64 * MiB),
     "pipeline_depth": _int(1, 1024),
+    "concurrent_files": _int(1, 256),
     # paramiko clamps windows below 32 KiB; the window is also memory the server
     # may fill, so it is capped well below what would break the memory bound.
     "ssh_window_size": _int(32 * 1024, 256 * MiB),

@@ -15,13 +15,13 @@ import paramiko
 from loguru import logger
 
 from app import interrupt
+from app.catchup import fetch_due
 from app.config import Settings
 from app.errors import (
     EXIT_MEANINGS,
     EXIT_OK,
     ConfigError,
     JobError,
-    RemoteFileError,
     TransientError,
 )
 from app.lifecycle import Lifecycle, LifecycleTally
@@ -38,9 +38,8 @@ from app.selection import (
     record_key,
 )
 from app.server.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
-from app.server.transfer import MAX_MISMATCHES, TransferResult, download
+from app.server.transfer import MAX_MISMATCHES, TransferResult
 from app.storage.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_errors
-from app.storage.publish import publish
 from app.storage.retention import apply_retention
 from app.storage.state import Ledger, LedgerEntry, append_ledger, read_ledger, read_record, write_record
 from app.tally import FileTally, file_reports, total_kept
@@ -171,24 +170,25 @@ class Job:
             self.summary.backlog = self.planner.backlog
             if self.dry_run:
                 return EXIT_OK
+            self._snap = snap
             try:
-                for entry in plan.due:
-                    interrupt.check()
-                    try:
-                        snap = self._process(conn, entry, snap)
-                    except RemoteFileError as exc:
-                        interrupt.check()
-                        self.summary.failed[entry.name] = str(exc)
-                        logger.bind(file=entry.name).error("{}: {}", entry.name, exc)
-                        if self.s.select_mode != "all":
-                            break
+                fetch_due(
+                    conn,
+                    self.s,
+                    plan.due,
+                    self.summary.tallies,
+                    self.summary.failed,
+                    self._recorded,
+                    names=snap.names,
+                    lifecycle=self.lifecycle,
+                )
             except BaseException:
                 # Whatever stopped the run, what is already published gets recorded.
                 with contextlib.suppress(JobError):
-                    self._commit(snap)
+                    self._commit(self._snap)
                 raise
-            snap = self._commit(snap)
-            self.lifecycle.after_commit(conn, snap.ledger, snap.entries)
+            self._snap = self._commit(self._snap)
+            self.lifecycle.after_commit(conn, self._snap.ledger, self._snap.entries)
         finally:
             failing = sys.exc_info()[1] is not None
             conn.close()
@@ -242,38 +242,13 @@ class Job:
 
     # -- one file -----------------------------------------------------------
 
-    def _process(self, conn: Connection, entry: RemoteEntry, snap: _Snapshot) -> _Snapshot:
-        tally = self.summary.tallies.setdefault(entry.name, FileTally(entry.name))
-        log = logger.bind(file=entry.name)
-        log.info("{}: downloading {} bytes", entry.name, "an unknown number of" if entry.size is None else entry.size)
-        result = download(conn, self.s, entry, tally, snap.names)
-        log.bind(sha256=result.sha256, size=result.size, verified_by=result.verified_by).info(
-            "{}: verified {} bytes, sha256 {}, by {}", entry.name, result.size, result.sha256, result.verified_by
-        )
-        ready = self.lifecycle.prepare(result)
-        method = publish(ready.path, self.s.server_dir, ready.size, result.mtime, ready.sha256, self.s.publish_method)
-        if method is None:
-            log.info("{}: already identical in SERVER_DIR", entry.name)
-        else:
-            log.bind(method=method).info("{}: published to SERVER_DIR ({})", entry.name, method)
-        seconds = time.monotonic() - tally.started
-        done = LedgerEntry(
-            name=entry.name,
-            size=result.size,
-            mtime=result.mtime,
-            sha256=result.sha256,
-            bytes_transferred=tally.received,
-            seconds=round(seconds, 3),
-            completed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            verified_by=result.verified_by,
-            **ready.ledger_fields,
-        )
+    def _recorded(self, done: LedgerEntry, result: TransferResult) -> None:
+        """A file verified and published by app/catchup.py: recorded at the next group commit."""
         self._uncommitted.append(done)
-        self.summary.recorded[entry.name] = done
+        self.summary.recorded[done.name] = done
         self.summary.fetched.append(result)
         if time.monotonic() - self._last_commit >= GROUP_COMMIT_SECONDS:
-            snap = self._commit(snap)
-        return snap
+            self._snap = self._commit(self._snap)
 
     def _commit(self, snap: _Snapshot) -> _Snapshot:
         """Record the files published since the last commit, in the order durability needs:

@@ -101,6 +101,10 @@ class Lifecycle:
 
     # -- before publishing ----------------------------------------------------------
 
+    def decrypts(self, name: str) -> bool:
+        """Whether ``name`` is decrypted before publishing (DECRYPT=gpg and a DECRYPT_SUFFIXES ending)."""
+        return self.s.decrypt == "gpg" and output_name(name, self.s.decrypt_suffixes) is not None
+
     def prepare(self, result: TransferResult) -> Publishable:
         """Turn a verified download into what SERVER_DIR gets; raises DecryptError
         (the file is then neither published nor recorded)."""

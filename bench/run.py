@@ -1,10 +1,13 @@
-"""``make bench``: the job against OpenSSH ``sftp`` and the naive paramiko loop, side by side.
+"""``make bench``: the job against OpenSSH ``sftp``, rclone, lftp and the naive paramiko loop, side by side.
 
-Every client downloads the same file from the same private sshd, interleaved,
-several times; the table shows the median MB/s (file size over the whole
-client process's wall time, start-up and connect included), CPU seconds and
-peak RSS per client and scenario, and the ratios the targets are stated in.
-Latency comes from bench/delay_relay.py (this kernel has no netem).
+Every client downloads the same files from the same private sshd, interleaved,
+several times; the table shows the median MB/s (bytes over the whole client
+process's wall time, start-up and connect included), CPU seconds and peak RSS
+per client and scenario, and the ratios the targets are stated in. Latency
+comes from bench/delay_relay.py (this kernel has no netem). The catch-up
+scenarios (a backlog of many files) add ``rclone copy`` (its SFTP hash check
+off: it runs ``md5sum`` over a shell session per file, which a locked-down
+server does not allow) and ``lftp mirror``; ``make bench`` installs both.
 
     python bench/run.py [--quick] [--reps N] [--only SCENARIO ...]
 """
@@ -146,6 +149,32 @@ def sftp_client(env: Env, port: int, names: list[str], out: Path, *, fsync: bool
     return measure(cmd, cwd=out)
 
 
+def rclone_client(env: Env, port: int, names: list[str], out: Path, *, transfers: int = 4) -> Sample:
+    """``rclone copy`` of the whole directory (every file is due), with its defaults otherwise."""
+    out.mkdir(parents=True, exist_ok=True)
+    remote = (
+        f":sftp,host=127.0.0.1,port={port},user={getpass.getuser()},key_file={env.client_key},"
+        f"known_hosts_file={env.known_hosts(port)},disable_hashcheck=true:{env.remote}"
+    )
+    cmd = ["rclone", "copy", "--transfers", str(transfers), "--include", "*.IPI", remote, str(out / "copy")]
+    return measure(cmd, env={**os.environ, "RCLONE_CONFIG": str(out / "rclone.conf")}, cwd=out)
+
+
+def lftp_client(env: Env, port: int, names: list[str], out: Path, *, parallel: int = 4) -> Sample:
+    """``lftp mirror -P N`` of the whole directory over OpenSSH's ssh, key login."""
+    out.mkdir(parents=True, exist_ok=True)
+    ssh = (
+        f"ssh -a -x -i {env.client_key} -o UserKnownHostsFile={env.known_hosts(port)}"
+        " -o StrictHostKeyChecking=yes -o BatchMode=yes"
+    )
+    script = (
+        f'set sftp:connect-program "{ssh}"; set net:max-retries 1;'
+        f" mirror -P {parallel} --include-glob *.IPI {env.remote} {out / 'copy'}; quit"
+    )
+    cmd = ["lftp", "-e", script, f"sftp://{getpass.getuser()}:@127.0.0.1:{port}"]
+    return measure(cmd, env={**os.environ, "HOME": str(out)}, cwd=out)
+
+
 def naive_client(env: Env, port: int, names: list[str], out: Path) -> Sample:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -185,6 +214,8 @@ def run_interleaved(
 # -- reporting ----------------------------------------------------------------
 
 ROWS: list[str] = []
+# Peak RSS per client in the last catch-up scenario.
+PEAK_RSS: dict[str, float] = {}
 
 
 def report(scenario: str, results: dict[str, tuple[list[Sample], int]]) -> dict[str, float]:
@@ -261,7 +292,12 @@ def scenario_memory(env: Env, size: int) -> float:
         (env.remote / name).unlink()
 
 
-def scenario_catch_up(env: Env, count: int, size: int, reps: int) -> dict[str, float]:
+def scenario_catch_up(
+    env: Env, count: int, size: int, reps: int, rtt_ms: float = 0, peers: bool = True, concurrent: str | None = None
+) -> dict[str, float]:
+    """A backlog of ``count`` files of ``size`` bytes, every client fetching all of them
+    (without ``peers``, the job alone); median seconds per client. ``concurrent``
+    sets the job's CONCURRENT_FILES."""
     catch = env.remote / "catch-up"
     catch.mkdir()
     for i in range(count):
@@ -269,19 +305,50 @@ def scenario_catch_up(env: Env, count: int, size: int, reps: int) -> dict[str, f
     saved = env.remote
     env.remote = catch
     names = sorted(p.name for p in catch.iterdir())
+    extra = {"CONCURRENT_FILES": concurrent} if concurrent else None
+    line = DelayLine(env.sshd.port, rtt_ms) if rtt_ms else None
+    port = line.port if line else env.sshd.port
+    total = count * size
     try:
         clients: dict[str, tuple[Client, list[str], int]] = {
-            "job all": (lambda e, p, n, o: job_client(e, p, n, o, mode="all"), names, count * size),
-            "sftp mget": (sftp_client, names, count * size),
+            "job all": (lambda e, p, n, o: job_client(e, p, n, o, mode="all", extra=extra), names, total),
         }
-        results = run_interleaved(env, env.sshd.port, clients, reps)
-        report(f"catch-up {count}x{size // 1024}K", results)
+        if peers:
+            clients["sftp mget"] = (sftp_client, names, total)
+            if shutil.which("rclone"):
+                clients["rclone -t4"] = (lambda e, p, n, o: rclone_client(e, p, n, o, transfers=4), names, total)
+                clients["rclone -t16"] = (lambda e, p, n, o: rclone_client(e, p, n, o, transfers=16), names, total)
+            if shutil.which("lftp"):
+                clients["lftp -P4"] = (lambda e, p, n, o: lftp_client(e, p, n, o, parallel=4), names, total)
+        results = run_interleaved(env, port, clients, reps)
+        label = f"catch-up {count}x{size // 1024}K" + (f" {rtt_ms:g} ms" if rtt_ms else " loopback")
+        report(label, results)
         for name, (samples, _) in results.items():
             print(f"    {name}: median {statistics.median(s.seconds for s in samples):.2f} s", flush=True)
+            PEAK_RSS[name] = max(s.rss_mib for s in samples)
         return {name: statistics.median(s.seconds for s in samples) for name, (samples, _) in results.items()}
     finally:
+        if line:
+            line.close()
         env.remote = saved
         shutil.rmtree(catch)
+
+
+def catch_up_verdicts(label: str, t: dict[str, float], need: float, against: tuple[str, ...]) -> list[str]:
+    """The job's time against each peer's: a MET needs job / peer <= ``need``."""
+    return [
+        target(
+            f"{label}: job <= {need}x {peer}", need / (t["job all"] / t[peer]), 1.0, f"{t['job all'] / t[peer]:.2f}x"
+        )
+        for peer in against
+        if peer in t
+    ]
+
+
+def scenario_backlog_memory(env: Env, count: int, size: int) -> float:
+    """Peak RSS of the job fetching a backlog of ``count`` small files."""
+    scenario_catch_up(env, count, size, 1, peers=False)
+    return PEAK_RSS["job all"]
 
 
 def scenario_listing(env: Env, count: int) -> float:
@@ -352,10 +419,23 @@ def main() -> int:
                     verdicts.append(
                         target(f"peak RSS {size // MiB} MiB file <= 100 MiB", 100 / rss, 1.0, f"{rss:.0f} MiB")
                     )
+            peers = ("sftp mget", "rclone -t4", "rclone -t16", "lftp -P4")
             if on("catchup"):
-                t = scenario_catch_up(env, 500, 64 * 1024, min(reps, 3))
-                slower = t["job all"] / t["sftp mget"]
-                verdicts.append(target("catch-up 500x64K: job <= 2x sftp mget", 2 / slower, 1.0, f"{slower:.2f}x"))
+                t = scenario_catch_up(env, 200, 64 * 1024, min(reps, 3), rtt_ms=20)
+                verdicts += catch_up_verdicts("200x64K at 20 ms", t, 0.6, peers[2:])
+                verdicts += catch_up_verdicts("200x64K at 20 ms", t, 1.0, peers[:2])
+                t = scenario_catch_up(env, 200, 64 * 1024, min(reps, 3))
+                verdicts += catch_up_verdicts("200x64K loopback", t, 1.0, peers[:1])
+                t = scenario_catch_up(env, 40, 4 * MiB, min(reps, 3), rtt_ms=20)
+                verdicts += catch_up_verdicts("40x4M at 20 ms", t, 1.0, peers)
+            if on("concurrency"):
+                # The sweep behind CONCURRENT_FILES' default.
+                for n in ("1", "4", "8", "16", "32", "64"):
+                    t = scenario_catch_up(env, 200, 64 * 1024, min(reps, 3), rtt_ms=20, peers=False, concurrent=n)
+                    print(f"    CONCURRENT_FILES={n}: {t['job all']:.2f} s", flush=True)
+            if on("backlog"):
+                rss = scenario_backlog_memory(env, 2000, 16 * 1024)
+                verdicts.append(target("peak RSS, backlog of 2,000 files <= 100 MiB", 100 / rss, 1.0, f"{rss:.0f} MiB"))
             if on("listing"):
                 seconds = scenario_listing(env, 50_000)
                 verdicts.append(target("listing 50,000 entries < 3 s", 3 / seconds, 1.0, f"{seconds:.2f} s"))

@@ -34,6 +34,9 @@ class Lies:
     attrs: dict[bytes, dict[str, int | None]] = field(default_factory=dict)
     # Extended requests (e.g. b"limits@openssh.com") the server accepts but never answers.
     silent_extensions: set[bytes] = field(default_factory=set)
+    # Open files allowed at once per session (0: no limit); one more OPEN fails, as on
+    # servers that say "maximum concurrent transfers exceeded".
+    max_open_files: int = 0
 
 
 def _attrs(size: int, overrides: dict[str, int | None] | None = None) -> asyncssh.SFTPAttrs:
@@ -93,8 +96,14 @@ def _server_class(lies: Lies) -> type[asyncssh.SFTPServer]:
 
         lstat = stat
 
+        open_files = 0
+
         def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
-            return self._lookup(path)
+            name = self._lookup(path)
+            if lies.max_open_files and self.open_files >= lies.max_open_files:
+                raise asyncssh.SFTPFailure("maximum concurrent transfers exceeded")
+            self.open_files += 1
+            return name
 
         def read(self, file_obj: object, offset: int, size: int) -> bytes:
             data = lies.files[file_obj]  # type: ignore[index]
@@ -106,7 +115,7 @@ def _server_class(lies: Lies) -> type[asyncssh.SFTPServer]:
             return chunk
 
         def close(self, file_obj: object) -> None:
-            return None
+            self.open_files -= 1
 
     return HostileServer
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 import paramiko
 from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
 from paramiko.sftp import (
+    CMD_ATTRS,
     CMD_CLOSE,
     CMD_DATA,
     CMD_EXTENDED,
@@ -36,6 +37,7 @@ from paramiko.sftp import (
     CMD_OPENDIR,
     CMD_READ,
     CMD_READDIR,
+    CMD_STAT,
     CMD_STATUS,
     SFTP_EOF,
     SFTP_FLAG_READ,
@@ -291,23 +293,34 @@ def _read(
         stop = head_end if head_end is not None else eof
         return stop is not None and position >= stop
 
+    cut: BaseException | None = None  # the connection failed: what it delivered is still yielded
     while to_yield or not end_confirmed:
         window = 1 if probing else depth
         ahead = min(depth * size, MAX_AHEAD)
-        while to_send and len(inflight) < window and outstanding < ahead:
-            next_offset, range_end = to_send[0]
-            stop = range_end if range_end is not None else eof
-            if stop is not None and next_offset >= stop:
-                to_send.popleft()
-                continue
-            length = size if stop is None else min(size, stop - next_offset)
-            send(next_offset, length)
-            to_send[0] = (next_offset + length, range_end)
-        if check_end and end_probe is None and not to_send and last_end is not None:
-            end_probe = send(last_end, 1)
+        try:
+            while to_send and len(inflight) < window and outstanding < ahead:
+                next_offset, range_end = to_send[0]
+                stop = range_end if range_end is not None else eof
+                if stop is not None and next_offset >= stop:
+                    to_send.popleft()
+                    continue
+                length = size if stop is None else min(size, stop - next_offset)
+                send(next_offset, length)
+                to_send[0] = (next_offset + length, range_end)
+            if check_end and end_probe is None and not to_send and last_end is not None:
+                end_probe = send(last_end, 1)
 
-        if inflight:
-            sftp._read_response()
+            if inflight:
+                sftp._read_response()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            # A dead channel fails the next send while up to a window of replies
+            # sits received in its buffer: route the complete ones, so that every
+            # in-order byte that arrived is written before the error goes up. Not
+            # after a timeout, which may have left half a packet read.
+            cut = exc
+            if not isinstance(exc, TimeoutError):
+                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                    route_received(sftp)
         if sink.error is not None:
             raise RemoteFileError(f"server refused a read: {sink.error}")
         if end_probe is not None and end_probe in sink.data:
@@ -328,7 +341,7 @@ def _read(
                 continue
             if len(data) > length:
                 raise RemoteFileError(f"server sent {len(data)} bytes for a read of {length}")
-            if len(data) < length:
+            if len(data) < length and cut is None:
                 if probing:
                     size = len(data)
                 # Ask for the rest at once, in pieces the server serves whole, so the
@@ -354,6 +367,8 @@ def _read(
             outstanding -= len(chunk)
             yield position, chunk
             position += len(chunk)
+        if cut is not None:
+            raise cut
 
 
 # READDIR requests kept in flight while listing; each reply carries a batch of names.
@@ -506,6 +521,11 @@ _WITHOUT_CHECK_FILE: weakref.WeakSet[paramiko.SFTPClient] = weakref.WeakSet()
 _WITH_CHECK_FILE: weakref.WeakSet[paramiko.SFTPClient] = weakref.WeakSet()
 
 
+def known_without_check_file(sftp: paramiko.SFTPClient) -> bool:
+    """Whether this session has already shown that it offers no check-file-handle."""
+    return sftp in _WITHOUT_CHECK_FILE
+
+
 class _OneReply:
     """Receives the single reply paramiko routes to it, whatever its type."""
 
@@ -609,3 +629,51 @@ def _check_file_reply(msg: paramiko.Message, algorithms: list[str]) -> ServerHas
     if not data or len(data) % size:
         raise RemoteFileError(f"server sent {len(data)} bytes of {algorithm} digests, not a multiple of {size}")
     return ServerHashes(algorithm, [data[i : i + size] for i in range(0, len(data), size)])
+
+
+class Replies:
+    """A sink that keeps every reply routed to it, by request number, for a caller
+    that has requests of several kinds and files in flight (app/catchup.py)."""
+
+    def __init__(self) -> None:
+        self.got: dict[int, tuple[int, paramiko.Message]] = {}
+
+    def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
+        self.got[num] = (t, msg)
+
+
+def request_open(sftp: paramiko.SFTPClient, sink: Replies, path: str) -> int:
+    return int(sftp._async_request(sink, CMD_OPEN, path, int(SFTP_FLAG_READ), paramiko.SFTPAttributes()))
+
+
+def request_read(sftp: paramiko.SFTPClient, sink: Replies, handle: bytes, offset: int, length: int) -> int:
+    return int(sftp._async_request(sink, CMD_READ, handle, int64(offset), int(length)))
+
+
+def request_stat(sftp: paramiko.SFTPClient, sink: Replies, path: str) -> int:
+    return int(sftp._async_request(sink, CMD_STAT, path))
+
+
+def receive(sftp: paramiko.SFTPClient) -> None:
+    """Wait for the next reply and route it to its sink."""
+    sftp._read_response()
+
+
+def reply_status(t: int, msg: paramiko.Message) -> tuple[int, str] | None:
+    """(code, text) of a STATUS reply; None for any other reply."""
+    if t != CMD_STATUS:
+        return None
+    code = msg.get_int()
+    return code, msg.get_string().decode("utf-8", "replace") or f"status {code}"
+
+
+def reply_handle(t: int, msg: paramiko.Message) -> bytes | None:
+    return msg.get_string() if t == CMD_HANDLE else None
+
+
+def reply_data(t: int, msg: paramiko.Message) -> bytes | None:
+    return msg.get_string() if t == CMD_DATA else None
+
+
+def reply_attrs(t: int, msg: paramiko.Message) -> paramiko.SFTPAttributes | None:
+    return paramiko.SFTPAttributes._from_msg(msg) if t == CMD_ATTRS else None

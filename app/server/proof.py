@@ -34,7 +34,7 @@ from loguru import logger
 
 from app.config import READY_MARKER_CHECKSUM, Settings
 from app.errors import RemoteFileError
-from app.server.pipeline import CHECK_FILE_DIGEST_SIZES, check_file_handle, open_for_reading
+from app.server.pipeline import CHECK_FILE_DIGEST_SIZES, check_file_handle, known_without_check_file, open_for_reading
 
 if TYPE_CHECKING:
     from app.server.remote import Connection
@@ -560,6 +560,21 @@ def prove_source(
                 local.update(file_digests(local_path, [expected.algorithm]))
             return verdict(name, expected, local)
     return settle(settings.verify_source, name, tried)
+
+
+def needs_own_requests(conn: Connection, settings: Settings, name: str, listing_names: Collection[str]) -> bool:
+    """Whether proving ``name`` takes requests of its own (a server digest this session
+    has not yet shown it lacks, a checksum file, REMOTE_HASH_COMMAND) or may fail
+    without them (VERIFY_SOURCE=required). app/catchup.py fetches such a file on its
+    own, through transfer.download; any other file is proven by size and mtime alone,
+    as prove_source would conclude, and may be fetched together with others."""
+    if settings.verify_source == "off":
+        return False
+    if settings.verify_source == "required" or settings.remote_hash_command:
+        return True
+    if find_checksum_sources(listing_names, name, settings.checksum_files):
+        return True
+    return not known_without_check_file(conn.sftp)
 
 
 # Servers already said to offer no proof: VERIFY_SOURCE=auto says so once per run, not per file.

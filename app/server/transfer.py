@@ -75,6 +75,11 @@ SAMPLE_STRATA = 16
 # A download the server's evidence contradicts is fetched once more in the same run;
 # the second contradiction fails the file: a mismatch is never retried into success.
 MAX_MISMATCHES = 2
+# A partial this run wrote itself, unchanged on disk since (the tally knows), from a
+# remote file whose size and mtime still match: its prefix was read from the server
+# minutes ago, so reconnecting only re-reads this much before the resume point, to
+# catch a rewrite there; the full sample is for partials the run found.
+RECHECK_BYTES = SAMPLE_BLOCK
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,7 @@ def _discard_partial(paths: Paths) -> None:
             raise storage_error("remove", path, exc) from None
 
 
-def _start_partial(paths: Paths, entry: RemoteEntry) -> None:
+def start_partial(paths: Paths, entry: RemoteEntry) -> None:
     _discard_partial(paths)
     meta = json.dumps({"name": entry.name, "size": entry.size, "mtime": entry.mtime}).encode()
     # Not fsynced: metadata lost in a power cut only makes the next run start
@@ -200,7 +205,7 @@ def _start_partial(paths: Paths, entry: RemoteEntry) -> None:
 
 
 def _resume_offset(
-    conn: Connection, settings: Settings, entry: RemoteEntry, paths: Paths, size: int, mtime: int
+    conn: Connection, settings: Settings, entry: RemoteEntry, paths: Paths, size: int, mtime: int, tally: FileTally
 ) -> int:
     """How much of the partial can be kept; 0 after discarding it."""
     meta = read_partial_meta(paths)
@@ -218,7 +223,7 @@ def _resume_offset(
     if meta is None or have < 0:
         if have >= 0 or meta is not None or paths.part.is_symlink():
             log.warning("{}: partial download without its metadata; starting again", entry.name)
-        _start_partial(paths, entry)
+        start_partial(paths, entry)
         return 0
     if meta != (size, mtime):
         log.warning(
@@ -226,25 +231,29 @@ def _resume_offset(
             " discarding {} bytes and starting again",
             entry.name, meta[0], size, meta[1], mtime, have,
         )  # fmt: skip
-        _start_partial(paths, entry)
+        start_partial(paths, entry)
         return 0
     if have > size:
         log.warning("{}: partial is larger than the remote file; starting again", entry.name)
-        _start_partial(paths, entry)
+        start_partial(paths, entry)
         return 0
-    kept = _kept_prefix(conn, settings, entry, paths, have) if have else 0
+    ours = tally.digest_of_prefix(paths.part, have) is not None
+    kept = _kept_prefix(conn, settings, entry, paths, have, recheck=ours) if have else 0
     if have and not kept:
         log.warning("{}: the remote bytes before the resume point differ from ours; starting again", entry.name)
-        _start_partial(paths, entry)
+        start_partial(paths, entry)
     return kept
 
 
-def _kept_prefix(conn: Connection, settings: Settings, entry: RemoteEntry, paths: Paths, have: int) -> int:
+def _kept_prefix(
+    conn: Connection, settings: Settings, entry: RemoteEntry, paths: Paths, have: int, *, recheck: bool
+) -> int:
     """How much of a partial of ``have`` bytes to resume from: what the server's per-block
-    digests prove where it offers them (issue 11), else all or nothing by the sampled comparison."""
+    digests prove where it offers them (issue 11), else all or nothing by the sampled
+    comparison (``recheck``: a partial this run wrote itself, see RECHECK_BYTES)."""
     proven = proof.proven_resume(conn, settings, entry.name, paths.part, have)
     if proven is None:
-        return have if _prefix_matches(conn, settings, entry, paths, have) else 0
+        return have if _prefix_matches(conn, settings, entry, paths, have, recheck=recheck) else 0
     if proven:
         logger.bind(file=entry.name, proven_bytes=proven).info(
             "{}: the server's block digests prove {} of the {} bytes kept", entry.name, proven, have
@@ -272,19 +281,30 @@ def sample_ranges(have: int, window: int, rng: random.Random) -> list[tuple[int,
 
 
 def _prefix_matches(
-    conn: Connection, settings: Settings, entry: RemoteEntry, paths: Paths, have: int, rng: random.Random | None = None
+    conn: Connection,
+    settings: Settings,
+    entry: RemoteEntry,
+    paths: Paths,
+    have: int,
+    rng: random.Random | None = None,
+    *,
+    recheck: bool = False,
 ) -> bool:
-    """Compare a sample of the kept prefix with the server's bytes (sample_ranges).
+    """Compare a sample of the kept prefix with the server's bytes (sample_ranges;
+    with ``recheck``, only the last RECHECK_BYTES).
 
     Catches a file rewritten in place with the same size and mtime, which the
     metadata check alone cannot see, and a damaged partial.
     """
-    ranges = sample_ranges(have, settings.resume_verify_bytes, rng or secrets.SystemRandom())
+    if recheck:
+        ranges = [(max(0, have - RECHECK_BYTES), have)]
+    else:
+        ranges = sample_ranges(have, settings.resume_verify_bytes, rng or secrets.SystemRandom())
     with (
         remote_errors(f"verify resume point of {entry.name!r}", conn=conn),
         open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle,
     ):
-        size, probe = _request_size(conn, settings)
+        size, probe = request_size(conn, settings)
         theirs = read_ranges(
             conn.sftp, handle, ranges, size, settings.pipeline_depth, probe=probe, throttle=throttle_for(settings)
         )
@@ -295,7 +315,7 @@ def _prefix_matches(
         raise storage_error("read", paths.part, exc) from None
 
 
-def _request_size(conn: Connection, settings: Settings) -> tuple[int, bool]:
+def request_size(conn: Connection, settings: Settings) -> tuple[int, bool]:
     """CHUNK_SIZE, lowered to the server's announced read limit; and whether the
     reader still has to discover the limit itself."""
     chunk = request_cap(settings.bandwidth_limit, settings.chunk_size)
@@ -357,15 +377,11 @@ def _download(
         # Too small to be worth resuming, or without the size and mtime that tie a
         # partial to one version of the file: no partial, no metadata, just a hidden
         # temp file (removed at start-up if a run dies) renamed when complete.
-        _discard_partial(paths)
         offset, digest = 0, hashlib.sha256()
-        try:
-            target, fd = create_temp(paths.final)
-        except OSError as exc:
-            raise storage_error("create a temp file for", paths.final, exc) from None
+        target, fd = start_whole(paths)
     else:
         target = paths.part
-        offset = _resume_offset(conn, settings, entry, paths, entry.size, entry.mtime)
+        offset = _resume_offset(conn, settings, entry, paths, entry.size, entry.mtime, tally)
         if offset:
             log.info("{}: resuming at byte {} of {}", entry.name, offset, entry.size)
         try:
@@ -396,6 +412,34 @@ def _download(
     finally:
         os.close(fd)
 
+    return finish(
+        paths, target, entry, received, digest, tally, offset, started, received_before, verified_by=verified_by
+    )
+
+
+def start_whole(paths: Paths) -> tuple[Path, int]:
+    """A hidden temp file for a file fetched whole (no partial, no metadata), and its descriptor."""
+    _discard_partial(paths)
+    try:
+        return create_temp(paths.final)
+    except OSError as exc:
+        raise storage_error("create a temp file for", paths.final, exc) from None
+
+
+def finish(
+    paths: Paths,
+    target: Path,
+    entry: RemoteEntry,
+    received: int,
+    digest: hashlib._Hash,
+    tally: FileTally,
+    offset: int,
+    started: float,
+    received_before: int,
+    *,
+    verified_by: str,
+) -> TransferResult:
+    """Give a received, re-checked, fsynced and proven ``target`` its final name in LOCAL_DIR."""
     try:
         if target.stat().st_size != received:
             raise RemoteFileError(f"{entry.name}: {target} does not hold the {received} bytes received")
@@ -451,7 +495,7 @@ def _fill(
             remote_errors(f"download {entry.name!r}", conn=conn),
             open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle,
         ):
-            size, probe = _request_size(conn, settings)
+            size, probe = request_size(conn, settings)
             for chunk in read_range(
                 conn.sftp,
                 handle,
@@ -501,15 +545,24 @@ def _check_unchanged(conn: Connection, settings: Settings, entry: RemoteEntry, r
         after = stat_entry(conn, settings, entry.name)
         if after.size is None:
             with open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle:
-                size, _ = _request_size(conn, settings)
+                size, _ = request_size(conn, settings)
                 # One reply tells: data (it grew) or end-of-file; a grown file is not read on.
                 extra = next(read_range(conn.sftp, handle, received, None, size, 1), b"")
             grown: int | None = received + len(extra)
         else:
             grown = after.size
-    mtime_changed = None not in (entry.mtime, after.mtime) and after.mtime != entry.mtime
-    if grown != received or mtime_changed:
-        raise RemoteFileError(
+    reason = changed_reason(entry, received, grown, after.mtime)
+    if reason is not None:
+        raise RemoteFileError(reason)
+
+
+def changed_reason(entry: RemoteEntry, received: int, size_after: int | None, mtime_after: int | None) -> str | None:
+    """Why a file whose second stat says ``size_after``/``mtime_after`` must not be
+    recorded after ``received`` bytes of it were read; None if it is unchanged."""
+    mtime_changed = None not in (entry.mtime, mtime_after) and mtime_after != entry.mtime
+    if size_after != received or mtime_changed:
+        return (
             f"remote file {entry.name!r} changed during the download"
-            f" (size {received} -> {grown}, mtime {entry.mtime} -> {after.mtime}); not recording it"
+            f" (size {received} -> {size_after}, mtime {entry.mtime} -> {mtime_after}); not recording it"
         )
+    return None

@@ -1,0 +1,540 @@
+"""Catching up: the due files of one run, small ones several at once over the one connection.
+
+After an outage the backlog is many small files, and one after another each pays
+its own round trips (open, read, re-stat). paramiko's SFTPClient has one reader;
+``read_range`` already keeps many reads of one file in flight. Here one loop does
+that across files: each small file is a small state machine
+
+    OPEN sent -> handle -> READs (and one byte past the end) in flight -> end confirmed
+    -> CLOSE and STAT sent together -> STAT compared -> fsync, rename -> published
+
+and the loop waits for the next reply, whatever file it concerns, and hands it
+to its file by request number. Up to CONCURRENT_FILES files are in flight within
+one budget of bytes, so memory stays bounded however many are open.
+
+Files that need resume state (larger than WHOLE_FILE_MAX, or listed without a
+size or mtime) and files already complete in LOCAL_DIR go through
+``transfer.download`` one at a time, in plan order, after the small ones before
+them are done: a large file's own pipeline already fills the link
+(bench/RESULTS.md), and its resume verification stays in one place.
+
+Files may complete in any order; each is published and handed to ``record`` as
+it completes, and the job moves LAST_FILE_RECORD only over consecutive ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import hashlib
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from loguru import logger
+from paramiko import Message
+from paramiko.sftp import SFTP_EOF, SFTP_NO_SUCH_FILE, SFTP_PERMISSION_DENIED
+
+from app import interrupt
+from app.config import Settings
+from app.errors import RemoteFileError
+from app.lifecycle import Lifecycle
+from app.reporting.progress import Progress
+from app.selection import RemoteEntry
+from app.server import proof
+from app.server.pipeline import (
+    MAX_AHEAD,
+    Replies,
+    close_later,
+    receive,
+    reply_attrs,
+    reply_data,
+    reply_handle,
+    reply_status,
+    request_open,
+    request_read,
+    request_stat,
+)
+from app.server.remote import Connection, remote_errors, remote_path
+from app.server.transfer import (
+    WHOLE_FILE_MAX,
+    Paths,
+    TransferResult,
+    changed_reason,
+    complete_local,
+    download,
+    finish,
+    request_size,
+    start_partial,
+    start_whole,
+)
+from app.storage.fsutil import storage_error, write_all
+from app.storage.publish import publish
+from app.storage.state import LedgerEntry
+from app.tally import FileTally
+
+Record = Callable[[LedgerEntry, TransferResult], None]
+
+# Files up to this size with no partial yet are fetched together with others; a
+# quarter of the default budget of bytes in flight (64 requests of OpenSSH's
+# 255 KiB), so that several are in flight at once. Above 1 MiB (WHOLE_FILE_MAX)
+# they are written to a partial as they arrive, so a cut keeps what came, and
+# the next attempt resumes through transfer.download. Larger files fill a link
+# with their own pipeline (bench/RESULTS.md).
+TOGETHER_MAX = 4 * 1024 * 1024
+
+# Threads that write, fsync and publish finished files: concurrent fsyncs share
+# the file system's journal commits (on ext4 here, 16 at once cost 1.4 ms per
+# small file instead of 7.5 ms one after another); a few already get most of it.
+FINISHERS = 8
+
+# Status codes that concern the file itself; any other refusal of a second open
+# is taken for a server that allows one open file per session.
+_FILE_STATUSES = {SFTP_NO_SUCH_FILE: errno.ENOENT, SFTP_PERMISSION_DENIED: errno.EACCES}
+
+
+def fetch_due(
+    conn: Connection,
+    settings: Settings,
+    due: Sequence[RemoteEntry],
+    tallies: dict[str, FileTally],
+    failed: dict[str, str],
+    record: Record,
+    *,
+    names: frozenset[str],
+    lifecycle: Lifecycle,
+) -> None:
+    """Fetch, verify and publish every file of ``due``, handing each completed one to
+    ``record``. A file that fails alone is named in ``failed``; outside
+    SELECT_MODE=all the first failure ends the batch. ``names`` is the listing (where
+    checksum files are found); ``lifecycle`` prepares each file for publishing."""
+    keep_going = settings.select_mode == "all"
+    scheduler = _Scheduler(conn, settings, tallies, failed, record, lifecycle)
+    small: list[RemoteEntry] = []
+    for entry in due:
+        interrupt.check()
+        if _fetched_together(settings, entry) and not _proven_or_decrypted_alone(
+            conn, settings, entry, names, lifecycle
+        ):
+            small.append(entry)
+            continue
+        if small and not scheduler.run(small, keep_going):
+            return
+        small = []
+        tally = tallies.setdefault(entry.name, FileTally(entry.name))
+        _announce(entry)
+        try:
+            result = download(conn, settings, entry, tally, names)
+            record(*deliver(settings, entry, result, tally, lifecycle))
+        except RemoteFileError as exc:
+            _failed(failed, entry, exc)
+            if not keep_going:
+                return
+    if small:
+        scheduler.run(small, keep_going)
+
+
+def _fetched_together(settings: Settings, entry: RemoteEntry) -> bool:
+    """Small enough to fetch whole (transfer.download keeps no resume state for it),
+    and not already complete in LOCAL_DIR. A name refused here is refused, and
+    reported, by transfer.download."""
+    if entry.size is None or entry.mtime is None or entry.size > TOGETHER_MAX:
+        return False
+    try:
+        paths = Paths.for_name(settings.local_dir, entry.name)
+    except RemoteFileError:
+        return False
+    # A partial left by an earlier attempt is resumed (and verified) by transfer.download.
+    return not complete_local(paths, entry) and (entry.size <= WHOLE_FILE_MAX or not paths.part.exists())
+
+
+def _proven_or_decrypted_alone(
+    conn: Connection, settings: Settings, entry: RemoteEntry, names: frozenset[str], lifecycle: Lifecycle
+) -> bool:
+    """A file whose proof takes requests of its own (a server digest, a checksum file,
+    REMOTE_HASH_COMMAND), or that is decrypted before publishing, goes through
+    transfer.download and the job's thread alone: the finishing threads neither
+    talk to the server nor run gpg."""
+    return proof.needs_own_requests(conn, settings, entry.name, names) or lifecycle.decrypts(entry.name)
+
+
+def _announce(entry: RemoteEntry) -> None:
+    size = "an unknown number of" if entry.size is None else entry.size
+    logger.bind(file=entry.name).info("{}: downloading {} bytes", entry.name, size)
+
+
+def _failed(failed: dict[str, str], entry: RemoteEntry, exc: RemoteFileError) -> None:
+    # A stop request can surface as a file's failure: report it as what it is.
+    interrupt.check()
+    failed[entry.name] = str(exc)
+    logger.bind(file=entry.name).error("{}: {}", entry.name, exc)
+
+
+def deliver(
+    settings: Settings, entry: RemoteEntry, result: TransferResult, tally: FileTally, lifecycle: Lifecycle
+) -> tuple[LedgerEntry, TransferResult]:
+    """Publish a verified, proven download to SERVER_DIR (decrypted first where
+    DECRYPT says so); its ledger line, not yet committed."""
+    log = logger.bind(file=entry.name)
+    log.bind(sha256=result.sha256, size=result.size, verified_by=result.verified_by).info(
+        "{}: verified {} bytes, sha256 {}, by {}", entry.name, result.size, result.sha256, result.verified_by
+    )
+    ready = lifecycle.prepare(result)
+    method = publish(ready.path, settings.server_dir, ready.size, result.mtime, ready.sha256, settings.publish_method)
+    if method is None:
+        log.info("{}: already identical in SERVER_DIR", entry.name)
+    else:
+        log.bind(method=method).info("{}: published to SERVER_DIR ({})", entry.name, method)
+    done = LedgerEntry(
+        name=entry.name,
+        size=result.size,
+        mtime=result.mtime,
+        sha256=result.sha256,
+        bytes_transferred=tally.received,
+        seconds=round(time.monotonic() - tally.started, 3),
+        completed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        verified_by=result.verified_by,
+        **ready.ledger_fields,
+    )
+    return done, result
+
+
+@dataclass(eq=False)
+class _Small:
+    """One file in flight: its SFTP requests and its bytes. Up to WHOLE_FILE_MAX they
+    are held in memory until verified (within the scheduler's budget), then written
+    in one go; a larger file is written to its partial (``fd``) as they arrive."""
+
+    entry: RemoteEntry
+    size: int
+    tally: FileTally
+    paths: Paths
+    fd: int = -1  # the partial, open for writing; -1 for a file held in memory
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)  # of a partial's bytes
+    started: float = field(default_factory=time.monotonic)
+    received_before: int = 0
+    chunks: list[bytes] = field(default_factory=list)  # in file order
+    handle: bytes | None = None
+    position: int = 0  # bytes in ``chunks``
+    ready: dict[int, bytes] = field(default_factory=dict)  # replies ahead of ``position``
+    reads: int = 0  # READs in flight
+    end_confirmed: bool = False
+
+
+class _RefusedError(Exception):
+    """The server refused an open while other files were open."""
+
+
+class _Scheduler:
+    def __init__(
+        self,
+        conn: Connection,
+        settings: Settings,
+        tallies: dict[str, FileTally],
+        failed: dict[str, str],
+        record: Record,
+        lifecycle: Lifecycle,
+    ) -> None:
+        self.conn = conn
+        self.lifecycle = lifecycle
+        self.sftp = conn.sftp
+        self.s = settings
+        self.tallies = tallies
+        self.failed = failed
+        self.record = record
+        self.limit = settings.concurrent_files
+        self.sink = Replies()
+        # Request number -> (file, kind, offset, length); kind is open, read, end or stat.
+        self.pending: dict[int, tuple[_Small, str, int, int]] = {}
+        self.active: list[_Small] = []
+        self.size = settings.chunk_size
+        self.probing = True
+
+    def run(self, entries: Sequence[RemoteEntry], keep_going: bool) -> bool:
+        """Fetch ``entries`` (all to be fetched together); False if a failure ends the batch."""
+        self.queue = deque(entries)
+        self.place = {e.name: n for n, e in enumerate(entries)}
+        self.next_place = 0  # the first file in plan order not yet recorded or failed
+        self.settled: set[int] = set()  # places after it that are
+        self.results: dict[int, tuple[LedgerEntry, TransferResult]] = {}  # verified and published, by place
+        self.keep_going = keep_going
+        self.size, self.probing = request_size(self.conn, self.s)
+        # The memory bound: bytes of admitted, unfinished files (each is fetched whole).
+        budget = min(self.s.pipeline_depth * self.size, MAX_AHEAD)
+        self.count, self.done_files, self.done_bytes = len(entries), 0, 0
+        self.progress = Progress(f"0/{self.count} files", sum(e.size or 0 for e in entries), 0)
+        self.finishing: dict[Future[tuple[LedgerEntry, TransferResult]], _Small] = {}
+        try:
+            with (
+                ThreadPoolExecutor(max_workers=min(self.limit, FINISHERS), thread_name_prefix="finish") as self.pool,
+                remote_errors(f"fetch {self.count} file(s)"),
+            ):
+                try:
+                    while self.queue or self.active or self.finishing:
+                        interrupt.check()
+                        held = sum(f.size for f in (*self.active, *self.finishing.values()))
+                        while self.queue and len(self.active) < self.limit:
+                            if self.active and held + (self.queue[0].size or 0) > budget:
+                                break
+                            held += self._start(self.queue.popleft())
+                        if self.active:
+                            receive(self.sftp)
+                        else:
+                            wait(self.finishing, interrupt.POLL_SECONDS, FIRST_COMPLETED)
+                        for num in list(self.sink.got):
+                            if not self._dispatch(num):
+                                return False
+                        if not self._collect(only_done=True):
+                            return False
+                finally:
+                    # What is already published gets recorded, whatever stops the batch.
+                    with contextlib.suppress(BaseException):
+                        self._collect(only_done=False)
+        finally:
+            for f in list(self.active):
+                self._drop(f)
+        self.progress.finish()
+        return True
+
+    def _collect(self, *, only_done: bool) -> bool:
+        """Record the files whose finishing (fsync, rename, publish) is over, in plan
+        order (so the ledger reads oldest first, as one at a time would write it);
+        with ``only_done=False``, wait for all and record every one. False if a
+        failure ends the batch."""
+        going = True
+        for future in [fu for fu in self.finishing if fu.done() or not only_done]:
+            f = self.finishing.pop(future)
+            try:
+                self.results[self.place[f.entry.name]] = future.result()
+            except RemoteFileError as exc:
+                self._settle(f)
+                _failed(self.failed, f.entry, exc)
+                going = going and self.keep_going
+        while self.results and (not only_done or min(self.results) == self.next_place):
+            place = min(self.results)
+            self.record(*self.results.pop(place))
+            self._settle_place(place)
+            self.done_files += 1
+            self.progress.name = f"{self.done_files}/{self.count} files"
+            self.progress.update(self.done_bytes)
+        return going
+
+    def _settle(self, f: _Small) -> None:
+        """``f`` failed: files after it in the plan need not wait for it to be recorded."""
+        self._settle_place(self.place[f.entry.name])
+
+    def _settle_place(self, place: int) -> None:
+        self.settled.add(place)
+        while self.next_place in self.settled:
+            self.settled.discard(self.next_place)
+            self.next_place += 1
+
+    def _dispatch(self, num: int) -> bool:
+        """Hand one reply to its file; False if a failure ends the batch."""
+        t, msg = self.sink.got.pop(num)
+        f, kind, offset, length = self.pending.pop(num)
+        if f not in self.active:
+            return True  # a late reply for a file that already failed
+        before = f.position
+        try:
+            self._step(f, kind, offset, length, t, msg)
+        except _RefusedError:
+            self._drop(f)
+            # Back in its place in the plan, so files are still fetched oldest first.
+            self.queue = deque(sorted((f.entry, *self.queue), key=lambda e: self.place[e.name]))
+            return True
+        except RemoteFileError as exc:
+            self._drop(f)
+            self._settle(f)
+            _failed(self.failed, f.entry, exc)
+            return self.keep_going
+        self.done_bytes += f.position - before
+        self.progress.update(self.done_bytes)
+        return True
+
+    def _start(self, entry: RemoteEntry) -> int:
+        assert entry.size is not None  # _fetched_together
+        _announce(entry)
+        tally = self.tallies.setdefault(entry.name, FileTally(entry.name))
+        tally.size = entry.size
+        paths = Paths.for_name(self.s.local_dir, entry.name)
+        f = _Small(entry, entry.size, tally, paths, received_before=tally.received)
+        if f.size > WHOLE_FILE_MAX:
+            start_partial(paths, entry)
+            try:
+                f.fd = os.open(paths.part, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as exc:
+                raise storage_error("open", paths.part, exc) from None
+        self.active.append(f)
+        self._send(f, "open", 0, 0)
+        return f.size
+
+    def _send(self, f: _Small, kind: str, offset: int, length: int) -> None:
+        path = remote_path(self.s, f.entry.name)
+        if kind == "open":
+            num = request_open(self.sftp, self.sink, path)
+        elif kind == "stat":
+            num = request_stat(self.sftp, self.sink, path)
+        else:
+            assert f.handle is not None
+            num = request_read(self.sftp, self.sink, f.handle, offset, length)
+            f.reads += 1
+        self.pending[num] = (f, kind, offset, length)
+
+    def _step(self, f: _Small, kind: str, offset: int, length: int, t: int, msg: Message) -> None:
+        """Advance ``f`` by one reply; once it is verified, hand it to the finishing threads."""
+        status = reply_status(t, msg)
+        name = f.entry.name
+        if kind == "open":
+            handle = reply_handle(t, msg)
+            if handle is None:
+                self._refused_open(f, status)
+                raise RemoteFileError(f"download {name!r}: server did not open it")
+            f.handle = handle
+            f.tally.resume_offsets.append(0)
+            for start in range(0, f.size, self.size):
+                self._send(f, "read", start, min(self.size, f.size - start))
+            # One byte past the listed end must come back as end-of-file, or the
+            # file is longer than listed; sent with the reads, it costs no round trip.
+            self._send(f, "end", f.size, 1)
+            return
+        if kind == "stat":
+            attrs = reply_attrs(t, msg)
+            if attrs is None:
+                raise RemoteFileError(f"re-check remote file {name!r}: {status[1] if status else 'no attributes'}")
+            mtime = None if attrs.st_mtime is None else int(attrs.st_mtime)
+            reason = changed_reason(f.entry, f.position, attrs.st_size, mtime)
+            if reason is not None:
+                raise RemoteFileError(reason)
+            # The network part is done: the rest runs beside the next files' transfers.
+            self.active.remove(f)
+            self.finishing[self.pool.submit(self._complete, f)] = f
+            return
+        f.reads -= 1
+        data = reply_data(t, msg)
+        if kind == "end":
+            if data:
+                raise RemoteFileError(f"the file is longer than its listed size of {f.size} bytes")
+            if status is None or status[0] != SFTP_EOF:
+                raise RemoteFileError(f"server refused a read: {status[1] if status else 'unexpected reply'}")
+            f.end_confirmed = True
+        elif data is None:
+            if status is not None and status[0] == SFTP_EOF:
+                raise RemoteFileError(f"file ended at byte {offset}, before its listed size of {f.size}")
+            raise RemoteFileError(f"server refused a read: {status[1] if status else 'unexpected reply'}")
+        else:
+            self._take(f, offset, length, data)
+        if f.position == f.size and f.end_confirmed and not f.reads and f.handle is not None:
+            # The close needs no reply; the second stat goes with it.
+            close_later(self.sftp, f.handle)
+            f.handle = None
+            self._send(f, "stat", 0, 0)
+        return
+
+    def _refused_open(self, f: _Small, status: tuple[int, str] | None) -> None:
+        code, text = status if status is not None else (-1, "unexpected reply")
+        if code in _FILE_STATUSES:
+            raise RemoteFileError(f"download {f.entry.name!r}: {os.strerror(_FILE_STATUSES[code])}")
+        if len(self.active) > 1:
+            # Opens already sent behind this one are refused too: they are tried again, quietly.
+            if self.limit > 1:
+                self.limit = 1
+                logger.bind(file=f.entry.name).warning(
+                    "the server refused to open {} while other files were open ({}); fetching one file at a"
+                    " time for the rest of this run",
+                    f.entry.name,
+                    text,
+                )
+            raise _RefusedError()
+        raise RemoteFileError(f"download {f.entry.name!r}: {text}")
+
+    def _take(self, f: _Small, offset: int, length: int, data: bytes) -> None:
+        """Keep one read's reply and write what is now contiguous, in file order."""
+        if len(data) > length:
+            raise RemoteFileError(f"server sent {len(data)} bytes for a read of {length}")
+        if self.probing and data:
+            # The first reply tells the server's read limit (see pipeline.read_range).
+            self.size, self.probing = min(self.size, len(data)), False
+        rest = offset + len(data)
+        while rest < offset + length:
+            # A short reply (a server read limit): ask for the rest in pieces it serves whole.
+            piece = min(len(data), offset + length - rest)
+            self._send(f, "read", rest, piece)
+            rest += piece
+        f.ready[offset] = data
+        while f.position in f.ready:
+            chunk = f.ready.pop(f.position)
+            if f.fd < 0:
+                f.chunks.append(chunk)
+            else:
+                try:
+                    write_all(f.fd, chunk)
+                except OSError as exc:
+                    raise storage_error("write", f.paths.part, exc) from None
+                f.digest.update(chunk)
+                f.tally.kept = f.position + len(chunk)
+            f.position += len(chunk)
+            f.tally.received += len(chunk)
+
+    def _complete(self, f: _Small) -> tuple[LedgerEntry, TransferResult]:
+        """In a helper thread, so that local file system work never holds up the
+        transfers: write the verified bytes to a temp file, make it durable,
+        rename and publish it. Concurrent fsyncs share journal commits."""
+        paths = f.paths
+        if f.fd >= 0:
+            target, fd, digest = paths.part, f.fd, f.digest
+            f.fd = -1
+        else:
+            target, fd = start_whole(paths)
+            digest = hashlib.sha256()
+        try:
+            try:
+                for chunk in f.chunks:
+                    write_all(fd, chunk)
+                    digest.update(chunk)
+                os.fsync(fd)
+            except OSError as exc:
+                raise storage_error("write", target, exc) from None
+            finally:
+                os.close(fd)
+            f.chunks.clear()
+            # Fetched together only when size and mtime are all the proof there is.
+            result = finish(
+                paths,
+                target,
+                f.entry,
+                f.position,
+                digest,
+                f.tally,
+                0,
+                f.started,
+                f.received_before,
+                verified_by=proof.SIZE_MTIME,
+            )
+        except BaseException:
+            if target != paths.part:  # a partial stays: it is a valid prefix
+                target.unlink(missing_ok=True)
+            raise
+        return deliver(self.s, f.entry, result, f.tally, self.lifecycle)
+
+    def _drop(self, f: _Small) -> None:
+        """Forget a file that failed or was cut short: its temp goes, nothing is kept."""
+        if f in self.active:
+            self.active.remove(f)
+        if f.handle is not None:
+            # On a dead connection the close cannot go out; the run reports the connection.
+            with contextlib.suppress(Exception):
+                close_later(self.sftp, f.handle)
+            f.handle = None
+        f.chunks.clear()
+        if f.fd < 0:
+            f.tally.kept = 0
+            return
+        # The partial is a valid prefix: kept for the next attempt, which resumes it.
+        os.close(f.fd)
+        f.fd = -1
+        f.tally.remember_prefix(f.paths.part, f.position, f.digest)
