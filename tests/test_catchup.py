@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import Server, file_sha256, run_job, sha256, start_job, temp_names, wait_until
 from hostile_sftp import HostileSftpServer, Lies, hostile_env
+from proftpd import Proftpd
 from relay import Relay
+from test_proof_e2e import MTIME, proftpd_env
 from test_resilience import clean_state
 
 from app.storage.state import read_ledger
@@ -202,3 +204,39 @@ def test_reconnecting_within_a_run_rechecks_a_small_window_of_its_own_partial(se
     # Per cut: the reply cut in half, a new login and listing, and the 16 KiB recheck;
     # not the 2 MiB window and the sample again (over 2 MiB per cut before).
     assert relay.bytes_down <= len(data) + 3 * 512 * 1024, relay.bytes_down - len(data)
+
+
+def test_a_backlog_keeps_each_files_proof_and_remote_after_action(server: Server) -> None:
+    """Fetched together or alone, every file is proven as VERIFY_SOURCE asks (a file
+    with a checksum file by that file, the rest by size and mtime on a server
+    without digests), and its REMOTE_AFTER action follows its ledger line."""
+    files = {f"202502{day:02d}.IPI": os.urandom(5000 + day) for day in range(1, 13)}
+    put_all(server, files)
+    checked = "20250207.IPI"
+    (server.remote / f"{checked}.sha256").write_text(f"{sha256(files[checked])}  {checked}\n")
+
+    result = run_job(server.env(SELECT_MODE="all", REMOTE_AFTER="delete"), server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    assert_all_served_once(server, files)
+    by = {entry.name: entry.verified_by for entry in read_ledger(server.ledger).entries}
+    assert by.pop(checked) == f"checksum-file:{checked}.sha256"
+    assert set(by.values()) == {"size+mtime"}
+    assert not any((server.remote / name).exists() for name in files), "every delivered file was deleted"
+    assert not (server.remote / f"{checked}.sha256").exists(), "its checksum file followed it"
+    assert not (server.served / f"{checked}.sha256").exists(), "a checksum file is never data"
+
+
+def test_a_backlog_on_a_server_with_digests_proves_every_file_by_them(proftpd: Proftpd, tmp_path: Path) -> None:
+    """ProFTPD hashes files itself: no file of a backlog falls back to size and mtime."""
+    files = {f"202503{day:02d}.IPI": os.urandom(7000 + day) for day in range(1, 9)}
+    for name, data in files.items():
+        proftpd.put(name, data, MTIME)
+
+    result = run_job(proftpd_env(proftpd, tmp_path, SELECT_MODE="all"), tmp_path / "cwd")
+
+    assert result.code == 0, result.output
+    entries = read_ledger(tmp_path / "state" / "completed_files.jsonl").entries
+    assert sorted(e.name for e in entries) == sorted(files)
+    assert {e.verified_by.split(":")[0] for e in entries if e.verified_by} == {"check-file-handle"}
+    assert all(e.verified_by for e in entries)
