@@ -357,7 +357,8 @@ class _Scheduler:
         return True
 
     def _start(self, entry: RemoteEntry) -> int:
-        assert entry.size is not None  # _fetched_together
+        if entry.size is None:  # _fetched_together admits listed sizes only
+            raise RemoteFileError(f"{entry.name}: no listed size, cannot be fetched together")
         _announce(entry)
         tally = self.tallies.setdefault(entry.name, FileTally(entry.name))
         tally.size = entry.size
@@ -380,7 +381,8 @@ class _Scheduler:
         elif kind == "stat":
             num = request_stat(self.sftp, self.sink, path)
         else:
-            assert f.handle is not None
+            if f.handle is None:  # reads are sent only after the open's reply gave the handle
+                raise RemoteFileError(f"{f.entry.name}: read before the file was open")
             num = request_read(self.sftp, self.sink, f.handle, offset, length)
             f.reads += 1
         self.pending[num] = (f, kind, offset, length)
