@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import accounts
 from accounts import TestAccount
+from hostile_sftp import HostileSftpServer, Lies
 from relay import Relay
 from sshd import Sshd, find_sshd, keygen
 
@@ -187,6 +188,16 @@ def unprivileged_server(tmp_path: Path, keys: dict[str, Path], pytestconfig: pyt
         srv.sshd.stop()
         if os.geteuid() == 0:
             shutil.rmtree(srv.remote.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def hostile(tmp_path: Path, keys: dict[str, Path]) -> Iterator[HostileSftpServer]:
+    """The lying AsyncSSH server (hostile_sftp.py), telling no lies until a test sets some."""
+    server = HostileSftpServer(tmp_path, Path(f"{keys['client']}.pub"), Lies()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -11,19 +11,10 @@ from pathlib import Path
 
 import pytest
 from conftest import Server, file_sha256, run_job, sha256, wait_until
-from hostile_sftp import HostileSftpServer, Lies, hostile_env
+from hostile_sftp import HostileSftpServer, hostile_env
 from sshd import keygen
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def hostile(tmp_path: Path, keys: dict[str, Path]) -> Iterator[HostileSftpServer]:
-    server = HostileSftpServer(tmp_path, Path(f"{keys['client']}.pub"), Lies()).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def everything_under(root: Path) -> set[Path]:

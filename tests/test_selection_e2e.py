@@ -5,27 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import OLD, Runner, Server, file_sha256, run_job, sha256
-from hostile_sftp import HostileSftpServer, Lies, hostile_env
+from hostile_sftp import HostileSftpServer, hostile_env
 
 from app.selection import SkipReason
 
 MiB = 1024 * 1024
 FUTURE_2100 = 4_102_444_800  # 2100-01-01T00:00:00Z: a server clock (or file) far ahead of ours
-
-
-@pytest.fixture
-def hostile(tmp_path: Path, keys: dict[str, Path]) -> Iterator[HostileSftpServer]:
-    server = HostileSftpServer(tmp_path, Path(f"{keys['client']}.pub"), Lies()).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def report_of(record: Path) -> dict[str, Any]:

@@ -10,12 +10,11 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Server, file_sha256, run_job, sha256, size_of, start_job, wait_until
-from hostile_sftp import HostileSftpServer, Lies, hostile_env
+from hostile_sftp import HostileSftpServer, hostile_env
 from relay import Relay
 from sshd import free_port
 
@@ -27,15 +26,6 @@ from app.server.transfer import SAMPLE_BLOCK, SAMPLE_STRATA, sample_ranges
 from app.tally import FileTally
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def hostile(tmp_path: Path, keys: dict[str, Path]) -> Iterator[HostileSftpServer]:
-    server = HostileSftpServer(tmp_path, Path(f"{keys['client']}.pub"), Lies()).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def jail(tmp_path: Path) -> tuple[Path, Path, Path]:
