@@ -12,20 +12,16 @@ the fixture needs root, as ``make test`` runs.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sshd import free_port, keygen
+from sshd import free_port, keygen, stop_process, wait_for_banner
 
 PROFTPD_CANDIDATES = ("/usr/sbin/proftpd", "/usr/local/sbin/proftpd")
 MODULE_DIRS = ("/usr/lib/proftpd", "/usr/local/libexec/proftpd", "/usr/libexec/proftpd")
@@ -184,26 +180,10 @@ class Proftpd:
         raise RuntimeError(f"proftpd did not start: {last_error}")
 
     def _wait_ready(self, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                return False
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                if s.recv(4).startswith(b"SSH-"):
-                    return True
-            time.sleep(0.05)
-        return False
+        return wait_for_banner(self.process, self.port, timeout)
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=5)
+        stop_process(self.process)
         self.process = None
 
     def log_text(self) -> str:

@@ -42,6 +42,32 @@ def keygen(path: Path, key_type: str = "ed25519", passphrase: str = "", bits: in
     return path
 
 
+def wait_for_banner(process: subprocess.Popen[bytes] | None, port: int, timeout: float = 10.0) -> bool:
+    """Whether an SSH server started as ``process`` answers with its banner on ``port`` in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            if s.recv(4).startswith(b"SSH-"):
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    """Stop a server this module's caller started, by its PID: SIGTERM, then SIGKILL."""
+    if process is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+
+
 @dataclass
 class Sshd:
     """A running sshd; stop() kills it by PID."""
@@ -112,26 +138,10 @@ class Sshd:
         raise RuntimeError(f"sshd did not start: {last_error}")
 
     def _wait_ready(self, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                return False
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                if s.recv(4).startswith(b"SSH-"):
-                    return True
-            time.sleep(0.05)
-        return False
+        return wait_for_banner(self.process, self.port, timeout)
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=5)
+        stop_process(self.process)
         self.process = None
 
     def log_text(self) -> str:
