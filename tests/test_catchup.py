@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from hostile_sftp import HostileSftpServer, Lies, hostile_env
 from proftpd import Proftpd
 from relay import Relay
 from test_proof_e2e import MTIME, proftpd_env
-from test_resilience import clean_state
+from test_resilience import kill_campaign, kill_campaign_seed
 
 from app.storage.state import read_ledger
 
@@ -149,36 +148,10 @@ def test_sigterm_mid_batch_stops_within_2_s_and_the_next_run_completes(server: S
 
 
 def test_kill_9_campaign_with_concurrent_files_never_loses_or_duplicates_a_file(server: Server, relay: Relay) -> None:
-    seed = int(os.environ.get("KILL_SEED", random.randrange(1 << 30)))
-    print(f"kill campaign seed: KILL_SEED={seed}")
-    rng = random.Random(seed)
+    seed, rng = kill_campaign_seed()
     files = {f"202504{day:02d}.IPI": rng.randbytes(rng.randint(10_000, MiB)) for day in range(1, 25)}
     files |= {f"202505{day:02d}.IPI": rng.randbytes(rng.randint(2 * MiB, 3 * MiB)) for day in range(1, 3)}
-    put_all(server, files)
-    relay.rate = 2 * MiB  # slow enough that kills land mid-batch, mid-publish and mid-record
-    env = server.env(port=relay.port, SELECT_MODE="all", CONCURRENT_FILES=8)
-    kills = runs = 0
-    while kills < 12 and runs < 40:
-        runs += 1
-        proc = start_job(env, server.tmp / "cwd")
-        time.sleep(rng.uniform(0.1, 1.5))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.communicate(timeout=60)
-    assert kills >= 8, f"seed {seed}: only {kills} runs were killed"
-
-    relay.rate = None
-    final = run_job(env, server.tmp / "cwd")
-
-    assert final.code == 0, f"seed {seed}: {final.output}"
-    for name, data in files.items():
-        assert file_sha256(server.local / name) == sha256(data), f"seed {seed}: {name} in LOCAL_DIR"
-    assert_all_served_once(server, files)
-    assert server.record.read_text().strip() == max(files)
-    assert clean_state(server) == [], f"seed {seed}: stray files {clean_state(server)}"
-    total = sum(len(d) for d in files.values())
-    assert relay.bytes_down <= total + kills * (VERIFY_WINDOW + 4 * MiB), f"seed {seed}: too much re-fetched"
+    kill_campaign(server, relay, files, seed, rng, min_kills=8, CONCURRENT_FILES=8)
 
 
 def test_cut_on_loopback_wastes_at_most_the_verification_window_and_a_mib(server: Server, relay: Relay) -> None:
