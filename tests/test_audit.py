@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-from conftest import REPO, Runner, Server, job_env
+from conftest import Runner, Server, job_env
+from test_operations import on_terminal
 
 from app.storage.state import RunLock
 
@@ -138,32 +135,12 @@ def test_audit_waits_for_a_run_in_progress(server: Server, run: Runner) -> None:
 
 def test_audit_draws_a_progress_bar_on_a_terminal(server: Server, run: Runner) -> None:
     deliver(server, run)
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "audit"],
-        env=job_env(server.env(), server.tmp),
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=slave,
-    )
-    os.close(slave)
-    screen = b""
-    while select.select([master], [], [], 30)[0]:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        screen += chunk
-    out, _ = proc.communicate(timeout=30)
-    os.close(master)
 
-    assert proc.returncode == 0, screen
-    text = screen.decode(errors="replace")
+    code, text = on_terminal(job_env(server.env(), server.tmp), args=("audit",))
+
+    assert code == 0, text
     assert "\raudit [" in text and "100.0%" in text
-    assert "all files match the ledger" in out.decode()
+    assert "all files match the ledger" in text
 
 
 def test_audit_hashes_a_hard_linked_local_copy_once(server: Server, run: Runner) -> None:

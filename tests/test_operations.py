@@ -376,12 +376,16 @@ def test_smtp_settings_must_be_complete(server: Server) -> None:
 
 
 def on_terminal(
-    env: dict[str, str], when: str | None = None, then: Callable[[subprocess.Popen[bytes]], None] | None = None
+    env: dict[str, str],
+    when: str | None = None,
+    then: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    args: tuple[str, ...] = (),
 ) -> tuple[int, str]:
-    """Run the job with a pty as stdout and stderr, as in a terminal; ``then`` runs once regex ``when`` matches."""
+    """Run the job (with ``args``) with a pty as stdout and stderr, as in a terminal;
+    ``then`` runs once regex ``when`` matches."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app"], env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave
+        [sys.executable, "-m", "app", *args], env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave
     )
     os.close(slave)
     screen = b""
