@@ -46,8 +46,10 @@ from app.lifecycle import Lifecycle
 from app.reporting.progress import Progress
 from app.selection import RemoteEntry
 from app.server import proof
+from app.server.bandwidth import throttle_for
 from app.server.pipeline import (
     MAX_AHEAD,
+    Outbox,
     Replies,
     close_later,
     receive,
@@ -253,6 +255,8 @@ class _Scheduler:
         self.active: list[_Small] = []
         self.size = settings.chunk_size
         self.probing = True
+        # BANDWIDTH_LIMIT: the run's one bucket, shared with transfer.download.
+        self.throttle = throttle_for(settings)
 
     def run(self, entries: Sequence[RemoteEntry], keep_going: bool) -> bool:
         """Fetch ``entries`` (all to be fetched together); False if a failure ends the batch."""
@@ -272,6 +276,7 @@ class _Scheduler:
             with (
                 ThreadPoolExecutor(max_workers=min(self.limit, FINISHERS), thread_name_prefix="finish") as self.pool,
                 remote_errors(f"fetch {self.count} file(s)"),
+                Outbox(self.sftp) as self.outbox,
             ):
                 try:
                     while self.queue or self.active or self.finishing:
@@ -281,6 +286,8 @@ class _Scheduler:
                             if self.active and held + (self.queue[0].size or 0) > budget:
                                 break
                             held += self._start(self.queue.popleft())
+                        # Every request made since the last wait goes out before the next.
+                        self.outbox.flush()
                         if self.active:
                             receive(self.sftp)
                         else:
@@ -383,6 +390,10 @@ class _Scheduler:
         else:
             if f.handle is None:  # reads are sent only after the open's reply gave the handle
                 raise RemoteFileError(f"{f.entry.name}: read before the file was open")
+            if self.throttle is not None:
+                # What is held goes out before waiting for the bucket.
+                self.outbox.flush()
+                self.throttle(length)
             num = request_read(self.sftp, self.sink, f.handle, offset, length)
             f.reads += 1
         self.pending[num] = (f, kind, offset, length)
