@@ -13,6 +13,7 @@ from conftest import Server, file_sha256, run_job, sha256
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from relay import Relay, peak_rate
+from test_catchup import assert_all_served_once, put_all
 
 from app import interrupt
 from app.config import load_settings
@@ -206,3 +207,26 @@ def test_a_download_through_a_real_link_keeps_to_the_limit(server: Server, relay
     (report,) = json.loads((server.record.parent / "run_report.json").read_text())["files"]
     assert 3.5 <= report["seconds"] <= 5.0, report
     assert peak_rate(relay.down_log) <= 1.5 * 4 * MiB
+
+
+def test_a_backlog_of_small_files_fetched_together_keeps_to_the_limit(server: Server, relay: Relay) -> None:
+    """app/catchup.py sends the reads of many files itself, not through transfer.download:
+    they take the same bucket (before 815e8af a backlog ignored BANDWIDTH_LIMIT)."""
+    limit = 2 * MiB
+    files = {f"202501{day:02d}.IPI": os.urandom(128 * KiB) for day in range(1, 29)}
+    files |= {f"202502{day:02d}.IPI": os.urandom(128 * KiB) for day in range(1, 21)}
+    put_all(server, files)
+    total = sum(len(data) for data in files.values())  # 6 MiB: 3 s at the limit
+
+    # VERIFY_SOURCE=off: files proven by size and mtime alone are fetched together from the start.
+    env = server.env(port=relay.port, SELECT_MODE="all", CONCURRENT_FILES=8, VERIFY_SOURCE="off", BANDWIDTH_LIMIT="2M")
+    result = run_job(env, server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    assert_all_served_once(server, files)
+    lines = server.log.read_text().splitlines()
+    first_done = next(n for n, line in enumerate(lines) if ": published" in line)
+    assert sum(": downloading" in line for line in lines[:first_done]) >= 8, "fetched together, not one by one"
+    seconds = relay.down_log[-1][0] - relay.down_log[0][0]
+    assert seconds >= total / limit - 0.5, seconds
+    assert peak_rate(relay.down_log) <= 1.5 * limit

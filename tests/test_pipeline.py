@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import paramiko
+import pytest
 from conftest import Server, file_sha256, run_job, sha256, wait_until
 from hostile_sftp import HostileSftpServer, Lies, hostile_env
 
 from app.config import load_settings
-from app.server.pipeline import open_for_reading, read_range
-from app.server.remote import HostKeyVerifier, connect, load_private_key
+from app.server.pipeline import Outbox, Replies, open_for_reading, read_range, receive, reply_attrs, request_stat
+from app.server.remote import Connection, HostKeyVerifier, connect, load_private_key
 
 MiB = 1024 * 1024
 
@@ -85,3 +89,107 @@ def test_several_ranges_in_one_batch_and_reads_to_the_end_without_a_size(server:
         conn.close()
     assert got == {start: data[start:end] for start, end in ranges}
     assert tail == data[MiB + 1 :]
+
+
+# -- Outbox: requests held and sent together --------------------------------------------
+
+
+@pytest.fixture
+def conn(server: Server) -> Iterator[Connection]:
+    settings = load_settings(server.env())
+    conn = connect(settings, load_private_key(settings), HostKeyVerifier(settings))
+    # The session's own early request (ReadLimit) is answered and routed first,
+    # so that nothing else is on its way back when a test starts.
+    assert wait_until(lambda: conn.read_limit.get() is not None, 5)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _stat_sizes(sink: Replies, nums: dict[int, int]) -> dict[int, int | None]:
+    """The size each routed STAT reply names, by request number."""
+    return {num: _attrs(sink, num).st_size for num in nums}
+
+
+def _attrs(sink: Replies, num: int) -> paramiko.SFTPAttributes:
+    attrs = reply_attrs(*sink.got[num])
+    assert attrs is not None, f"request {num} got no attributes"
+    return attrs
+
+
+def _receive_all(conn: Connection, sink: Replies, count: int) -> None:
+    """Route replies until ``count`` are in ``sink``; fails rather than blocks if one never comes."""
+    channel = conn.sftp.get_channel()
+    while len(sink.got) < count:
+        assert wait_until(channel.recv_ready, 5), f"{count - len(sink.got)} replies never came"
+        receive(conn.sftp)
+
+
+def _paramikos_own_writes_are_back(sftp: paramiko.SFTPClient) -> bool:
+    return "_write_all" not in vars(sftp) and sftp._write_all.__func__ is paramiko.sftp.BaseSFTP._write_all
+
+
+def test_outbox_holds_requests_until_flush_then_sends_them_in_one_write(
+    server: Server, conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = {f"2025010{n}.IPI": 1000 * n + 7 for n in range(1, 6)}
+    for name, size in sizes.items():
+        server.put(name, os.urandom(size))
+    sftp, channel = conn.sftp, conn.sftp.get_channel()
+    writes: list[int] = []
+    send_all = channel.sendall
+
+    def counted(data: bytes) -> None:
+        writes.append(len(data))
+        send_all(data)
+
+    monkeypatch.setattr(channel, "sendall", counted)
+    sink = Replies()
+
+    with Outbox(sftp) as box:
+        nums = {request_stat(sftp, sink, str(server.remote / name)): size for name, size in sizes.items()}
+        time.sleep(0.3)
+        assert not channel.recv_ready(), "a held request was answered: it went out before flush"
+        assert writes == []
+        box.flush()
+        _receive_all(conn, sink, len(nums))
+
+    assert len(writes) == 1, writes
+    assert _stat_sizes(sink, nums) == nums, "every reply routed to its own request"
+    assert _paramikos_own_writes_are_back(sftp)
+    assert sftp.stat(str(server.remote / "20250103.IPI")).st_size == sizes["20250103.IPI"]
+
+
+def test_outbox_sends_what_it_holds_when_the_block_ends(server: Server, conn: Connection) -> None:
+    sizes = {f"2025020{n}.IPI": 2000 * n + 1 for n in range(1, 4)}
+    for name, size in sizes.items():
+        server.put(name, os.urandom(size))
+    sftp = conn.sftp
+    sink = Replies()
+
+    with Outbox(sftp):
+        nums = {request_stat(sftp, sink, str(server.remote / name)): size for name, size in sizes.items()}
+    _receive_all(conn, sink, len(nums))
+
+    assert _stat_sizes(sink, nums) == nums
+    assert _paramikos_own_writes_are_back(sftp)
+    assert sftp.stat(str(server.remote / "20250201.IPI")).st_size == sizes["20250201.IPI"]
+
+
+def test_outbox_leaves_an_error_inside_the_block_to_propagate_on_a_dead_connection(
+    server: Server, conn: Connection
+) -> None:
+    path = str(server.put("20250301.IPI", b"x" * 100))
+    sftp = conn.sftp
+    conn.abort()
+    assert wait_until(lambda: not conn.alive(), 5, interval=0.01)
+
+    with pytest.raises(RuntimeError, match="given up"), Outbox(sftp):
+        request_stat(sftp, Replies(), path)
+        raise RuntimeError("given up")
+
+    assert _paramikos_own_writes_are_back(sftp)
+    # What the block's exit kept quiet: held requests cannot go out on this connection.
+    with pytest.raises(OSError), Outbox(sftp):
+        request_stat(sftp, Replies(), path)
