@@ -672,7 +672,9 @@ class Outbox:
     one SSH packet carries a few hundred requests. The caller flushes before it
     waits for a reply, so nothing waits on a request still held here.
     Requests are numbered and registered with paramiko as usual, so their
-    replies are routed as usual. Not for use by two threads at once.
+    replies are routed as usual. Not for use by two threads at once, nor
+    nested; and no call that waits for its own reply (``sftp.stat``) may be made
+    inside the block: its request would be held until it timed out.
     """
 
     def __init__(self, sftp: paramiko.SFTPClient) -> None:
