@@ -33,14 +33,17 @@ def invalid_name_reason(name: str) -> str | None:
         return "a hidden name (leading '.')"
     if "/" in name or "\\" in name:
         return "contains a path separator"
-    if any(_is_control(c) for c in name):
-        return "contains control characters"
-    if any(c in BIDI_CONTROLS for c in name):
-        return "contains bidirectional text controls"
-    if any(unicodedata.category(c) == "Cf" for c in name):
-        # Zero-width spaces and joiners, soft hyphens, a BOM: invisible in a log line or
-        # a terminal, so two different names would be shown as one.
-        return "contains invisible format characters"
+    # Printable ASCII, the usual case, holds none of the characters below: a backlog
+    # of thousands of names skips the per-character Unicode lookups.
+    if not (name.isascii() and name.isprintable()):
+        if any(_is_control(c) for c in name):
+            return "contains control characters"
+        if any(c in BIDI_CONTROLS for c in name):
+            return "contains bidirectional text controls"
+        if any(unicodedata.category(c) == "Cf" for c in name):
+            # Zero-width spaces and joiners, soft hyphens, a BOM: invisible in a log line or
+            # a terminal, so two different names would be shown as one.
+            return "contains invisible format characters"
     try:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError:
