@@ -241,7 +241,24 @@ def _step(failure: str, step: Callable[[], T]) -> T | None:
     return None
 
 
+def _hold_standard_descriptors() -> None:
+    """Reopen a closed standard input, output or error (``>&-`` in a cron line) on
+    /dev/null: otherwise the next file opened (a partial, the ledger) takes its
+    number, and whatever writes to it, a child process or a library, writes into
+    that file. Python leaves sys.stdout or sys.stderr None for a closed one."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: ``fd`` itself
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - lives as long as the process
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - lives as long as the process
+
+
 def main(argv: list[str] | None = None) -> int:
+    _hold_standard_descriptors()
     args = parse_args(argv)
     interrupt.install()
     os.umask(DEFAULT_UMASK)
@@ -291,14 +308,16 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     code = main()
     if threading.active_count() == 1:
-        # Everything is written, fsynced and closed by now; tearing the interpreter
-        # down (every module, object and thread state freed) took 0.1-0.17 s, a
-        # tenth of a catch-up run. With a thread still alive (none should be),
-        # the normal exit waits for it instead.
-        logger.remove()  # closes LOG_FILE
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdout.flush()
-            sys.stderr.flush()
+        # The run's state, report and published files are durable by now; tearing
+        # the interpreter down (every module, object and thread state freed) took
+        # 0.1-0.17 s, a tenth of a catch-up run. With any other thread alive (the
+        # SSH transport, a progress display), the normal exit is taken instead.
+        # What is left is closed here; a failure to close changes no exit code.
+        with contextlib.suppress(Exception):
+            logger.remove()  # closes LOG_FILE
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
         os._exit(code)
     sys.exit(code)
 

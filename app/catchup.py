@@ -295,6 +295,9 @@ class _Scheduler:
                         for num in list(self.sink.got):
                             if not self._dispatch(num):
                                 return False
+                        # The replies' follow-ups (reads, closes, stats) go out before
+                        # recording, whose group commit may wait on fsyncs.
+                        self.outbox.flush()
                         if not self._collect(only_done=True):
                             return False
                 finally:
@@ -435,8 +438,10 @@ class _Scheduler:
             if status is None or status[0] != SFTP_EOF:
                 raise RemoteFileError(f"server refused a read: {status[1] if status else 'unexpected reply'}")
             f.end_confirmed = True
-        elif data is None:
-            if status is not None and status[0] == SFTP_EOF:
+        elif not data:
+            # An EOF status, or an empty DATA reply (taken for the end by pipeline._read
+            # too): asking again would get the same answer, forever.
+            if data is not None or (status is not None and status[0] == SFTP_EOF):
                 raise RemoteFileError(f"file ended at byte {offset}, before its listed size of {f.size}")
             raise RemoteFileError(f"server refused a read: {status[1] if status else 'unexpected reply'}")
         else:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
+from asyncssh.packet import String, UInt32
 
 OLD = int(time.time()) - 7200
 
@@ -37,6 +38,8 @@ class Lies:
     # Open files allowed at once per session (0: no limit); one more OPEN fails, as on
     # servers that say "maximum concurrent transfers exceeded".
     max_open_files: int = 0
+    # Every READ answered with an empty DATA reply, neither data nor end of file.
+    empty_data: bool = False
 
 
 def _attrs(size: int, overrides: dict[str, int | None] | None = None) -> asyncssh.SFTPAttrs:
@@ -52,7 +55,11 @@ _original_process_packet = asyncssh.sftp.SFTPServerHandler._process_packet
 
 
 async def _process_packet(self: asyncssh.sftp.SFTPServerHandler, pkttype: int, pktid: int, packet: object) -> None:
-    """Drop the extended requests the server's Lies say never to answer."""
+    """Drop the extended requests the server's Lies say never to answer; answer READs
+    with empty data where they say so (AsyncSSH itself turns empty data into EOF)."""
+    if pkttype == asyncssh.sftp.FXP_READ and getattr(self._server, "empty_data", False):
+        self.send_packet(asyncssh.sftp.FXP_DATA, pktid, UInt32(pktid), String(b""))
+        return
     silent: set[bytes] = getattr(self._server, "silent_extensions", set())
     if pkttype == asyncssh.sftp.FXP_EXTENDED and silent:
         start = packet._idx  # type: ignore[attr-defined]
@@ -70,6 +77,7 @@ asyncssh.sftp.SFTPServerHandler._process_packet = _process_packet
 def _server_class(lies: Lies) -> type[asyncssh.SFTPServer]:
     class HostileServer(asyncssh.SFTPServer):  # type: ignore[misc]
         silent_extensions = lies.silent_extensions
+        empty_data = lies.empty_data
 
         def _size(self, name: bytes) -> int:
             return lies.claimed_size.get(name, len(lies.files.get(name, b"")))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Server, file_sha256, run_job, sha256, start_job, temp_names, wait_until
+from conftest import Server, file_sha256, job_env, run_job, sha256, start_job, temp_names, wait_until
 from hostile_sftp import HostileSftpServer, Lies, hostile_env
 from proftpd import Proftpd
 from relay import Relay
@@ -115,6 +118,43 @@ def test_server_allowing_one_open_file_gets_one_at_a_time_after_one_log_line(
     assert result.stderr.count(FALLBACK) == 1
     for name, data in files.items():
         assert (tmp_path / "jail" / "server" / name.decode()).read_bytes() == data
+
+
+def test_empty_data_replies_fail_each_file_instead_of_asking_again_forever(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    # A READ inside the listed size answered with empty DATA, neither data nor end of
+    # file. The scheduler used to ask again for the same bytes, forever: with requests
+    # gathered for one write nothing ever blocked, and memory grew until the process
+    # was killed. The job's address space is capped so that such a loop ends quickly.
+    server = HostileSftpServer(tmp_path, Path(f"{keys['client']}.pub"), Lies(empty_data=True)).start()
+    files = {f"202506{day:02d}.IPI": os.urandom(4096) for day in (1, 2, 3)}
+    server.lies.files.update({name.encode(): data for name, data in files.items()})
+    env = hostile_env(server, tmp_path, keys["client"], CONCURRENT_FILES=8, VERIFY_SOURCE="off")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app"],
+        cwd=cwd,
+        env=job_env(env, cwd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 * 1024 * MiB, 2 * 1024 * MiB)),
+    )
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        server.stop()
+
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    for name in files:
+        assert f"{name}: file ended at byte 0, before its listed size of 4096" in err
+    assert not list((tmp_path / "jail" / "server").glob("*.IPI"))
 
 
 def test_sigterm_mid_batch_stops_within_2_s_and_the_next_run_completes(server: Server, relay: Relay) -> None:

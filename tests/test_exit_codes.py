@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Result, Server, run_job, small_filesystem
+from conftest import REPO, Result, Server, run_job, small_filesystem
 from sshd import free_port, keygen
 
 
@@ -68,6 +68,25 @@ def test_unset_port_defaults_to_22_instead_of_crashing(tmp_path: Path) -> None:
     assert result.code in (1, 3), result.output
     assert "Traceback" not in result.output
     assert "127.0.0.1:22" in last_line(result) or "127.0.0.1" in last_line(result)
+
+
+@pytest.mark.parametrize("closed", [">&-", "2>&-", ">&- 2>&-", "<&- >&- 2>&-"])
+def test_closed_standard_descriptors_keep_the_exit_code(tmp_path: Path, closed: str) -> None:
+    # A cron line or supervisor that closes a descriptor leaves sys.stdout or sys.stderr
+    # None: flushing or logging to it turned exit 2 into exit 1 (with a traceback, or
+    # with nothing at all when stderr was the closed one).
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        ["sh", "-c", f'exec "{sys.executable}" -m app {closed}'],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert proc.returncode == 2, proc.stderr  # SFTP_HOST is required: a configuration error
+    assert "Traceback" not in proc.stderr + proc.stdout
 
 
 def test_env_file_is_read_and_environment_wins(server: Server) -> None:

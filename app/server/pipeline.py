@@ -698,7 +698,8 @@ class Outbox:
         if kind is None:
             self.flush()
             return
-        # Closes of handles given up on; on a dead connection they cannot go out.
+        # What the failed loop had asked for; on a dead connection it cannot go out,
+        # and the error already on its way says why.
         with contextlib.suppress(Exception):
             self.flush()
 
