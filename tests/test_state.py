@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.errors import ConfigError, LockedError
-from app.reporting.report import last_success, read_report
+from app.reporting.report import FileReport, HeldFile, RetryRecord, RunReport, last_success, read_report
 from app.selection import Observation
 from app.server.transfer import Paths, read_partial_meta
 from app.storage.names import invalid_name_reason
@@ -546,6 +546,30 @@ def test_report_reader_returns_a_report_or_nothing(tmp_path: Path, raw: bytes) -
         assert type(report["exit_code"]) is int and type(report["ok"]) is bool
         assert isinstance(report.get("held_back") or [], list)
         assert last_success(1, "now", report) is None or isinstance(last_success(1, "now", report), str)
+
+
+def test_report_json_is_asdict_with_every_field_and_no_shared_lists() -> None:
+    report = RunReport(
+        started_at="2025-04-28T00:00:00+00:00",
+        finished_at="2025-04-28T00:00:05+00:00",
+        duration_seconds=5.0,
+        exit_code=1,
+        outcome="transfer failed",
+        ok=False,
+        sftp_host="h",
+        files=[FileReport("a.IPI", 3, 0.1, 0.0, 0, None, 3, 1, [0, 2], completed=False)],
+        failed={"b.IPI": "gone"},
+        retries=[RetryRecord(1, "cut", 0.5)],
+        held_back=[HeldFile(f"{n}.IPI", "no date", None) for n in range(3)],
+        late=[HeldFile("c.IPI", "late", "2025-04-27T00:00:00+00:00")],
+        decrypt_failed={"d.IPI": "bad key"},
+    )
+
+    data = report.to_json()
+
+    assert data == asdict(report)
+    assert data["files"][0]["resume_offsets"] is not report.files[0].resume_offsets
+    assert data["failed"] is not report.failed
 
 
 def test_observations_round_trip(tmp_path: Path) -> None:
