@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.errors import ConfigError, LockedError
-from app.reporting.report import FileReport, HeldFile, RetryRecord, RunReport, last_success, read_report
+from app.reporting.report import FileReport, HeldFile, RetryRecord, RunReport, last_success, read_report, write_report
 from app.selection import Observation
 from app.server.transfer import Paths, read_partial_meta
 from app.storage.names import invalid_name_reason
@@ -548,7 +548,7 @@ def test_report_reader_returns_a_report_or_nothing(tmp_path: Path, raw: bytes) -
         assert last_success(1, "now", report) is None or isinstance(last_success(1, "now", report), str)
 
 
-def test_report_json_is_asdict_with_every_field_and_no_shared_lists() -> None:
+def test_report_json_is_asdict_with_every_field_and_no_shared_lists(tmp_path: Path) -> None:
     report = RunReport(
         started_at="2025-04-28T00:00:00+00:00",
         finished_at="2025-04-28T00:00:05+00:00",
@@ -570,6 +570,8 @@ def test_report_json_is_asdict_with_every_field_and_no_shared_lists() -> None:
     assert data == asdict(report)
     assert data["files"][0]["resume_offsets"] is not report.files[0].resume_offsets
     assert data["failed"] is not report.failed
+    write_report(tmp_path / "run_report.json", report)
+    assert read_report(tmp_path / "run_report.json") == data
 
 
 def test_observations_round_trip(tmp_path: Path) -> None:
