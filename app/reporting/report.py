@@ -186,8 +186,8 @@ def write_report(path: Path, report: RunReport) -> None:
     # One field per line, for a reader with less or grep; each value compact, because
     # json's indentation runs its pure-Python encoder, half a second for a report that
     # names 50,000 held-back files.
-    fields_ = ",\n".join(f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in report.to_json().items())
-    atomic_write(path, ("{\n" + fields_ + "\n}\n").encode("utf-8"), "REPORT_FILE")
+    lines = ",\n".join(f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in report.to_json().items())
+    atomic_write(path, ("{\n" + lines + "\n}\n").encode("utf-8"), "REPORT_FILE")
 
 
 def outcome(exit_code: int) -> str:
