@@ -211,7 +211,7 @@ def test_a_download_through_a_real_link_keeps_to_the_limit(server: Server, relay
 
 def test_a_backlog_of_small_files_fetched_together_keeps_to_the_limit(server: Server, relay: Relay) -> None:
     """app/catchup.py sends the reads of many files itself, not through transfer.download:
-    they take the same bucket (before 815e8af a backlog ignored BANDWIDTH_LIMIT)."""
+    they take the same bucket (a backlog fetched together used to ignore BANDWIDTH_LIMIT)."""
     limit = 2 * MiB
     files = {f"202501{day:02d}.IPI": os.urandom(128 * KiB) for day in range(1, 29)}
     files |= {f"202502{day:02d}.IPI": os.urandom(128 * KiB) for day in range(1, 21)}
