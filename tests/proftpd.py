@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sshd import free_port, keygen, stop_process, wait_for_banner
+from sshd import keygen, launch_on_free_port, stop_process
 
 PROFTPD_CANDIDATES = ("/usr/sbin/proftpd", "/usr/local/sbin/proftpd")
 MODULE_DIRS = ("/usr/lib/proftpd", "/usr/local/libexec/proftpd", "/usr/libexec/proftpd")
@@ -163,24 +163,16 @@ class Proftpd:
         if not self.host_key.exists():
             keygen(self.host_key)
         self._write_users()
-        last_error = ""
-        for _ in range(attempts):
-            self.port = free_port()
-            config = self._config(modules)
-            log = open(self.base / "stdout.log", "ab")  # noqa: SIM115 - handed to the process
-            # -n: stay in the foreground, so the PID we hold is the daemon's.
-            self.process = subprocess.Popen(
-                [binary, "-n", "-q", "-c", str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
-            )
-            log.close()
-            if self._wait_ready():
-                return self
-            self.stop()
-            last_error = self.log_text()[-2000:]
-        raise RuntimeError(f"proftpd did not start: {last_error}")
 
-    def _wait_ready(self, timeout: float = 10.0) -> bool:
-        return wait_for_banner(self.process, self.port, timeout)
+        def command(port: int) -> list[str]:
+            self.port = port  # the config names it
+            # -n: stay in the foreground, so the PID we hold is the daemon's.
+            return [binary, "-n", "-q", "-c", str(self._config(modules))]
+
+        self.process, self.port = launch_on_free_port(
+            command, self.base / "stdout.log", self.log_text, "proftpd", attempts
+        )
+        return self
 
     def stop(self) -> None:
         stop_process(self.process)

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +67,25 @@ def stop_process(process: subprocess.Popen[bytes] | None) -> None:
     except subprocess.TimeoutExpired:
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=5)
+
+
+def launch_on_free_port(
+    command: Callable[[int], list[str]], log: Path, log_text: Callable[[], str], what: str, attempts: int
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start an SSH server with ``command(port)`` on a free port, until one answers with
+    its banner: another process may bind a port between ``free_port`` and the server's
+    own bind, so each attempt takes a new one. The server's output goes to ``log``."""
+    last_error = ""
+    for _ in range(attempts):
+        port = free_port()
+        args = command(port)
+        with open(log, "ab") as out:
+            process = subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        if wait_for_banner(process, port):
+            return process, port
+        stop_process(process)
+        last_error = log_text()[-2000:]
+    raise RuntimeError(f"{what} did not start: {last_error}")
 
 
 @dataclass
@@ -122,23 +142,15 @@ class Sshd:
         if os.geteuid() == 0:
             # Privilege separation needs this directory when sshd runs as root.
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        last_error = ""
-        for _ in range(attempts):
-            self.port = free_port()
-            config = self._config()
-            log = open(self.workdir / "sshd.log", "ab")  # noqa: SIM115 - handed to the process
-            self.process = subprocess.Popen(
-                [sshd, "-D", "-e", "-f", str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
-            )
-            log.close()
-            if self._wait_ready():
-                return self
-            self.stop()
-            last_error = (self.workdir / "sshd.log").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"sshd did not start: {last_error}")
 
-    def _wait_ready(self, timeout: float = 10.0) -> bool:
-        return wait_for_banner(self.process, self.port, timeout)
+        def command(port: int) -> list[str]:
+            self.port = port  # the config names it
+            return [sshd, "-D", "-e", "-f", str(self._config())]
+
+        self.process, self.port = launch_on_free_port(
+            command, self.workdir / "sshd.log", self.log_text, "sshd", attempts
+        )
+        return self
 
     def stop(self) -> None:
         stop_process(self.process)
