@@ -182,7 +182,8 @@ CHECKSUM_FORMATS = [
 ]
 
 
-def _checksums(text: str, data: bytes) -> bytes:
+def checksum_text(text: str, data: bytes) -> bytes:
+    """``text`` with ``{name}`` and each ``{algorithm}`` digest of ``data`` filled in."""
     return text.format(
         name=NAME,
         sha256=hashlib.sha256(data).hexdigest(),
@@ -199,7 +200,7 @@ def test_a_right_checksum_file_proves_the_file_and_is_never_data(
 ) -> None:
     data = os.urandom(2 * MiB + 3)
     server.put(NAME, data)
-    server.put(companion, _checksums(text, data))
+    server.put(companion, checksum_text(text, data))
     # FILE_PATTERN=* matches the checksum file too: it must still not count as a data file.
     result = run(VERIFY_SOURCE="required", FILE_PATTERN="*", SELECT_MODE="all")
     assert result.code == 0, result.output

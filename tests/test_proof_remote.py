@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import Server
 from proftpd import Proftpd
+from test_proof_e2e import NAME, checksum_text
 
 from app.config import load_settings
 from app.errors import RemoteFileError
@@ -23,7 +24,6 @@ from app.server.proof import (
 )
 from app.server.remote import Connection, HostKeyVerifier, connect, load_private_key
 
-NAME = "IPI_20250428.dat"
 HOSTILE_NAMES = [
     "-n $(touch pwned) `touch pwned2` 'q' \"d\" ;ls & x.dat",
     "back\\slash *star?.dat",
@@ -67,17 +67,7 @@ def _prove(server: Server, conn: Connection, name: str, local_bytes: bytes, **en
 def test_a_right_checksum_file_proves_the_file(server: Server, conn: Connection, companion: str, text: str) -> None:
     data = os.urandom(300_000)
     server.put(NAME, data)
-    server.put(
-        companion,
-        text.format(
-            name=NAME,
-            sha256=hashlib.sha256(data).hexdigest(),
-            md5=hashlib.md5(data).hexdigest(),
-            sha512=hashlib.sha512(data).hexdigest(),
-            other="ab" * 32,
-            other_md5="cd" * 16,
-        ).encode(),
-    )
+    server.put(companion, checksum_text(text, data))
     assert _prove(server, conn, NAME, data, VERIFY_SOURCE="required") == f"checksum-file:{companion}"
 
 
