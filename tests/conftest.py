@@ -231,7 +231,9 @@ def job_env(settings: dict[str, str], home: Path) -> dict[str, str]:
     return env
 
 
-def start_job(settings: dict[str, str], cwd: Path, *args: str) -> subprocess.Popen[str]:
+def start_job(
+    settings: dict[str, str], cwd: Path, *args: str, preexec_fn: Callable[[], None] | None = None
+) -> subprocess.Popen[str]:
     cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [sys.executable, "-m", "app", *args],
@@ -240,6 +242,7 @@ def start_job(settings: dict[str, str], cwd: Path, *args: str) -> subprocess.Pop
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=preexec_fn,
     )
 
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Server, file_sha256, job_env, run_job, sha256, start_job, temp_names, wait_until
+from conftest import Server, file_sha256, run_job, sha256, start_job, temp_names, wait_until
 from hostile_sftp import HostileSftpServer, Lies, hostile_env
 from proftpd import Proftpd
 from relay import Relay
@@ -131,15 +129,9 @@ def test_empty_data_replies_fail_each_file_instead_of_asking_again_forever(
     files = {f"202506{day:02d}.IPI": os.urandom(4096) for day in (1, 2, 3)}
     server.lies.files.update({name.encode(): data for name, data in files.items()})
     env = hostile_env(server, tmp_path, keys["client"], CONCURRENT_FILES=8, VERIFY_SOURCE="off")
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app"],
-        cwd=cwd,
-        env=job_env(env, cwd),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_job(
+        env,
+        tmp_path / "cwd",
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 * 1024 * MiB, 2 * 1024 * MiB)),
     )
     try:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Result, Server, run_job, small_filesystem
+from conftest import Result, Server, job_env, run_job, small_filesystem
 from sshd import free_port, keygen
 
 
@@ -75,11 +75,10 @@ def test_closed_standard_descriptors_keep_the_exit_code(tmp_path: Path, closed: 
     # A cron line or supervisor that closes a descriptor leaves sys.stdout or sys.stderr
     # None: flushing or logging to it turned exit 2 into exit 1 (with a traceback, or
     # with nothing at all when stderr was the closed one).
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         ["sh", "-c", f'exec "{sys.executable}" -m app {closed}'],
         cwd=tmp_path,
-        env=env,
+        env=job_env({}, tmp_path),
         capture_output=True,
         text=True,
         timeout=60,
