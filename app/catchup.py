@@ -70,6 +70,7 @@ from app.server.transfer import (
     complete_local,
     download,
     finish,
+    removed_after_read,
     request_size,
     start_partial,
     start_whole,
@@ -95,7 +96,8 @@ TOGETHER_MAX = 4 * 1024 * 1024
 FINISHERS = 8
 
 # Status codes that concern the file itself; any other refusal of a second open
-# is taken for a server that allows one open file per session.
+# is taken for a server that allows one open file per session, and so is
+# PERMISSION_DENIED while other files are open (the file is then tried alone).
 _FILE_STATUSES = {SFTP_NO_SUCH_FILE: errno.ENOENT, SFTP_PERMISSION_DENIED: errno.EACCES}
 
 
@@ -248,11 +250,14 @@ class _Scheduler:
         self.tallies = tallies
         self.failed = failed
         self.record = record
-        self.limit = settings.concurrent_files
+        self.limit = 1 if conn.one_open_file else settings.concurrent_files
         self.sink = Replies()
         # Request number -> (file, kind, offset, length); kind is open, read, end or stat.
         self.pending: dict[int, tuple[_Small, str, int, int]] = {}
         self.active: list[_Small] = []
+        # Files refused PERMISSION_DENIED while others were open, to be tried alone:
+        # name -> the server's words.
+        self.alone: dict[str, str] = {}
         self.size = settings.chunk_size
         self.probing = True
         # BANDWIDTH_LIMIT: the run's one bucket, shared with transfer.download.
@@ -284,6 +289,11 @@ class _Scheduler:
                         held = sum(f.size for f in (*self.active, *self.finishing.values()))
                         while self.queue and len(self.active) < self.limit:
                             if self.active and held + (self.queue[0].size or 0) > budget:
+                                break
+                            if self.queue[0].name in self.alone:
+                                # Tried again alone: after the files in flight, before any other.
+                                if not self.active:
+                                    held += self._start(self.queue.popleft())
                                 break
                             held += self._start(self.queue.popleft())
                         # Every request made since the last wait goes out before the next.
@@ -411,6 +421,9 @@ class _Scheduler:
                 self._refused_open(f, status)
                 raise RemoteFileError(f"download {name!r}: server did not open it")
             f.handle = handle
+            if f.entry.name in self.alone:
+                # Refused while others were open, opened alone: a limit of the server's.
+                self._one_at_a_time(f, self.alone.pop(f.entry.name))
             f.tally.resume_offsets.append(0)
             for start in range(0, f.size, self.size):
                 self._send(f, "read", start, min(self.size, f.size - start))
@@ -420,15 +433,17 @@ class _Scheduler:
             return
         if kind == "stat":
             attrs = reply_attrs(t, msg)
-            if attrs is None:
+            if attrs is None and status is not None and status[0] == SFTP_NO_SUCH_FILE:
+                # Every byte and the end of file arrived, then the server removed it.
+                removed_after_read(self.conn, name, f.position)
+            elif attrs is None:
                 raise RemoteFileError(f"re-check remote file {name!r}: {status[1] if status else 'no attributes'}")
-            mtime = None if attrs.st_mtime is None else int(attrs.st_mtime)
-            reason = changed_reason(f.entry, f.position, attrs.st_size, mtime)
-            if reason is not None:
-                raise RemoteFileError(reason)
-            # The network part is done: the rest runs beside the next files' transfers.
-            self.active.remove(f)
-            self.finishing[self.pool.submit(self._complete, f)] = f
+            else:
+                mtime = None if attrs.st_mtime is None else int(attrs.st_mtime)
+                reason = changed_reason(f.entry, f.position, attrs.st_size, mtime)
+                if reason is not None:
+                    raise RemoteFileError(reason)
+            self._network_done(f)
             return
         f.reads -= 1
         data = reply_data(t, msg)
@@ -450,25 +465,44 @@ class _Scheduler:
             # The close needs no reply; the second stat goes with it.
             close_later(self.sftp, f.handle)
             f.handle = None
-            self._send(f, "stat", 0, 0)
+            if self.conn.removes_after_read:
+                # Nothing to stat on a server that removes what it served.
+                removed_after_read(self.conn, name, f.position)
+                self._network_done(f)
+            else:
+                self._send(f, "stat", 0, 0)
         return
+
+    def _network_done(self, f: _Small) -> None:
+        """The network part is done: the rest runs beside the next files' transfers."""
+        self.active.remove(f)
+        self.finishing[self.pool.submit(self._complete, f)] = f
 
     def _refused_open(self, f: _Small, status: tuple[int, str] | None) -> None:
         code, text = status if status is not None else (-1, "unexpected reply")
+        if code == SFTP_PERMISSION_DENIED and len(self.active) > 1 and f.entry.name not in self.alone:
+            # Perhaps the server's "a file transfer is in progress" rather than the file's
+            # own permissions: it is tried again alone before it is judged (_opened).
+            self.alone[f.entry.name] = text
+            raise _RefusedError()
         if code in _FILE_STATUSES:
             raise RemoteFileError(f"download {f.entry.name!r}: {os.strerror(_FILE_STATUSES[code])}")
         if len(self.active) > 1:
             # Opens already sent behind this one are refused too: they are tried again, quietly.
-            if self.limit > 1:
-                self.limit = 1
-                logger.bind(file=f.entry.name).warning(
-                    "the server refused to open {} while other files were open ({}); fetching one file at a"
-                    " time for the rest of this run",
-                    f.entry.name,
-                    text,
-                )
+            self._one_at_a_time(f, text)
             raise _RefusedError()
         raise RemoteFileError(f"download {f.entry.name!r}: {text}")
+
+    def _one_at_a_time(self, f: _Small, text: str) -> None:
+        if self.limit > 1:
+            self.limit = 1
+            self.conn.one_open_file = True
+            logger.bind(file=f.entry.name).warning(
+                "the server refused to open {} while other files were open ({}); fetching one file at a"
+                " time for the rest of this run",
+                f.entry.name,
+                text,
+            )
 
     def _take(self, f: _Small, offset: int, length: int, data: bytes) -> None:
         """Keep one read's reply and write what is now contiguous, in file order."""

@@ -70,6 +70,11 @@ class RemoteFileError(JobError):
     """One remote file cannot be fetched (vanished, unreadable, changed); others may be."""
 
 
+class RemoteMissingError(RemoteFileError):
+    """The server says the remote file is not there (no such file): vanished, or
+    removed by the server itself once it was read (read-once servers)."""
+
+
 class DecryptError(RemoteFileError):
     """A downloaded file does not decrypt, or lacks a required good signature; it is not published.
 

@@ -18,6 +18,7 @@ import asyncssh
 from asyncssh.packet import String, UInt32
 
 OLD = int(time.time()) - 7200
+BUSY_TEXT = "the requested operation cannot be performed because there is a file transfer in progress"
 
 
 @dataclass
@@ -40,6 +41,22 @@ class Lies:
     max_open_files: int = 0
     # Every READ answered with an empty DATA reply, neither data nor end of file.
     empty_data: bool = False
+    # IBM Sterling's extractability count: once a file has been opened, every STAT,
+    # LSTAT, FSTAT and second OPEN of it answers "no such file", and CLOSE removes it.
+    read_once: bool = False
+    # A post-processing server: CLOSE removes a file that was read (stat works until then).
+    delete_on_close: bool = False
+    # An OPEN while another file of the session is open answers PERMISSION_DENIED with
+    # BUSY_TEXT, as servers that say "a file transfer is in progress" do.
+    busy_second_open: bool = False
+    # The server drops a connection that sent no SFTP request for this long (0: never),
+    # as Azure Blob SFTP (2 min) and AWS Transfer (30 min) do.
+    idle_drop_seconds: float = 0
+    # Filled by the server: every file read_once or delete_on_close removed, in order,
+    # and every connection idle_drop_seconds dropped.
+    removed: list[bytes] = field(default_factory=list)
+    idle_drops: int = 0
+    spent_requests: int = 0  # requests read_once refused for a file already opened
 
 
 def _attrs(size: int, overrides: dict[str, int | None] | None = None) -> asyncssh.SFTPAttrs:
@@ -56,7 +73,11 @@ _original_process_packet = asyncssh.sftp.SFTPServerHandler._process_packet
 
 async def _process_packet(self: asyncssh.sftp.SFTPServerHandler, pkttype: int, pktid: int, packet: object) -> None:
     """Drop the extended requests the server's Lies say never to answer; answer READs
-    with empty data where they say so (AsyncSSH itself turns empty data into EOF)."""
+    with empty data where they say so (AsyncSSH itself turns empty data into EOF);
+    note each request's arrival for the idle timeout."""
+    heard = getattr(self._server, "heard", None)
+    if heard is not None:
+        heard()
     if pkttype == asyncssh.sftp.FXP_READ and getattr(self._server, "empty_data", False):
         self.send_packet(asyncssh.sftp.FXP_DATA, pktid, UInt32(pktid), String(b""))
         return
@@ -96,21 +117,52 @@ def _server_class(lies: Lies) -> type[asyncssh.SFTPServer]:
                 raise asyncssh.SFTPNoSuchFile("no such file")
             return name
 
+        def __init__(self, chan: asyncssh.SSHServerChannel) -> None:
+            super().__init__(chan)
+            self.opened: set[bytes] = set()  # files this session has opened (read_once)
+            self._idle: asyncio.TimerHandle | None = None
+            if lies.idle_drop_seconds:
+                self.heard = self._heard
+                self._heard()
+
+        def _heard(self) -> None:
+            if self._idle is not None:
+                self._idle.cancel()
+            self._idle = asyncio.get_running_loop().call_later(lies.idle_drop_seconds, self._drop_idle)
+
+        def _drop_idle(self) -> None:
+            lies.idle_drops += 1
+            self.channel.get_connection().close()
+
+        def _spent(self, name: bytes) -> None:
+            if lies.read_once and name in self.opened:
+                lies.spent_requests += 1
+                raise asyncssh.SFTPNoSuchFile("no such file")
+
         def stat(self, path: bytes) -> asyncssh.SFTPAttrs:
             if path in (b".", b"/", b"") or path.endswith(b"/remote"):
                 return asyncssh.SFTPAttrs(permissions=0o040755, size=0, mtime=OLD)
             name = self._lookup(path)
+            self._spent(name)
             return _attrs(self._size(name), lies.attrs.get(name))
 
         lstat = stat
+
+        def fstat(self, file_obj: object) -> asyncssh.SFTPAttrs:
+            self._spent(file_obj)  # type: ignore[arg-type]
+            return _attrs(self._size(file_obj), lies.attrs.get(file_obj))  # type: ignore[arg-type]
 
         open_files = 0
 
         def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
             name = self._lookup(path)
+            self._spent(name)
             if lies.max_open_files and self.open_files >= lies.max_open_files:
                 raise asyncssh.SFTPFailure("maximum concurrent transfers exceeded")
+            if lies.busy_second_open and self.open_files:
+                raise asyncssh.SFTPPermissionDenied(BUSY_TEXT)
             self.open_files += 1
+            self.opened.add(name)
             return name
 
         def read(self, file_obj: object, offset: int, size: int) -> bytes:
@@ -124,6 +176,12 @@ def _server_class(lies: Lies) -> type[asyncssh.SFTPServer]:
 
         def close(self, file_obj: object) -> None:
             self.open_files -= 1
+            if (lies.read_once or lies.delete_on_close) and lies.files.pop(file_obj, None) is not None:  # type: ignore[call-overload]
+                lies.removed.append(file_obj)  # type: ignore[arg-type]
+
+        def exit(self) -> None:
+            if self._idle is not None:
+                self._idle.cancel()
 
     return HostileServer
 

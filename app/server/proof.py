@@ -33,7 +33,7 @@ import paramiko
 from loguru import logger
 
 from app.config import READY_MARKER_CHECKSUM, Settings
-from app.errors import RemoteFileError
+from app.errors import RemoteFileError, RemoteMissingError
 from app.server.pipeline import CHECK_FILE_DIGEST_SIZES, check_file_handle, known_without_check_file, open_for_reading
 
 if TYPE_CHECKING:
@@ -55,6 +55,9 @@ SIZE_MTIME = "size+mtime"
 METHOD_SERVER = "check-file-handle"
 METHOD_CHECKSUM_FILE = "checksum-file"
 METHOD_COMMAND = "command"
+# The methods that ask the server about the data file itself, by its path: unavailable
+# on a server that removes a file once it is read.
+BY_PATH = (METHOD_SERVER, METHOD_COMMAND)
 # Every method a file can be recorded with, strongest first.
 METHODS = (METHOD_SERVER, METHOD_CHECKSUM_FILE, METHOD_COMMAND, SIZE_MTIME)
 
@@ -555,10 +558,22 @@ def prove_source(
     tried: list[str] = []
     size = local_path.stat().st_size
     for method in plan(settings.verify_source, sources, settings.remote_hash_command):
+        if method in BY_PATH and conn.removes_after_read:
+            # The file is gone once read: asking about it by path again only gets "no such file".
+            continue
         tried.append(method)
         expected: Expected | None
         if method == METHOD_SERVER:
-            expected = server_digest(conn, remote_path, size, hash_timeout(settings.io_timeout, size))
+            try:
+                expected = server_digest(conn, remote_path, size, hash_timeout(settings.io_timeout, size))
+            except RemoteMissingError:
+                # Read in full, then gone: a server that removes what it served (see
+                # transfer.removed_after_read); the other evidence still counts.
+                conn.removes_after_read = True
+                logger.bind(file=name).info(
+                    "{}: the server removed it after reading; no server digest of it can be asked for", name
+                )
+                continue
         elif method == METHOD_CHECKSUM_FILE:
             expected = checksum_file_digest(conn, posixpath.dirname(remote_path), name, sources)
         else:
@@ -584,7 +599,7 @@ def needs_own_requests(conn: Connection, settings: Settings, name: str, listing_
         return True
     if find_checksum_sources(listing_names, name, settings.checksum_files):
         return True
-    return not known_without_check_file(conn.sftp)
+    return not (known_without_check_file(conn.sftp) or conn.removes_after_read)
 
 
 # Servers already said to offer no proof: VERIFY_SOURCE=auto says so once per run, not per file.

@@ -26,7 +26,7 @@ from loguru import logger
 
 from app import interrupt
 from app.config import Settings
-from app.errors import AuthError, ConfigError, HostKeyError, RemoteFileError, TransientError
+from app.errors import AuthError, ConfigError, HostKeyError, RemoteFileError, RemoteMissingError, TransientError
 from app.selection import RemoteEntry
 from app.server import known_hosts
 from app.server.pipeline import ReadLimit, list_directory, open_sftp
@@ -106,7 +106,8 @@ def remote_errors(action: str, *, conn: Connection | None = None) -> Iterator[No
     except OSError as exc:
         if file_level and conn is not None and conn.alive() and exc.errno in _FILE_ERRNOS:
             reason = os.strerror(exc.errno) if exc.errno else (_short(exc) or "server reported a failure")
-            raise RemoteFileError(f"{action}: {reason}") from None
+            kind = RemoteMissingError if exc.errno == errno.ENOENT else RemoteFileError
+            raise kind(f"{action}: {reason}") from None
         raise TransientError(f"{action}: {exc.strerror or _short(exc)}") from None
 
 
@@ -265,9 +266,18 @@ class HostKeyVerifier:
 
 @dataclass
 class Connection:
+    """One session, and what the job has learned about its server so far."""
+
     transport: paramiko.Transport
     sftp: paramiko.SFTPClient
     read_limit: ReadLimit
+    # The server removes a file once it has been read (IBM Sterling's extractability
+    # count, post-processing servers): a file is never stat'ed, opened or proven by
+    # path again after its one read; learned from the first "no such file" after one.
+    removes_after_read: bool = False
+    # The server allows one open file at a time (it refused an OPEN while others were
+    # open): app/catchup.py fetches one file at a time.
+    one_open_file: bool = False
 
     def alive(self) -> bool:
         channel = self.sftp.get_channel()

@@ -37,7 +37,7 @@ from loguru import logger
 
 from app import interrupt
 from app.config import Settings
-from app.errors import RemoteFileError
+from app.errors import RemoteFileError, RemoteMissingError
 from app.reporting.progress import Progress
 from app.selection import RemoteEntry
 from app.server import proof
@@ -540,9 +540,20 @@ def _fill(
 def _check_unchanged(conn: Connection, settings: Settings, entry: RemoteEntry, received: int) -> None:
     """Stat the remote file again: it must still have the size received and the mtime
     listed. Attributes the server leaves out are not guessed: without a size, a
-    second read at the end must still find the end of the file."""
-    with remote_errors(f"re-check remote file {entry.name!r}", conn=conn):
+    second read at the end must still find the end of the file.
+
+    Called once every byte has arrived and the end of the file was confirmed. A
+    server that has removed the file by then (read-once, or one that processes a
+    file once it is read) cannot be asked again: what arrived is the file."""
+    if conn.removes_after_read:
+        removed_after_read(conn, entry.name, received)
+        return
+    try:
         after = stat_entry(conn, settings, entry.name)
+    except RemoteMissingError:
+        removed_after_read(conn, entry.name, received)
+        return
+    with remote_errors(f"re-check remote file {entry.name!r}", conn=conn):
         if after.size is None:
             with open_for_reading(conn.sftp, remote_path(settings, entry.name)) as handle:
                 size, _ = request_size(conn, settings)
@@ -554,6 +565,24 @@ def _check_unchanged(conn: Connection, settings: Settings, entry: RemoteEntry, r
     reason = changed_reason(entry, received, grown, after.mtime)
     if reason is not None:
         raise RemoteFileError(reason)
+
+
+def removed_after_read(conn: Connection, name: str, received: int) -> None:
+    """``name`` is no longer on the server after all ``received`` bytes and its end of
+    file arrived: it is delivered as received, and the session learns that this server
+    removes what it has served, so nothing asks for such a file again (no stat, no
+    second open, no proof by path, no refetch)."""
+    if not conn.removes_after_read:
+        conn.removes_after_read = True
+        logger.bind(file=name).info(
+            "the server removes files once they are read (a read-once or post-processing server):"
+            " files are read once and not checked or proven by path afterwards, for the rest of this session"
+        )
+    logger.bind(file=name, size=received, removed_by_server=True).info(
+        "{}: the server removed it after reading; delivering the {} bytes received up to its confirmed end",
+        name,
+        received,
+    )
 
 
 def changed_reason(entry: RemoteEntry, received: int, size_after: int | None, mtime_after: int | None) -> str | None:
