@@ -56,6 +56,7 @@ class Lies:
     # and every connection idle_drop_seconds dropped.
     removed: list[bytes] = field(default_factory=list)
     idle_drops: int = 0
+    deleted: list[bytes] = field(default_factory=list)  # files the client removed (REMOTE_AFTER=delete)
     spent_requests: int = 0  # requests read_once refused for a file already opened
 
 
@@ -178,6 +179,12 @@ def _server_class(lies: Lies) -> type[asyncssh.SFTPServer]:
             self.open_files -= 1
             if (lies.read_once or lies.delete_on_close) and lies.files.pop(file_obj, None) is not None:  # type: ignore[call-overload]
                 lies.removed.append(file_obj)  # type: ignore[arg-type]
+
+        def remove(self, path: bytes) -> None:
+            # REMOTE_AFTER=delete: the job's own removal, kept apart from the server's.
+            name = self._lookup(path)
+            del lies.files[name]
+            lies.deleted.append(name)
 
         def exit(self) -> None:
             if self._idle is not None:

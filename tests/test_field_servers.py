@@ -4,12 +4,14 @@ is fetched from by the real job, with no setting of its own."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import run_job
 from hostile_sftp import BUSY_TEXT, HostileSftpServer, Lies, hostile_env
+from test_decrypt import Keys, make_keys
 
 from app.storage.state import read_ledger
 
@@ -136,3 +138,57 @@ def test_transfer_in_progress_refusal_falls_back_to_one_file_at_a_time(
     assert BUSY_TEXT in result.stderr
     assert_delivered(tmp_path, lying, files)
     assert sorted(lying.lies.files) == sorted(n.encode() for n in files), "nothing removed from the server"
+
+
+@pytest.fixture(scope="module")
+def gpg_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
+    yield from make_keys(tmp_path_factory)
+
+
+def slow_gpg(directory: Path, seconds: float) -> Path:
+    """A directory to put first on PATH: its gpg is the real one, slow to decrypt."""
+    directory.mkdir()
+    real = shutil.which("gpg")
+    assert real is not None
+    wrapper = directory / "gpg"
+    wrapper.write_text(
+        f'#!/bin/sh\nfor arg in "$@"; do [ "$arg" = --decrypt ] && sleep {seconds}; done\nexec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return directory
+
+
+def test_a_connection_dropped_while_idle_during_a_slow_decryption_keeps_its_remote_action(
+    lying: HostileSftpServer, tmp_path: Path, keys: dict[str, Path], gpg_keys: Keys
+) -> None:
+    # Azure drops an SFTP connection idle for 2 minutes, AWS Transfer after 30: a long
+    # local step between requests (here a decryption) must not lose REMOTE_AFTER.
+    lying.lies.idle_drop_seconds = 1.5
+    plaintext = os.urandom(20_000)
+    ciphertext = gpg_keys.encrypt(plaintext, gpg_keys.recipient)
+    lying.lies.files[b"20250701.IPI.gpg"] = ciphertext
+    key_file = tmp_path / "job.key.asc"
+    key_file.write_bytes(gpg_keys.recipient_secret.read_bytes())
+    env = env_for(
+        lying,
+        tmp_path,
+        keys,
+        DECRYPT="gpg",
+        GPG_PRIVATE_KEY_FILE=key_file,
+        REMOTE_AFTER="delete",
+        RETRY_MAX_TRIES=3,
+        RETRY_BACKOFF_FACTOR=0.1,
+        PATH=f"{slow_gpg(tmp_path / 'bin', 3)}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+    )
+
+    result = run_job(env, tmp_path / "cwd")
+
+    assert result.code == 0, result.output
+    assert lying.lies.idle_drops >= 1, "the server dropped the idle connection"
+    assert "retrying" in result.stderr
+    assert (tmp_path / "jail" / "server" / "20250701.IPI").read_bytes() == plaintext
+    ledger = tmp_path / "jail" / "state" / "ledger.jsonl"
+    entries = read_ledger(ledger).entries
+    assert [(e.name, e.remote_after) for e in entries] == [("20250701.IPI.gpg", "done")]
+    assert lying.lies.deleted == [b"20250701.IPI.gpg"], "deleted once delivered, by the job's reconnected session"
+    assert "deleted on the server" in result.stderr
