@@ -1,0 +1,235 @@
+"""Commercial and cloud servers' quirks, emulated by the lying AsyncSSH server: the job
+runs unchanged against each and delivers, proving each file as far as the server allows."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import run_job
+from hostile_sftp import HostileSftpServer, Lies, hostile_env
+
+from app.storage.state import read_ledger
+
+NAMES = [f"202505{day:02d}.IPI" for day in range(1, 5)]
+
+
+@pytest.fixture
+def field_server(tmp_path: Path, keys: dict[str, Path]) -> Iterator[HostileSftpServer]:
+    server = HostileSftpServer(tmp_path, Path(f"{keys['client']}.pub"), Lies()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def serve(server: HostileSftpServer, size: int = 3000, **lies: object) -> dict[str, bytes]:
+    """Serve NAMES with random content under the given lies; returns name -> bytes."""
+    for key, value in lies.items():
+        setattr(server.lies, key, value)
+    files = {name: os.urandom(size + i) for i, name in enumerate(NAMES)}
+    server.lies.files.update({name.encode(): data for name, data in files.items()})
+    return files
+
+
+def run(server: HostileSftpServer, tmp_path: Path, keys: dict[str, Path], **settings: object) -> tuple[int, str]:
+    result = run_job(hostile_env(server, tmp_path, keys["client"], **settings), tmp_path / "cwd")
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.code, result.stderr
+
+
+def delivered(tmp_path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (tmp_path / "jail" / "server").glob("*.IPI")}
+
+
+def proofs(tmp_path: Path) -> dict[str, str | None]:
+    ledger = read_ledger(tmp_path / "jail" / "state" / "completed_files.jsonl")
+    return {entry.name: entry.verified_by for entry in ledger.entries}
+
+
+def assert_all_delivered(tmp_path: Path, server: HostileSftpServer, files: dict[str, bytes]) -> None:
+    assert delivered(tmp_path) == files
+    # REMOTE_AFTER=keep: nothing was removed from the server.
+    assert sorted(server.lies.files) == sorted(name.encode() for name in files)
+
+
+# -- No exec channel (Azure Blob SFTP, AWS Transfer Family) ----------------------------
+
+
+def test_a_refused_exec_channel_under_auto_delivers_by_size_and_mtime_and_says_so_once(
+    field_server: HostileSftpServer, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    # Before: every file was downloaded and then failed, on every run.
+    files = serve(field_server)
+
+    code, log = run(field_server, tmp_path, keys, REMOTE_HASH_COMMAND="sha256sum")
+
+    assert code == 0, log
+    assert_all_delivered(tmp_path, field_server, files)
+    assert set(proofs(tmp_path).values()) == {"size+mtime"}
+    assert log.count("REMOTE_HASH_COMMAND is unavailable on this server") == 1
+    assert "the server refused the exec request" in log
+    assert "SFTP-only account" not in log
+
+
+def test_a_refused_exec_channel_under_required_fails_each_file_naming_it_and_the_refusal(
+    field_server: HostileSftpServer, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    serve(field_server)
+
+    code, log = run(field_server, tmp_path, keys, REMOTE_HASH_COMMAND="sha256sum", VERIFY_SOURCE="required")
+
+    assert code == 1, log
+    assert delivered(tmp_path) == {}
+    assert proofs(tmp_path) == {}
+    assert f"'{NAMES[0]}': VERIFY_SOURCE=required but no proof is available" in log
+    assert "REMOTE_HASH_COMMAND refused: the server refused the exec request" in log
+    assert len(field_server.lies.files) == len(NAMES)
+
+
+def test_a_channel_limit_is_reported_as_a_refused_channel_and_answered_by_reconnecting(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    # Two channels per connection: the SFTP session and one exec channel. The second
+    # exec on a connection is refused; a new connection has a channel again.
+    lies = Lies(exec_hash=True, channel_limit=2)  # exec is decided when the server starts
+    field_server = HostileSftpServer(tmp_path, Path(f"{keys['client']}.pub"), lies).start()
+    files = serve(field_server)
+
+    code, log = run(
+        field_server,
+        tmp_path,
+        keys,
+        REMOTE_HASH_COMMAND="sha256sum",
+        VERIFY_SOURCE="required",
+        RETRY_MAX_TRIES=10,
+        RETRY_BACKOFF_FACTOR=0.01,
+    )
+
+    assert code == 0, log
+    assert_all_delivered(tmp_path, field_server, files)
+    assert set(proofs(tmp_path).values()) == {"command:sha256sum"}
+    # AsyncSSH words RESOURCE_SHORTAGE its own way; the server's words are what is shown.
+    assert "the server refused to open a channel: 'Resource shortage' (reason code 4)" in log
+    assert "reconnecting" in log
+    assert "SFTP-only account" not in log
+    field_server.stop()
+
+
+# -- Hash extensions under other names (VShell, Bitvise < 6.21) ------------------------
+
+
+@pytest.mark.parametrize("quirk", ["check_file_name_only", "hidden_check_file"])
+def test_a_digest_under_another_name_or_unannounced_proves_every_file(
+    field_server: HostileSftpServer, tmp_path: Path, keys: dict[str, Path], quirk: str
+) -> None:
+    # Before, on VShell: proven by size+mtime only, the log saying no digest was offered.
+    files = serve(field_server, **{quirk: True})
+
+    code, log = run(field_server, tmp_path, keys, VERIFY_SOURCE="required")
+
+    assert code == 0, log
+    assert_all_delivered(tmp_path, field_server, files)
+    assert set(proofs(tmp_path).values()) == {"check-file-handle:sha512"}
+    assert "no proof from the server side" not in log
+
+
+# -- Apache MINA SSHD's length-prefixed digests ----------------------------------------
+
+
+def test_mina_length_prefixed_digests_prove_every_file(
+    field_server: HostileSftpServer, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    # Before: "server sent 68 bytes of sha512 digests, not a multiple of 64", every file failed.
+    files = serve(field_server, mina_digests=True)
+
+    code, log = run(field_server, tmp_path, keys)
+
+    assert code == 0, log
+    assert_all_delivered(tmp_path, field_server, files)
+    assert set(proofs(tmp_path).values()) == {"check-file-handle:sha512"}
+    assert "server digest unavailable" not in log
+
+
+def test_mina_digests_that_do_not_match_still_fail_the_file(
+    field_server: HostileSftpServer, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    serve(field_server, mina_digests=True, wrong_digests=True)
+
+    code, log = run(field_server, tmp_path, keys)
+
+    assert code == 1, log
+    assert delivered(tmp_path) == {}
+    assert f"'{NAMES[0]}' differs from the server's: check-file-handle:sha512" in log
+    assert len(field_server.lies.files) == len(NAMES)
+
+
+def test_an_unparseable_digest_reply_under_auto_is_a_warning_and_the_next_proof(
+    field_server: HostileSftpServer, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    files = serve(field_server, garbled_digests=True)
+    checksums = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in files.items())
+    field_server.lies.files[b"SHA256SUMS"] = checksums.encode()
+    files_and_manifest = {**files}
+
+    code, log = run(field_server, tmp_path, keys)
+
+    assert code == 0, log
+    assert delivered(tmp_path) == files_and_manifest
+    assert set(proofs(tmp_path).values()) == {"checksum-file:SHA256SUMS"}
+    assert log.count("server digest unavailable") == 1
+    assert "neither layout fits" in log
+
+
+def test_a_kept_prefix_is_proven_by_mina_block_digests(
+    field_server: HostileSftpServer, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    # 16 SHA-512 digests in MINA's layout are 1088 bytes, which also reads as 17 plain
+    # ones. Before, on resume: "server sent 17 block digests ... not 16".
+    from app.config import load_settings
+    from app.server.proof import prove_prefix
+    from app.server.remote import HostKeyVerifier, connect, load_private_key
+
+    data = os.urandom(16 * 1024 * 1024 + 5)
+    field_server.lies.mina_digests = True
+    field_server.lies.files[b"20250501.IPI"] = data
+    partial = tmp_path / "partial"
+    partial.write_bytes(data[:-5] + b"xxxxx")
+    settings = load_settings(hostile_env(field_server, tmp_path, keys["client"]))
+    conn = connect(settings, load_private_key(settings), HostKeyVerifier(settings))
+    try:
+        proof = prove_prefix(conn, "/remote/20250501.IPI", partial, len(data) - 5)
+        assert proof is not None and len(proof.matches) == 16 and all(proof.matches)
+        assert proof.proven_bytes == 16 * 1024 * 1024
+        (tmp_path / "damaged").write_bytes(data[: 1024 * 1024] + b"!" + data[1024 * 1024 + 1 :])
+        damaged = prove_prefix(conn, "/remote/20250501.IPI", tmp_path / "damaged", len(data) - 5)
+        assert damaged is not None and damaged.proven_bytes == 1024 * 1024
+        assert conn.digests_offered is True
+    finally:
+        conn.close()
+
+
+# -- Text before the SFTP stream (a login script printing on stdout) -------------------
+
+
+def test_text_before_the_sftp_stream_is_one_line_naming_the_login_script_and_exit_2(
+    field_server: HostileSftpServer, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    # Before: "internal error: SFTPError", with a traceback in LOG_FILE.
+    serve(field_server, garbage_banner=b"Welcome to the partner gateway!\n")
+
+    code, log = run(field_server, tmp_path, keys, RETRY_MAX_TRIES=3)
+
+    assert code == 2, log
+    assert (
+        "the server printed text before the SFTP protocol started: a login script on the server writes to stdout" in log
+    )
+    assert "Welcome to the partner" in log
+    assert log.count("printed text before the SFTP protocol") == 1
+    assert "internal error" not in log
+    assert "Traceback" not in (tmp_path / "jail" / "state" / "job.log").read_text()
+    assert delivered(tmp_path) == {}
+    assert len(field_server.lies.files) == len(NAMES)
