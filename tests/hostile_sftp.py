@@ -57,6 +57,9 @@ class Lies:
     # Text written into the SFTP channel before the SFTP stream, as a login script
     # printing on stdout does (paramiko: "Garbage packet received").
     garbage_banner: bytes = b""
+    # Rename targets (base names; b"*": every one) refused with PERMISSION_DENIED though
+    # free, as servers with rules of their own do (NoPosixRenameServer only).
+    rename_refused: set[bytes] = field(default_factory=set)
 
 
 def _attrs(size: int, overrides: dict[str, int | None] | None = None) -> asyncssh.SFTPAttrs:
@@ -349,26 +352,40 @@ class _DirectoryWithoutPosixRename(asyncssh.SFTPServer):  # type: ignore[misc]
     """AsyncSSH's own server of a real directory, without posix-rename: not offered, and refused."""
 
     hidden_extensions = frozenset({b"posix-rename@openssh.com"})
+    lies = Lies()
 
     def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
         raise asyncssh.SFTPOpUnsupported("posix-rename is not offered")
+
+    def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        refused = self.lies.rename_refused
+        if b"*" in refused or newpath.rsplit(b"/", 1)[-1] in refused:
+            raise asyncssh.SFTPPermissionDenied("rename refused by the storage policy")
+        super().rename(oldpath, newpath)
 
 
 class NoPosixRenameServer(HostileSftpServer):
     """Serves ``root`` (as "/") truthfully, with plain SFTP rename only."""
 
-    def __init__(self, workdir: Path, client_public_key: Path, root: Path) -> None:
-        super().__init__(workdir, client_public_key, Lies())
+    def __init__(self, workdir: Path, client_public_key: Path, root: Path, lies: Lies | None = None) -> None:
+        super().__init__(workdir, client_public_key, lies or Lies())
         self.root = root
 
     async def _start(self) -> None:
         root = str(self.root)
+        lies = self.lies
+
+        def serve(chan: object) -> _DirectoryWithoutPosixRename:
+            server = _DirectoryWithoutPosixRename(chan, chroot=root)
+            server.lies = lies
+            return server
+
         self._server = await asyncssh.listen(
             "127.0.0.1",
             0,
             server_host_keys=[self.host_key],
             authorized_client_keys=str(self.client_public_key),
-            sftp_factory=lambda chan: _DirectoryWithoutPosixRename(chan, chroot=root),
+            sftp_factory=serve,
             allow_scp=False,
         )
         self.port = self._server.sockets[0].getsockname()[1]

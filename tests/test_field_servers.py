@@ -4,13 +4,14 @@ runs unchanged against each and delivers, proving each file as far as the server
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import run_job
-from hostile_sftp import HostileSftpServer, Lies, hostile_env
+from hostile_sftp import OLD, HostileSftpServer, Lies, NoPosixRenameServer, hostile_env
 
 from app.storage.state import read_ledger
 
@@ -233,3 +234,71 @@ def test_text_before_the_sftp_stream_is_one_line_naming_the_login_script_and_exi
     assert "Traceback" not in (tmp_path / "jail" / "state" / "job.log").read_text()
     assert delivered(tmp_path) == {}
     assert len(field_server.lies.files) == len(NAMES)
+
+
+# -- A refused rename for REMOTE_AFTER=move (Azure, ProFTPD, plain SFTPv3) -------------
+
+
+def _move_run(tmp_path: Path, keys: dict[str, Path], refused: set[bytes]) -> tuple[Path, Iterator[tuple[int, str]]]:
+    root = tmp_path / "root"
+    remote = root / "remote"
+    (remote / "archive").mkdir(parents=True)
+    (remote / "20250101.IPI").write_bytes(b"delivered")
+    os.utime(remote / "20250101.IPI", (OLD, OLD))
+    srv = NoPosixRenameServer(tmp_path, Path(f"{keys['client']}.pub"), root, Lies(rename_refused=refused)).start()
+    env = hostile_env(srv, tmp_path, keys["client"], REMOTE_AFTER="move", REMOTE_ARCHIVE_DIR="archive")
+
+    def runs() -> Iterator[tuple[int, str]]:
+        try:
+            while True:
+                result = run_job(env, tmp_path / "cwd")
+                assert "Traceback" not in result.stderr, result.stderr
+                yield result.code, result.stderr
+        finally:
+            srv.stop()
+
+    return remote, runs()
+
+
+def _remote_after_notes(tmp_path: Path) -> list[dict[str, object]]:
+    lines = (tmp_path / "jail" / "state" / "completed_files.jsonl").read_text().splitlines()
+    return [note for note in map(json.loads, lines) if note.get("event") == "remote_after"]
+
+
+def test_a_rename_refused_onto_a_free_name_tries_the_next_free_name(tmp_path: Path, keys: dict[str, Path]) -> None:
+    remote, runs = _move_run(tmp_path, keys, {b"20250101.IPI"})
+
+    code, log = next(runs)
+    runs.close()
+
+    assert code == 0, log
+    assert (remote / "archive" / "20250101.IPI.1").read_bytes() == b"delivered"
+    assert sorted(p.name for p in remote.iterdir()) == ["archive"]
+    assert delivered(tmp_path) == {"20250101.IPI": b"delivered"}
+    assert [note["outcome"] for note in _remote_after_notes(tmp_path)] == ["moved"]
+
+
+def test_a_rename_refused_twice_fails_naming_file_targets_and_words_and_is_not_retried_forever(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    # Before: the move failed with the same name on every later run, for ever.
+    remote, runs = _move_run(tmp_path, keys, {b"*"})
+
+    code, log = next(runs)
+    second_code, second_log = next(runs)
+    runs.close()
+
+    assert code == 0, log
+    assert "REMOTE_AFTER=move failed for '20250101.IPI': the server refused to move '20250101.IPI'" in log
+    assert "to '/remote/archive/20250101.IPI': 'rename refused by the storage policy'" in log
+    assert "to '/remote/archive/20250101.IPI.1': 'rename refused by the storage policy'" in log
+    assert "not retried by later runs" in log
+    assert "20250101.IPI.2" not in log
+    # Nothing undelivered was removed, and the delivered file stays where it was.
+    assert (remote / "20250101.IPI").read_bytes() == b"delivered"
+    assert list((remote / "archive").iterdir()) == []
+    assert delivered(tmp_path) == {"20250101.IPI": b"delivered"}
+    assert proofs(tmp_path) == {"20250101.IPI": "size+mtime"}
+    assert second_code == 0, second_log
+    assert "refused to move" not in second_log
+    assert [note["outcome"] for note in _remote_after_notes(tmp_path)] == ["refused"]
