@@ -57,6 +57,9 @@ class Lies:
     # Text written into the SFTP channel before the SFTP stream, as a login script
     # printing on stdout does (paramiko: "Garbage packet received").
     garbage_banner: bytes = b""
+    # Status messages in the server's locale, not UTF-8 (cp1252 "Gr\xf6\xdfe"), for a
+    # STAT or OPEN of a name it does not serve.
+    cp1252_errors: bool = False
     # Rename targets (base names; b"*": every one) refused with PERMISSION_DENIED though
     # free, as servers with rules of their own do (NoPosixRenameServer only).
     rename_refused: set[bytes] = field(default_factory=set)
@@ -82,6 +85,15 @@ async def _process_packet(self: asyncssh.sftp.SFTPServerHandler, pkttype: int, p
         return
     silent: set[bytes] = getattr(self._server, "silent_extensions", set())
     lies: Lies | None = getattr(self._server, "lies", None)
+    if lies is not None and lies.cp1252_errors and pkttype in (asyncssh.sftp.FXP_STAT, asyncssh.sftp.FXP_OPEN):
+        start = packet._idx  # type: ignore[attr-defined]
+        name = packet.get_string().rsplit(b"/", 1)[-1]  # type: ignore[attr-defined]
+        packet._idx = start  # type: ignore[attr-defined]
+        if name not in lies.files:
+            words = "Datei nicht gefunden: Größe unbekannt".encode("cp1252")
+            status = UInt32(asyncssh.sftp.FX_NO_SUCH_FILE) + String(words) + String(b"de")
+            self.send_packet(asyncssh.sftp.FXP_STATUS, pktid, UInt32(pktid), status)
+            return
     if pkttype == asyncssh.sftp.FXP_EXTENDED and (silent or lies is not None):
         start = packet._idx  # type: ignore[attr-defined]
         request = packet.get_string()  # type: ignore[attr-defined]

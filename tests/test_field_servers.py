@@ -302,3 +302,66 @@ def test_a_rename_refused_twice_fails_naming_file_targets_and_words_and_is_not_r
     assert second_code == 0, second_log
     assert "refused to move" not in second_log
     assert [note["outcome"] for note in _remote_after_notes(tmp_path)] == ["refused"]
+
+
+# -- Library exceptions that used to escape remote_errors ------------------------------
+
+
+def _connect(server: HostileSftpServer, tmp_path: Path, keys: dict[str, Path]) -> tuple[object, object]:
+    from app.config import load_settings
+    from app.server.remote import HostKeyVerifier, connect, load_private_key
+
+    settings = load_settings(hostile_env(server, tmp_path, keys["client"]))
+    return connect(settings, load_private_key(settings), HostKeyVerifier(settings)), settings
+
+
+def test_a_refusal_worded_in_another_encoding_is_a_file_error_quoting_it(
+    field_server: HostileSftpServer, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    # paramiko decodes status messages as strict UTF-8: a cp1252 message escaped as a
+    # UnicodeDecodeError, "internal error" with a traceback.
+    from app.errors import RemoteFileError
+    from app.server.remote import Connection, stat_entry
+
+    field_server.lies.cp1252_errors = True
+    conn, settings = _connect(field_server, tmp_path, keys)
+    assert isinstance(conn, Connection)
+    try:
+        with pytest.raises(RemoteFileError, match="the server refused: 'Datei nicht gefunden: Gr"):
+            stat_entry(conn, settings, "20250599.IPI")  # type: ignore[arg-type]
+        assert conn.alive()
+    finally:
+        conn.close()
+
+
+def test_a_refused_channel_is_reported_with_the_servers_reason(tmp_path: Path, keys: dict[str, Path]) -> None:
+    from app.errors import TransientError
+    from app.server.remote import Connection, remote_errors
+
+    server = HostileSftpServer(tmp_path, Path(f"{keys['client']}.pub"), Lies(channel_limit=1)).start()
+    conn, _ = _connect(server, tmp_path, keys)
+    assert isinstance(conn, Connection)
+    try:
+        with (
+            pytest.raises(TransientError, match=r"refused to open a channel: 'Resource shortage' \(reason code 4\)"),
+            remote_errors("open a channel", conn=conn),
+        ):
+            conn.transport.open_session(timeout=5)
+    finally:
+        conn.close()
+        server.stop()
+
+
+def test_a_reply_paramiko_calls_malformed_is_a_reconnect_not_an_internal_error() -> None:
+    # paramiko's SFTPError ("Expected handle", "Garbage packet received" mid-session) is
+    # no SSHException: it escaped remote_errors as "internal error: SFTPError".
+    import paramiko
+
+    from app.errors import TransientError
+    from app.server.remote import remote_errors
+
+    with (
+        pytest.raises(TransientError, match=r"remote file: the server broke the SFTP protocol \(Expected handle\)"),
+        remote_errors("open remote file"),
+    ):
+        raise paramiko.SFTPError("Expected handle")
