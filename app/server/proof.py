@@ -648,6 +648,8 @@ def prove_source(
         expected: Expected | None
         if method == METHOD_SERVER:
             expected = server_digest(conn, remote_path, size, hash_timeout(settings.io_timeout, size))
+            if expected is None and conn.digest_unparseable:
+                tried[-1] = f"{method} (unavailable: {conn.digest_unparseable})"
         elif method == METHOD_CHECKSUM_FILE:
             expected = checksum_file_digest(conn, posixpath.dirname(remote_path), name, sources)
         else:

@@ -35,6 +35,7 @@ from paramiko.sftp import CMD_INIT, CMD_VERSION
 
 from app.config import Settings
 from app.errors import RemoteFileError
+from app.server.pipeline import announced
 from app.server.remote import Connection, remote_errors, remote_path
 
 POSIX_RENAME = "posix-rename@openssh.com"
@@ -238,6 +239,10 @@ def offered_extensions(conn: Connection) -> frozenset[str]:
     refuses a second channel is treated as offering nothing (plain rename).
     """
     known = _offered.get(conn.transport)
+    if known is None and announced(conn.sftp) is not None:
+        # The session kept its VERSION reply (pipeline.SftpSession): no second channel,
+        # which servers limiting channels per connection (AWS Transfer) may refuse.
+        known = frozenset(announced(conn.sftp) or {})
     if known is None:
         with remote_errors("ask the server for its SFTP extensions"):
             try:
