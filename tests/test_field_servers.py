@@ -120,6 +120,27 @@ def test_a_channel_limit_is_reported_as_a_refused_channel_and_answered_by_reconn
     field_server.stop()
 
 
+def test_no_channel_beside_the_sftp_session_reconnects_once_then_delivers_without_the_command(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    field_server = HostileSftpServer(tmp_path, Path(f"{keys['client']}.pub"), Lies(channel_limit=1)).start()
+    files = serve(field_server)
+
+    code, log = run(
+        field_server, tmp_path, keys, REMOTE_HASH_COMMAND="sha256sum", RETRY_MAX_TRIES=3, RETRY_BACKOFF_FACTOR=0.01
+    )
+    field_server.stop()
+
+    assert code == 0, log
+    assert_all_delivered(tmp_path, field_server, files)
+    assert set(proofs(tmp_path).values()) == {"size+mtime"}
+    assert "the server refused to open a channel: 'Resource shortage' (reason code 4)" in log
+    assert log.count("; reconnecting") == 1
+    assert log.count("REMOTE_HASH_COMMAND is unavailable on this server") == 1
+    assert "on a new connection too" in log
+    assert "SFTP-only account" not in log
+
+
 # -- Hash extensions under other names (VShell, Bitvise < 6.21) ------------------------
 
 

@@ -529,6 +529,9 @@ class ExecRefusedError(RemoteFileError):
 # Servers that refused REMOTE_HASH_COMMAND this run, with their refusal: not asked again
 # (SFTP-only accounts may log each exec attempt as hostile), said once.
 _EXEC_REFUSED: dict[tuple[str, int], str] = {}
+# Servers that refused a connection's first exec channel this run: reconnecting is tried
+# once (another connection may have channels left); refused again, exec is unavailable.
+_FIRST_CHANNEL_REFUSED: set[tuple[str, int]] = set()
 
 
 def command_digest(conn: Connection, command: str, remote_path: str, timeout: float) -> Expected:
@@ -537,10 +540,10 @@ def command_digest(conn: Connection, command: str, remote_path: str, timeout: fl
     The path is quoted for a POSIX shell, so any name, however hostile, reaches the
     command as one argument; ``--`` keeps a leading dash from reading as an option.
 
-    A server that refuses the exec request, or refuses the connection's first extra
-    channel, gives ExecRefusedError. A refused channel open after others succeeded is a
-    channel limit (AWS Transfer allows 10 per connection): TransientError, so the job
-    reconnects and the new connection has channels again.
+    A server that refuses the exec request gives ExecRefusedError. A refused channel
+    open is a limit of channels (AWS Transfer allows 10 per connection): TransientError,
+    so the job reconnects and the new connection has channels again; only a first
+    channel refused on a second connection too is ExecRefusedError.
     """
     from app.server.remote import channel_refusal, remote_errors
 
@@ -553,12 +556,14 @@ def command_digest(conn: Connection, command: str, remote_path: str, timeout: fl
                 channel = conn.transport.open_session(timeout=timeout)
             except paramiko.ChannelException as exc:
                 refusal = f"the server refused to open a channel: {channel_refusal(exc)}"
-                if conn.exec_channels_opened:
+                if conn.exec_channels_opened or conn.server not in _FIRST_CHANNEL_REFUSED:
+                    if not conn.exec_channels_opened:
+                        _FIRST_CHANNEL_REFUSED.add(conn.server)
                     raise TransientError(
-                        f"REMOTE_HASH_COMMAND: {refusal} after {conn.exec_channels_opened} on this connection"
-                        " (a limit of channels per connection); reconnecting"
+                        f"REMOTE_HASH_COMMAND: {refusal} after {conn.exec_channels_opened} exec channel(s) on this"
+                        " connection; reconnecting (servers limit channels per connection: AWS Transfer allows 10)"
                     ) from None
-                raise ExecRefusedError(refusal) from None
+                raise ExecRefusedError(f"{refusal}, on a new connection too") from None
             conn.exec_channels_opened += 1
             channel.settimeout(timeout)
             # The command is the operator's own setting; the path is shlex-quoted above.
