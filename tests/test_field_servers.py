@@ -206,6 +206,20 @@ def test_an_unparseable_digest_reply_under_auto_is_a_warning_and_the_next_proof(
     assert "neither layout fits" in log
 
 
+def test_an_unparseable_digest_reply_under_required_fails_the_file_saying_why(
+    field_server: HostileSftpServer, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    serve(field_server, garbled_digests=True)
+
+    code, log = run(field_server, tmp_path, keys, VERIFY_SOURCE="required")
+
+    assert code == 1, log
+    assert delivered(tmp_path) == {}
+    assert "no proof is available (tried check-file-handle (unavailable: server sent" in log
+    assert f"'{NAMES[0]}': VERIFY_SOURCE=required" in log
+    assert len(field_server.lies.files) == len(NAMES)
+
+
 def test_a_kept_prefix_is_proven_by_mina_block_digests(
     field_server: HostileSftpServer, tmp_path: Path, keys: dict[str, Path]
 ) -> None:
