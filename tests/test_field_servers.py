@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_job
+from conftest import Server, run_job
 from hostile_sftp import OLD, HostileSftpServer, Lies, NoPosixRenameServer, hostile_env
 
 from app.storage.state import read_ledger
@@ -400,3 +400,24 @@ def test_a_reply_paramiko_calls_malformed_is_a_reconnect_not_an_internal_error()
         remote_errors("open remote file"),
     ):
         raise paramiko.SFTPError("Expected handle")
+
+
+def test_a_real_sshd_whose_login_script_prints_gives_the_same_one_line_and_exit_2(server: Server) -> None:
+    # OpenSSH running the SFTP subsystem through a script that greets first, as a
+    # login script writing to stdout does (paramiko#395).
+    script = server.tmp / "greeting-sftp-server"
+    script.write_text("#!/bin/sh\necho 'Last login: yesterday. Welcome!'\nexec /usr/lib/openssh/sftp-server\n")
+    script.chmod(0o755)
+    server.sshd.stop()
+    server.sshd.subsystem = str(script)
+    server.sshd.start()
+    server.put("20250501.IPI", b"data")
+
+    result = run_job(server.env(RETRY_MAX_TRIES=3), server.tmp / "cwd")
+
+    assert result.code == 2, result.output
+    assert "Traceback" not in result.stderr
+    assert "the server printed text before the SFTP protocol started" in result.stderr
+    assert "'Last login: yesterday. Welcome!" in result.stderr
+    assert not server.served.exists() or not any(server.served.iterdir())
+    assert (server.remote / "20250501.IPI").read_bytes() == b"data"
