@@ -50,6 +50,11 @@ class HostKeyError(AuthError):
     """The server's host key is unknown or does not match; never retried."""
 
 
+class ServerSetupError(ConfigError):
+    """The server's account is set up so that no SFTP session can work (a login script
+    printing text before the SFTP stream); retrying cannot help, so exit 2 like a bad setting."""
+
+
 class LockedError(JobError):
     """Another run holds the run lock."""
 

@@ -175,14 +175,14 @@ class Lifecycle:
                         at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     )
                 )
-                if not outcome.done:
+                if outcome.failed:
                     self.tally.remote_after_failed[entry.name] = outcome.reason
         finally:
             # What was done is recorded even when the connection dies half-way;
             # an action done but not recorded is found done ("gone") next time.
             if notes:
                 append_ledger(self.s.ledger_path, *notes)
-        failed = [n.name for n in notes if n.remote_after == "failed"]
+        failed = [n.name for n in notes if n.remote_after == "failed" or n.outcome == "refused"]
         if failed and self.s.remote_after_required:
             raise JobError(
                 f"REMOTE_AFTER={self.s.remote_after} failed for {len(failed)} file(s): {', '.join(failed)}"

@@ -8,6 +8,8 @@ with its own host key and the tests' client key authorised.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import shlex
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -58,6 +60,27 @@ class Lies:
     idle_drops: int = 0
     deleted: list[bytes] = field(default_factory=list)  # files the client removed (REMOTE_AFTER=delete)
     spent_requests: int = 0  # requests read_once refused for a file already opened
+    # Exec channels run `sha256sum -- PATH` over the served files, as SFTPGo does. False:
+    # exec requests are refused, as on Azure Blob SFTP and AWS Transfer Family.
+    exec_hash: bool = False
+    # Session channels allowed per connection (0: no limit); the next is refused with
+    # RESOURCE_SHORTAGE, as AWS Transfer refuses an 11th.
+    channel_limit: int = 0
+    # Digests by check-file, answered in the draft's layout, unless said otherwise:
+    check_file_name_only: bool = False  # VShell: announces and answers check-file-name only
+    hidden_check_file: bool = False  # Bitvise < 6.21: answers check-file-handle without announcing it
+    mina_digests: bool = False  # Apache MINA SSHD: check-file-handle, each digest after a uint32 length
+    garbled_digests: bool = False  # check-file-handle answered with 3 bytes too many
+    wrong_digests: bool = False  # every digest answered is of other bytes
+    # Text written into the SFTP channel before the SFTP stream, as a login script
+    # printing on stdout does (paramiko: "Garbage packet received").
+    garbage_banner: bytes = b""
+    # Status messages in the server's locale, not UTF-8 (cp1252 "Gr\xf6\xdfe"), for a
+    # STAT or OPEN of a name it does not serve.
+    cp1252_errors: bool = False
+    # Rename targets (base names; b"*": every one) refused with PERMISSION_DENIED though
+    # free, as servers with rules of their own do (NoPosixRenameServer only).
+    rename_refused: set[bytes] = field(default_factory=set)
 
 
 def _attrs(size: int, overrides: dict[str, int | None] | None = None) -> asyncssh.SFTPAttrs:
@@ -83,12 +106,55 @@ async def _process_packet(self: asyncssh.sftp.SFTPServerHandler, pkttype: int, p
         self.send_packet(asyncssh.sftp.FXP_DATA, pktid, UInt32(pktid), String(b""))
         return
     silent: set[bytes] = getattr(self._server, "silent_extensions", set())
-    if pkttype == asyncssh.sftp.FXP_EXTENDED and silent:
+    lies: Lies | None = getattr(self._server, "lies", None)
+    if lies is not None and lies.cp1252_errors and pkttype in (asyncssh.sftp.FXP_STAT, asyncssh.sftp.FXP_OPEN):
         start = packet._idx  # type: ignore[attr-defined]
-        if packet.get_string() in silent:  # type: ignore[attr-defined]
+        name = packet.get_string().rsplit(b"/", 1)[-1]  # type: ignore[attr-defined]
+        packet._idx = start  # type: ignore[attr-defined]
+        if name not in lies.files:
+            words = "Datei nicht gefunden: Größe unbekannt".encode("cp1252")
+            status = UInt32(asyncssh.sftp.FX_NO_SUCH_FILE) + String(words) + String(b"de")
+            self.send_packet(asyncssh.sftp.FXP_STATUS, pktid, UInt32(pktid), status)
+            return
+    if pkttype == asyncssh.sftp.FXP_EXTENDED and (silent or lies is not None):
+        start = packet._idx  # type: ignore[attr-defined]
+        request = packet.get_string()  # type: ignore[attr-defined]
+        if request in silent:
+            return
+        reply = _check_file(self, lies, request, packet) if lies is not None else None
+        if reply is not None:
+            self.send_packet(asyncssh.sftp.FXP_EXTENDED_REPLY, pktid, UInt32(pktid), reply)
             return
         packet._idx = start  # type: ignore[attr-defined]
     await _original_process_packet(self, pkttype, pktid, packet)
+
+
+def _check_file(handler: asyncssh.sftp.SFTPServerHandler, lies: Lies, request: bytes, packet: object) -> bytes | None:
+    """The reply to a check-file request as the Lies' server would give it; None: not answered here."""
+    if request == b"check-file-handle" and (lies.hidden_check_file or lies.mina_digests or lies.garbled_digests):
+        target = packet.get_string()  # type: ignore[attr-defined]
+        name = handler._file_handles[target]
+    elif request == b"check-file-name" and lies.check_file_name_only:
+        name = packet.get_string().rsplit(b"/", 1)[-1]  # type: ignore[attr-defined]
+    else:
+        return None
+    algorithms = packet.get_string().decode().split(",")  # type: ignore[attr-defined]
+    start = packet.get_uint64()  # type: ignore[attr-defined]
+    length = packet.get_uint64()  # type: ignore[attr-defined]
+    block = packet.get_uint32()  # type: ignore[attr-defined]
+    algorithm = algorithms[0]
+    data = lies.files[name]
+    data = data[start : start + length] if length else data[start:]
+    if lies.wrong_digests:
+        data = data[::-1] + b"!"
+    pieces = [data[i : i + block] for i in range(0, len(data), block)] if block else [data]
+    digests = [hashlib.new(algorithm, piece).digest() for piece in pieces]
+    if lies.mina_digests:
+        # AbstractSftpSubsystemHelper.doCheckFileHash: putString("check-file"), putString(algorithm),
+        # then putBytes(digest) for each block, which writes a uint32 length first.
+        return String(b"check-file") + String(algorithm) + b"".join(String(d) for d in digests)
+    body = b"".join(digests) + (b"\0\0\0" if lies.garbled_digests else b"")
+    return String(b"check-file") + String(algorithm) + body
 
 
 # Only the hostile server runs an AsyncSSH SFTP server in the test process, and the
@@ -100,6 +166,14 @@ def _server_class(lies: Lies) -> type[asyncssh.SFTPServer]:
     class HostileServer(asyncssh.SFTPServer):  # type: ignore[misc]
         silent_extensions = lies.silent_extensions
         empty_data = lies.empty_data
+
+        @property
+        def login_banner(self) -> bytes:
+            return lies.garbage_banner
+
+        @property
+        def extra_extensions(self) -> list[tuple[bytes, bytes]]:
+            return [(b"check-file-name", b"md5,sha1,sha256,sha512")] if lies.check_file_name_only else []
 
         def _size(self, name: bytes) -> int:
             return lies.claimed_size.get(name, len(lies.files.get(name, b"")))
@@ -120,6 +194,7 @@ def _server_class(lies: Lies) -> type[asyncssh.SFTPServer]:
 
         def __init__(self, chan: asyncssh.SSHServerChannel) -> None:
             super().__init__(chan)
+            self.lies = lies
             self.opened: set[bytes] = set()  # files this session has opened (read_once)
             self._idle: asyncio.TimerHandle | None = None
             if lies.idle_drop_seconds:
@@ -216,12 +291,15 @@ class HostileSftpServer:
         self._loop.run_forever()
 
     async def _start(self) -> None:
+        lies = self.lies
         self._server = await asyncssh.listen(
             "127.0.0.1",
             0,
             server_host_keys=[self.host_key],
             authorized_client_keys=str(self.client_public_key),
-            sftp_factory=_server_class(self.lies),
+            sftp_factory=_server_class(lies),
+            process_factory=_hash_process(lies) if lies.exec_hash else None,
+            server_factory=lambda: _Limits(lies.channel_limit),
             allow_scp=False,
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -240,6 +318,65 @@ class HostileSftpServer:
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+def _hash_process(lies: Lies) -> object:
+    """An exec handler that runs `sha256sum -- PATH` over the served files."""
+
+    def run(process: asyncssh.SSHServerProcess) -> None:
+        words = shlex.split(process.command or "")
+        if words[:2] != ["sha256sum", "--"] or len(words) != 3:
+            process.stderr.write(f"unknown command {process.command!r}\n")
+            process.exit(127)
+            return
+        name = words[2].rsplit("/", 1)[-1].encode()
+        if name not in lies.files:
+            process.stderr.write(f"sha256sum: {words[2]}: No such file or directory\n")
+            process.exit(1)
+            return
+        process.stdout.write(f"{hashlib.sha256(lies.files[name]).hexdigest()}  {words[2]}\n")
+        process.exit(0)
+
+    return run
+
+
+class _Limits(asyncssh.SSHServer):  # type: ignore[misc]
+    """The connection's owner: how many session channels it allows (0: no limit)."""
+
+    def __init__(self, channel_limit: int) -> None:
+        self.channel_limit = channel_limit
+
+
+_original_session_open = asyncssh.connection.SSHServerConnection._process_session_open
+
+
+def _session_open(self: asyncssh.connection.SSHServerConnection, packet: object) -> object:
+    """Refuse a session channel beyond the owner's channel_limit for this connection."""
+    limit = getattr(self._owner, "channel_limit", 0)
+    if limit:
+        self._hostile_sessions = getattr(self, "_hostile_sessions", 0) + 1
+        if self._hostile_sessions > limit:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_RESOURCE_SHORTAGE, "maximum number of channels per connection exceeded"
+            )
+    return _original_session_open(self, packet)
+
+
+# Changes nothing for servers without a channel limit.
+asyncssh.connection.SSHServerConnection._process_session_open = _session_open
+
+_original_run_sftp_server = asyncssh.stream.run_sftp_server
+
+
+def _run_sftp_server(sftp_server: object, reader: object, writer: object, version: int) -> object:
+    """Write the server's login banner, if any, into the channel before the SFTP stream."""
+    banner: bytes = getattr(sftp_server, "login_banner", b"")
+    if banner:
+        writer.write(banner)  # type: ignore[attr-defined]
+    return _original_run_sftp_server(sftp_server, reader, writer, version)
+
+
+asyncssh.stream.run_sftp_server = _run_sftp_server
 
 
 def hostile_env(hostile: HostileSftpServer, tmp: Path, client_key: Path, **extra: object) -> dict[str, str]:
@@ -276,6 +413,9 @@ def _handler_init(self: asyncssh.sftp.SFTPServerHandler, server: asyncssh.SFTPSe
     hidden: frozenset[bytes] = getattr(server, "hidden_extensions", frozenset())
     if hidden:
         self._extensions = [(name, data) for name, data in self._extensions if name not in hidden]
+    extra: list[tuple[bytes, bytes]] = getattr(server, "extra_extensions", [])
+    if extra:
+        self._extensions = [*self._extensions, *extra]
 
 
 # Changes nothing for servers that hide no extension (all the others).
@@ -286,26 +426,40 @@ class _DirectoryWithoutPosixRename(asyncssh.SFTPServer):  # type: ignore[misc]
     """AsyncSSH's own server of a real directory, without posix-rename: not offered, and refused."""
 
     hidden_extensions = frozenset({b"posix-rename@openssh.com"})
+    lies = Lies()
 
     def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
         raise asyncssh.SFTPOpUnsupported("posix-rename is not offered")
+
+    def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        refused = self.lies.rename_refused
+        if b"*" in refused or newpath.rsplit(b"/", 1)[-1] in refused:
+            raise asyncssh.SFTPPermissionDenied("rename refused by the storage policy")
+        super().rename(oldpath, newpath)
 
 
 class NoPosixRenameServer(HostileSftpServer):
     """Serves ``root`` (as "/") truthfully, with plain SFTP rename only."""
 
-    def __init__(self, workdir: Path, client_public_key: Path, root: Path) -> None:
-        super().__init__(workdir, client_public_key, Lies())
+    def __init__(self, workdir: Path, client_public_key: Path, root: Path, lies: Lies | None = None) -> None:
+        super().__init__(workdir, client_public_key, lies or Lies())
         self.root = root
 
     async def _start(self) -> None:
         root = str(self.root)
+        lies = self.lies
+
+        def serve(chan: object) -> _DirectoryWithoutPosixRename:
+            server = _DirectoryWithoutPosixRename(chan, chroot=root)
+            server.lies = lies
+            return server
+
         self._server = await asyncssh.listen(
             "127.0.0.1",
             0,
             server_host_keys=[self.host_key],
             authorized_client_keys=str(self.client_public_key),
-            sftp_factory=lambda chan: _DirectoryWithoutPosixRename(chan, chroot=root),
+            sftp_factory=serve,
             allow_scp=False,
         )
         self.port = self._server.sockets[0].getsockname()[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import struct
 from dataclasses import replace
 
 import paramiko
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from app.config import CHECKSUM_AUTO, Settings, load_settings
 from app.errors import ConfigError, RemoteFileError
-from app.server.pipeline import _check_file_reply
+from app.server.pipeline import DigestUnparseableError, _check_file_reply, split_digests
 from app.server.proof import (
     MAX_PREFIX_BLOCKS,
     ChecksumFileError,
@@ -314,15 +315,34 @@ def test_check_file_replies_with_or_without_the_request_name() -> None:
     ("strings", "rest", "reason"),
     [
         ((b"md5",), b"\0" * 16, "not asked for"),
-        ((b"sha256",), b"\0" * 33, "not a multiple of 32"),
+        ((b"sha256",), b"\0" * 33, "33 bytes for 1 digest"),
         ((b"sha256",), b"", "0 bytes"),
         ((b"\x1b[2J",), b"", "not asked for"),
     ],
 )
 def test_malformed_check_file_replies_are_file_errors(strings: tuple[bytes, ...], rest: bytes, reason: str) -> None:
     with pytest.raises(RemoteFileError, match=reason) as caught:
-        _check_file_reply(_reply(*strings, rest=rest), ["sha256"])
+        _check_file_reply(_reply(*strings, rest=rest), ["sha256"], blocks=1)
     assert "\x1b" not in str(caught.value)
+
+
+def test_mina_length_prefixed_digests_are_read_where_unambiguous() -> None:
+    digests = [hashlib.sha512(bytes([i])).digest() for i in range(16)]
+    mina = b"".join(struct.pack(">I", 64) + d for d in digests)
+    # 16 of MINA's 68-byte elements are 1088 bytes: also 17 plain SHA-512 digests.
+    assert len(mina) == 17 * 64
+    assert split_digests(mina, 64, blocks=16) == digests
+    assert split_digests(mina[:68], 64, blocks=1) == digests[:1]
+    assert split_digests(mina[:68], 64) == digests[:1]
+    assert split_digests(b"".join(digests), 64, blocks=16) == digests
+    with pytest.raises(DigestUnparseableError, match="neither layout fits"):
+        split_digests(struct.pack(">I", 63) + digests[0], 64, blocks=1)
+    # MD5: 4 MINA elements (80 bytes) are also 5 plain digests; without a count, neither is believed.
+    md5 = [hashlib.md5(bytes([i])).digest() for i in range(4)]  # nosec B324: a test vector
+    both = b"".join(struct.pack(">I", 16) + d for d in md5)
+    assert split_digests(both, 16, blocks=4) == md5
+    with pytest.raises(DigestUnparseableError, match="both"):
+        split_digests(both, 16)
 
 
 _NAMES = st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="/\x00"), min_size=1, max_size=40)

@@ -32,6 +32,7 @@ from paramiko.sftp import (
     CMD_EXTENDED,
     CMD_EXTENDED_REPLY,
     CMD_HANDLE,
+    CMD_INIT,
     CMD_NAME,
     CMD_OPEN,
     CMD_OPENDIR,
@@ -39,12 +40,13 @@ from paramiko.sftp import (
     CMD_READDIR,
     CMD_STAT,
     CMD_STATUS,
+    CMD_VERSION,
     SFTP_EOF,
     SFTP_FLAG_READ,
     int64,
 )
 
-from app.errors import RemoteFileError
+from app.errors import RemoteFileError, ServerSetupError
 
 # Data requested but not yet written never exceeds this, whatever CHUNK_SIZE and
 # PIPELINE_DEPTH say, so memory stays bounded and independent of file size.
@@ -148,13 +150,85 @@ class ChunkPipe(BufferedPipe):  # type: ignore[misc]
             return b"".join(parts)
 
 
-def open_sftp(transport: paramiko.Transport, window_size: int, max_packet_size: int) -> paramiko.SFTPClient:
+class GarbageBeforeSftpError(ServerSetupError):
+    """The server wrote text into the channel before its SFTP VERSION reply."""
+
+
+# What a login script printed is quoted up to this many characters.
+_GARBAGE_QUOTED = 60
+
+
+class SftpSession(paramiko.SFTPClient):  # type: ignore[misc]
+    """paramiko's SFTP client, keeping what paramiko drops from the server's VERSION reply.
+
+    ``extensions``: the (name -> data) pairs the server announced, e.g.
+    ``check-file-name`` on VanDyke VShell. A reply that does not start with an SFTP
+    packet (text a login script printed: paramiko's "Garbage packet received") is
+    GarbageBeforeSftpError, quoting the text, rather than paramiko's bare SFTPError.
+    """
+
+    extensions: dict[str, bytes]
+
+    def _send_version(self) -> int:
+        self.extensions = {}
+        message = paramiko.Message()
+        message.add_int(3)
+        self._send_packet(CMD_INIT, message)
+        head = self._read_all(4)
+        # An SFTP packet's length starts with a zero byte (no reply is 16 MiB); text does not.
+        if head[0]:
+            raise GarbageBeforeSftpError(
+                "the server printed text before the SFTP protocol started: a login script on the server"
+                f" writes to stdout (it sent {self._garbage(head)!r}); it must print nothing for"
+                " non-interactive sessions"
+            )
+        data = self._read_all(struct.unpack(">I", head)[0])
+        if not data or data[0] != CMD_VERSION or len(data) < 5:
+            raise paramiko.SFTPError("Incompatible sftp protocol")
+        self.extensions = dict(_string_pairs(data[5:]))
+        version: int = struct.unpack(">I", data[1:5])[0]
+        return version
+
+    def _garbage(self, head: bytes) -> str:
+        """The start of the text the server sent, without waiting for more."""
+        channel = self.sock
+        pipe = getattr(channel, "in_buffer", None)
+        more = pipe.peek(_GARBAGE_QUOTED) if isinstance(pipe, ChunkPipe) else b""
+        return (head + more).decode("utf-8", "replace")[:_GARBAGE_QUOTED]
+
+
+def _string_pairs(data: bytes) -> Iterator[tuple[str, bytes]]:
+    """The (name, data) string pairs after a VERSION packet's version number; a pair cut
+    short by a malformed reply ends the list."""
+    offset = 0
+    while offset + 4 <= len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        name = data[offset + 4 : offset + 4 + length]
+        offset += 4 + length
+        if offset + 4 > len(data):
+            return
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        value = data[offset + 4 : offset + 4 + length]
+        offset += 4 + length
+        if offset > len(data):
+            return
+        yield name.decode("utf-8", "replace"), value
+
+
+def announced(sftp: paramiko.SFTPClient) -> dict[str, bytes] | None:
+    """The extensions the server announced in its VERSION reply; None if not known
+    (an SFTP client not opened by open_sftp)."""
+    extensions: dict[str, bytes] | None = getattr(sftp, "extensions", None)
+    return extensions
+
+
+def open_sftp(transport: paramiko.Transport, window_size: int, max_packet_size: int) -> SftpSession:
     """Open the sftp subsystem on a channel that buffers with a ChunkPipe."""
     channel = transport.open_session(window_size=window_size, max_packet_size=max_packet_size)
     # Replaced before the subsystem starts, so no data has been buffered yet.
     channel.in_buffer = ChunkPipe()
     channel.invoke_subsystem("sftp")
-    return paramiko.SFTPClient(channel)
+    return SftpSession(channel)
 
 
 class _Responses:
@@ -521,6 +595,30 @@ _WITHOUT_CHECK_FILE: weakref.WeakSet[paramiko.SFTPClient] = weakref.WeakSet()
 _WITH_CHECK_FILE: weakref.WeakSet[paramiko.SFTPClient] = weakref.WeakSet()
 
 
+CHECK_FILE_HANDLE = "check-file-handle"
+CHECK_FILE_NAME = "check-file-name"
+
+
+def check_file_request(sftp: paramiko.SFTPClient) -> str:
+    """The check-file request to send: by name where the server announces only
+    ``check-file-name`` (VanDyke VShell), else by handle (announced, or not: Bitvise
+    before 6.21 answers it without announcing it, and a probe costs one round trip)."""
+    extensions = announced(sftp) or {}
+    if CHECK_FILE_NAME in extensions and CHECK_FILE_HANDLE not in extensions:
+        return CHECK_FILE_NAME
+    return CHECK_FILE_HANDLE
+
+
+def digests_offered(sftp: paramiko.SFTPClient) -> bool | None:
+    """Whether this session's server hashes files: True once it answered, False once it
+    refused or ignored check-file, None until asked."""
+    if sftp in _WITH_CHECK_FILE:
+        return True
+    if sftp in _WITHOUT_CHECK_FILE:
+        return False
+    return None
+
+
 def known_without_check_file(sftp: paramiko.SFTPClient) -> bool:
     """Whether this session has already shown that it offers no check-file-handle."""
     return sftp in _WITHOUT_CHECK_FILE
@@ -544,6 +642,9 @@ def check_file_handle(
     length: int = 0,
     block_size: int = 0,
     timeout: float | None = None,
+    *,
+    path: str | None = None,
+    blocks: int | None = None,
 ) -> ServerHashes:
     """Ask the server to hash ``[start, start + length)`` of an open file (length 0: to the end).
 
@@ -566,18 +667,26 @@ def check_file_handle(
     whole power-of-two blocks from 0.
     Other refusals raise RemoteFileError; library errors pass to the caller's
     ``remote_errors``.
+
+    ``path`` (the handle's file) lets a server that announces ``check-file-name``
+    and not ``check-file-handle`` (VanDyke VShell) be asked by name. A server that
+    announces neither is still asked by handle, once per session (Bitvise before
+    6.21 answers without announcing it). ``blocks``, the number of digests the
+    request must give, tells the draft's layout from MINA's (see _check_file_reply);
+    a reply that fits neither is DigestUnparseableError.
     """
     unknown = [a for a in algorithms if a not in CHECK_FILE_DIGEST_SIZES]
     if unknown or not algorithms:
         raise ValueError(f"check-file algorithms must be among {sorted(CHECK_FILE_DIGEST_SIZES)}: {algorithms}")
     if sftp in _WITHOUT_CHECK_FILE:
         return NOT_OFFERED
+    request = check_file_request(sftp) if path is not None else CHECK_FILE_HANDLE
     sink = _OneReply()
     sftp._async_request(
         sink,
         CMD_EXTENDED,
-        "check-file-handle",
-        handle,
+        request,
+        path if request == CHECK_FILE_NAME else handle,
         ",".join(algorithms),
         int64(start),
         int64(length),
@@ -608,27 +717,58 @@ def check_file_handle(
             _WITHOUT_CHECK_FILE.add(sftp)
             return NOT_OFFERED
         # The server's text, escaped: it may hold anything.
-        raise RemoteFileError(f"server refused check-file-handle: {text[:200]!r} (status {code})")
+        raise RemoteFileError(f"server refused {request}: {text[:200]!r} (status {code})")
     if t != CMD_EXTENDED_REPLY:
-        raise RemoteFileError(f"unexpected reply type {t} to check-file-handle")
-    answer = _check_file_reply(msg, algorithms)
+        raise RemoteFileError(f"unexpected reply type {t} to {request}")
     _WITH_CHECK_FILE.add(sftp)
-    return answer
+    return _check_file_reply(msg, algorithms, blocks)
 
 
-def _check_file_reply(msg: paramiko.Message, algorithms: list[str]) -> ServerHashes:
+class DigestUnparseableError(RemoteFileError):
+    """A check-file reply whose digests cannot be told apart: not evidence either way."""
+
+
+# The length field MINA writes before each digest.
+_LENGTH = 4
+
+
+def _check_file_reply(msg: paramiko.Message, algorithms: list[str], blocks: int | None = None) -> ServerHashes:
     name = msg.get_string()
     # The draft starts the reply with the request's name; ProFTPD sends the algorithm alone.
-    if name in (b"check-file", b"check-file-handle"):
+    if name in (b"check-file", b"check-file-handle", b"check-file-name"):
         name = msg.get_string()
     algorithm = name.decode("ascii", "replace").lower()
     if algorithm not in algorithms:
         raise RemoteFileError(f"server answered check-file-handle with {algorithm[:40]!r}, which was not asked for")
-    data: bytes = msg.get_remainder()
-    size = CHECK_FILE_DIGEST_SIZES[algorithm]
-    if not data or len(data) % size:
-        raise RemoteFileError(f"server sent {len(data)} bytes of {algorithm} digests, not a multiple of {size}")
-    return ServerHashes(algorithm, [data[i : i + size] for i in range(0, len(data), size)])
+    return ServerHashes(algorithm, split_digests(msg.get_remainder(), CHECK_FILE_DIGEST_SIZES[algorithm], blocks))
+
+
+def split_digests(data: bytes, size: int, blocks: int | None = None) -> list[bytes]:
+    """The digests of a check-file reply, each ``size`` bytes.
+
+    The draft concatenates them. Apache MINA SSHD (2.17.1) writes each with a uint32
+    length in front (``Buffer.putBytes``), so one SHA-512 digest is 68 bytes and
+    16 of them read as 17. MINA's layout is taken only where it is unambiguous:
+    every length field equals ``size`` and, with ``blocks`` known, its count is
+    the one asked for while the draft's is not. Anything else is DigestUnparseableError.
+    """
+    plain = [data[i : i + size] for i in range(0, len(data), size)] if data and not len(data) % size else None
+    step = _LENGTH + size
+    mina: list[bytes] | None = None
+    if data and not len(data) % step:
+        fields = [data[i : i + _LENGTH] for i in range(0, len(data), step)]
+        if all(f == size.to_bytes(_LENGTH, "big") for f in fields):
+            mina = [data[i + _LENGTH : i + step] for i in range(0, len(data), step)]
+    if blocks is not None:
+        plain = plain if plain is not None and len(plain) == blocks else None
+        mina = mina if mina is not None and len(mina) == blocks else None
+    if plain is not None and mina is None:
+        return plain
+    if mina is not None and plain is None:
+        return mina
+    expected = f"{blocks} digest(s) of {size} bytes" if blocks is not None else f"digests of {size} bytes"
+    why = "it reads both as the draft's layout and as MINA's" if plain and mina else "neither layout fits"
+    raise DigestUnparseableError(f"server sent {len(data)} bytes for {expected}: {why}")
 
 
 class Replies:

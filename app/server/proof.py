@@ -33,8 +33,14 @@ import paramiko
 from loguru import logger
 
 from app.config import READY_MARKER_CHECKSUM, Settings
-from app.errors import RemoteFileError, RemoteMissingError
-from app.server.pipeline import CHECK_FILE_DIGEST_SIZES, check_file_handle, known_without_check_file, open_for_reading
+from app.errors import RemoteFileError, RemoteMissingError, TransientError
+from app.server.pipeline import (
+    CHECK_FILE_DIGEST_SIZES,
+    DigestUnparseableError,
+    check_file_handle,
+    known_without_check_file,
+    open_for_reading,
+)
 
 if TYPE_CHECKING:
     from app.server.remote import Connection
@@ -379,14 +385,34 @@ def server_digest(conn: Connection, remote_path: str, size: int, timeout: float 
 
     if size == 0:
         return None
-    with remote_errors(f"check-file-handle {remote_path!r}", conn=conn), open_for_reading(conn.sftp, remote_path) as h:
-        answer = check_file_handle(conn.sftp, h, list(ALGORITHMS), timeout=timeout)
+    try:
+        with (
+            remote_errors(f"check-file-handle {remote_path!r}", conn=conn),
+            open_for_reading(conn.sftp, remote_path) as h,
+        ):
+            answer = check_file_handle(conn.sftp, h, list(ALGORITHMS), timeout=timeout, path=remote_path, blocks=1)
+    except DigestUnparseableError as exc:
+        _digest_unavailable(conn, remote_path, exc)
+        return None
     if answer.algorithm is None:
         return None
-    if len(answer.hashes) != 1:
-        raise RemoteFileError(f"server sent {len(answer.hashes)} digests of {remote_path!r} for one whole-file request")
     _SERVER_CHOICE[conn.sftp] = answer.algorithm
     return Expected(answer.algorithm, answer.hashes[0].hex(), METHOD_SERVER, answer.algorithm)
+
+
+# Servers whose digest replies could not be read, said once per run.
+_UNPARSEABLE_SAID: set[tuple[str, int]] = set()
+
+
+def _digest_unavailable(conn: Connection, remote_path: str, exc: DigestUnparseableError) -> None:
+    """A digest reply that cannot be read is no evidence either way: the next proof decides."""
+    conn.digest_unparseable = str(exc)
+    server = conn.server
+    if server not in _UNPARSEABLE_SAID:
+        _UNPARSEABLE_SAID.add(server)
+        logger.warning(
+            "server digest unavailable for {!r}: {}; proving by the next method (said once per run)", remote_path, exc
+        )
 
 
 @dataclass(frozen=True)
@@ -435,12 +461,19 @@ def prove_prefix(
     block, count = prefix_layout(prefix)
     if count == 0:
         return None
-    with remote_errors(f"check-file-handle {remote_path!r}", conn=conn), open_for_reading(conn.sftp, remote_path) as h:
-        answer = check_file_handle(conn.sftp, h, list(ALGORITHMS), 0, block * count, block, timeout)
+    try:
+        with (
+            remote_errors(f"check-file-handle {remote_path!r}", conn=conn),
+            open_for_reading(conn.sftp, remote_path) as h,
+        ):
+            answer = check_file_handle(
+                conn.sftp, h, list(ALGORITHMS), 0, block * count, block, timeout, path=remote_path, blocks=count
+            )
+    except DigestUnparseableError as exc:
+        _digest_unavailable(conn, remote_path, exc)
+        return None
     if answer.algorithm is None:
         return None
-    if len(answer.hashes) != count:
-        raise RemoteFileError(f"server sent {len(answer.hashes)} block digests of {remote_path!r}, not {count}")
     _SERVER_CHOICE[conn.sftp] = answer.algorithm
     local = _block_digests(partial, answer.algorithm, block, count)
     return PrefixProof(answer.algorithm, block, [a == b for a, b in zip(answer.hashes, local, strict=True)])
@@ -489,20 +522,52 @@ def _drain(read: Callable[[int], bytes], limit: int, deadline: float, what: str)
             raise RemoteFileError(f"REMOTE_HASH_COMMAND wrote more than {limit} bytes to {what}")
 
 
+class ExecRefusedError(RemoteFileError):
+    """The server will not run REMOTE_HASH_COMMAND on this session: no exec channel.
+
+    Azure Blob SFTP and AWS Transfer Family refuse exec and shell; under
+    VERIFY_SOURCE=auto the proof is then unavailable, not failed."""
+
+
+# Servers that refused REMOTE_HASH_COMMAND this run, with their refusal: not asked again
+# (SFTP-only accounts may log each exec attempt as hostile), said once.
+_EXEC_REFUSED: dict[tuple[str, int], str] = {}
+# Servers that refused a connection's first exec channel this run: reconnecting is tried
+# once (another connection may have channels left); refused again, exec is unavailable.
+_FIRST_CHANNEL_REFUSED: set[tuple[str, int]] = set()
+
+
 def command_digest(conn: Connection, command: str, remote_path: str, timeout: float) -> Expected:
     """Run ``<command> -- <path>`` on the server over an exec channel of the same connection and parse its output.
 
     The path is quoted for a POSIX shell, so any name, however hostile, reaches the
     command as one argument; ``--`` keeps a leading dash from reading as an option.
+
+    A server that refuses the exec request gives ExecRefusedError. A refused channel
+    open is a limit of channels (AWS Transfer allows 10 per connection): TransientError,
+    so the job reconnects and the new connection has channels again; only a first
+    channel refused on a second connection too is ExecRefusedError.
     """
-    from app.server.remote import remote_errors
+    from app.server.remote import channel_refusal, remote_errors
 
     line = f"{command} -- {shlex.quote(remote_path)}".encode("utf-8", "surrogateescape")
     deadline = time.monotonic() + timeout
     channel: paramiko.Channel | None = None
     with remote_errors("REMOTE_HASH_COMMAND", conn=conn):
         try:
-            channel = conn.transport.open_session(timeout=timeout)
+            try:
+                channel = conn.transport.open_session(timeout=timeout)
+            except paramiko.ChannelException as exc:
+                refusal = f"the server refused to open a channel: {channel_refusal(exc)}"
+                if conn.exec_channels_opened or conn.server not in _FIRST_CHANNEL_REFUSED:
+                    if not conn.exec_channels_opened:
+                        _FIRST_CHANNEL_REFUSED.add(conn.server)
+                    raise TransientError(
+                        f"REMOTE_HASH_COMMAND: {refusal} after {conn.exec_channels_opened} exec channel(s) on this"
+                        " connection; reconnecting (servers limit channels per connection: AWS Transfer allows 10)"
+                    ) from None
+                raise ExecRefusedError(f"{refusal}, on a new connection too") from None
+            conn.exec_channels_opened += 1
             channel.settimeout(timeout)
             # The command is the operator's own setting; the path is shlex-quoted above.
             channel.exec_command(line)  # nosec B601
@@ -517,11 +582,12 @@ def command_digest(conn: Connection, command: str, remote_path: str, timeout: fl
         except paramiko.SSHException:
             if not conn.transport.is_active():
                 raise
-            # The connection is fine: the server refuses commands (an SFTP-only account).
-            raise RemoteFileError("the server refused to run REMOTE_HASH_COMMAND (an SFTP-only account?)") from None
+            # The connection is fine and the channel opened: the server refuses the exec request itself.
+            raise ExecRefusedError("the server refused the exec request (it offers SFTP only)") from None
         finally:
             if channel is not None:
                 channel.close()
+    conn.exec_available = True
     name = command_name(command)
     if status != 0:
         first = err.decode("utf-8", "replace").strip().splitlines()[:1]
@@ -532,6 +598,34 @@ def command_digest(conn: Connection, command: str, remote_path: str, timeout: fl
     if expected is None or len(parsed.entries) != 1:
         raise ChecksumFileError(f"REMOTE_HASH_COMMAND's output does not name {remote_path!r} alone")
     return Expected(expected[0], expected[1], METHOD_COMMAND, name)
+
+
+def command_digest_if_allowed(
+    conn: Connection, settings: Settings, name: str, remote_path: str, timeout: float
+) -> tuple[Expected | None, str]:
+    """command_digest, or (None, the refusal) when this server refuses exec channels.
+
+    The first refusal is remembered for the run and logged once; under
+    VERIFY_SOURCE=auto the file is then proven by what is left.
+    """
+    refused = _EXEC_REFUSED.get(conn.server)
+    if refused is None:
+        command = settings.remote_hash_command or ""  # plan() offers this method only when it is set
+        try:
+            return command_digest(conn, command, remote_path, timeout), ""
+        except ExecRefusedError as exc:
+            refused = str(exc)
+            _EXEC_REFUSED[conn.server] = refused
+            fallback = (
+                "files without another proof fail (VERIFY_SOURCE=required)"
+                if settings.verify_source == "required"
+                else "files are proven without it"
+            )
+            logger.bind(file=name).warning(
+                "REMOTE_HASH_COMMAND is unavailable on this server: {}; {} (said once per run)", refused, fallback
+            )
+    conn.exec_available, conn.exec_refusal = False, refused
+    return None, f"REMOTE_HASH_COMMAND refused: {refused}"
 
 
 # -- The whole proof of one downloaded file ---------------------------------------------
@@ -574,11 +668,15 @@ def prove_source(
                     "{}: the server removed it after reading; no server digest of it can be asked for", name
                 )
                 continue
+            if expected is None and conn.digest_unparseable:
+                tried[-1] = f"{method} (unavailable: {conn.digest_unparseable})"
         elif method == METHOD_CHECKSUM_FILE:
             expected = checksum_file_digest(conn, posixpath.dirname(remote_path), name, sources)
         else:
-            command = settings.remote_hash_command or ""  # plan() offers this method only when it is set
-            expected = command_digest(conn, command, remote_path, hash_timeout(settings.io_timeout, size))
+            timeout = hash_timeout(settings.io_timeout, size)
+            expected, refusal = command_digest_if_allowed(conn, settings, name, remote_path, timeout)
+            if refusal:
+                tried[-1] = f"{method} ({refusal})"
         if expected is not None:
             local = dict(local_digests)
             if expected.algorithm not in local:
@@ -595,7 +693,9 @@ def needs_own_requests(conn: Connection, settings: Settings, name: str, listing_
     as prove_source would conclude, and may be fetched together with others."""
     if settings.verify_source == "off":
         return False
-    if settings.verify_source == "required" or settings.remote_hash_command:
+    if settings.verify_source == "required":
+        return True
+    if settings.remote_hash_command and conn.server not in _EXEC_REFUSED:
         return True
     if find_checksum_sources(listing_names, name, settings.checksum_files):
         return True
@@ -624,10 +724,13 @@ def prove_download(
     server = (settings.sftp_host, settings.sftp_port)
     if verified_by == SIZE_MTIME and settings.verify_source == "auto" and server not in _FALLBACK_SAID:
         _FALLBACK_SAID.add(server)
+        refused = _EXEC_REFUSED.get(server)
+        command = f"REMOTE_HASH_COMMAND (refused: {refused})" if refused else "REMOTE_HASH_COMMAND"
         logger.bind(file=name).warning(
-            "{}: no proof from the server side (no server digest, checksum file or REMOTE_HASH_COMMAND);"
+            "{}: no proof from the server side (no server digest, checksum file or {});"
             " files are checked by size and mtime only (VERIFY_SOURCE=auto; said once per run)",
             name,
+            command,
         )
     return verified_by
 

@@ -18,7 +18,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import paramiko
@@ -29,7 +29,7 @@ from app.config import Settings
 from app.errors import AuthError, ConfigError, HostKeyError, RemoteFileError, RemoteMissingError, TransientError
 from app.selection import RemoteEntry
 from app.server import known_hosts
-from app.server.pipeline import ReadLimit, list_directory, open_sftp
+from app.server.pipeline import ReadLimit, announced, digests_offered, list_directory, open_sftp
 
 # The host-key algorithms that can verify a known_hosts entry of each key type.
 _ALGORITHMS_FOR_KEY_TYPE = {
@@ -97,8 +97,22 @@ def remote_errors(action: str, *, conn: Connection | None = None) -> Iterator[No
         raise TransientError(f"{action}: timed out") from None
     except paramiko.AuthenticationException as exc:
         raise AuthError(f"{action}: authentication failed ({exc.__class__.__name__})") from None
+    except paramiko.ChannelException as exc:
+        # A limit of channels (AWS Transfer allows 10 per connection) or a policy: a new connection may get one.
+        raise TransientError(f"{action}: the server refused to open a channel: {channel_refusal(exc)}") from None
     except (paramiko.SSHException, EOFError) as exc:
         raise TransientError(f"{action}: {_short(exc)}") from None
+    except paramiko.SFTPError as exc:
+        # paramiko's own complaints about the reply stream ("Expected handle", "Garbage packet
+        # received" mid-session): the session is out of step, a new one may not be.
+        raise TransientError(f"{action}: the server broke the SFTP protocol ({_short(exc)})") from None
+    except UnicodeDecodeError as exc:
+        # paramiko decodes a status message as strict UTF-8; some servers send their locale's
+        # bytes (cp1252 "Datei nicht gefunden: Gr\xf6\xdfe"). The refusal stands; its words are shown as received.
+        words = bytes(exc.object).decode("utf-8", "replace").strip()[:200]
+        if file_level and conn is not None and conn.alive():
+            raise RemoteFileError(f"{action}: the server refused: {words!r}") from None
+        raise TransientError(f"{action}: the server sent a reply that is not UTF-8: {words!r}") from None
     except socket.gaierror as exc:
         raise TransientError(f"{action}: cannot resolve host ({exc.strerror})") from None
     except ConnectionError as exc:
@@ -109,6 +123,12 @@ def remote_errors(action: str, *, conn: Connection | None = None) -> Iterator[No
             kind = RemoteMissingError if exc.errno == errno.ENOENT else RemoteFileError
             raise kind(f"{action}: {reason}") from None
         raise TransientError(f"{action}: {exc.strerror or _short(exc)}") from None
+
+
+def channel_refusal(exc: paramiko.ChannelException) -> str:
+    """A refused channel open in the server's own words: its reason text and code."""
+    text = str(exc.text or "").strip()[:200]
+    return f"{text!r} (reason code {exc.code})" if text else f"reason code {exc.code}"
 
 
 def _short(exc: BaseException) -> str:
@@ -278,6 +298,23 @@ class Connection:
     # The server allows one open file at a time (it refused an OPEN while others were
     # open): app/catchup.py fetches one file at a time.
     one_open_file: bool = False
+    server: tuple[str, int] = ("", 0)  # (SFTP_HOST, SFTP_PORT), for what is said once per run per server
+    # What this session has learned about the server, for the run report's server profile.
+    exec_available: bool | None = None  # REMOTE_HASH_COMMAND ran (True), was refused (False), not tried (None)
+    exec_refusal: str = ""  # the server's refusal of an exec channel, as logged
+    exec_channels_opened: int = 0  # exec channels this connection opened (servers limit them: AWS allows 10)
+    digest_unparseable: str = ""  # why a check-file reply could not be read, if one could not
+    rename_refusals: dict[str, str] = field(default_factory=dict)  # archive target -> the server's words
+
+    @property
+    def extensions(self) -> dict[str, bytes]:
+        """The SFTP extensions the server announced in its VERSION reply."""
+        return announced(self.sftp) or {}
+
+    @property
+    def digests_offered(self) -> bool | None:
+        """Whether the server hashes files (check-file): None until asked this session."""
+        return digests_offered(self.sftp)
 
     def alive(self) -> bool:
         channel = self.sftp.get_channel()
@@ -452,7 +489,9 @@ def _start_session(
         raise
     finally:
         watchdog.cancel()
-    return Connection(transport=transport, sftp=sftp, read_limit=read_limit)
+    return Connection(
+        transport=transport, sftp=sftp, read_limit=read_limit, server=(settings.sftp_host, settings.sftp_port)
+    )
 
 
 def _shutdown(sock: socket.socket) -> None:

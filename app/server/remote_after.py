@@ -35,6 +35,7 @@ from paramiko.sftp import CMD_INIT, CMD_VERSION
 
 from app.config import Settings
 from app.errors import RemoteFileError
+from app.server.pipeline import announced
 from app.server.remote import Connection, remote_errors, remote_path
 
 POSIX_RENAME = "posix-rename@openssh.com"
@@ -42,6 +43,8 @@ POSIX_RENAME = "posix-rename@openssh.com"
 # Archived names tried before giving up: NAME, NAME.1 ... NAME.999. More than
 # that means something else fills the archive, which a person should look at.
 _MAX_SUFFIX = 999
+# Free archive names a refused rename is tried with: the first, then one more.
+_RENAME_ATTEMPTS = 2
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,9 @@ class Outcome:
     status: kept (REMOTE_AFTER=keep), deleted, moved, gone (the file was no
     longer there: done before, e.g. by an interrupted run), changed (the server
     holds another version: left alone), failed (``reason`` says why; retried by
-    later runs).
+    later runs), refused (the server refused to rename the file onto two free
+    archive names: a failure, reported as one, but not retried by later runs,
+    which would be refused the same way every time; the file stays on the server).
     """
 
     status: str
@@ -62,6 +67,15 @@ class Outcome:
     def done(self) -> bool:
         """Nothing is left to do for this file (only "failed" is retried)."""
         return self.status != "failed"
+
+    @property
+    def failed(self) -> bool:
+        """The action did not happen: warned, counted and alerted (retried only if not ``done``)."""
+        return self.status in ("failed", "refused")
+
+
+class RenameRefusedError(RemoteFileError):
+    """The server refused to rename the file onto free archive names: asking again would be refused again."""
 
 
 def archive_dir(settings: Settings) -> str:
@@ -91,9 +105,11 @@ def act(
     log = logger.bind(file=name, remote_after=settings.remote_after)
     try:
         outcome = _act(conn, settings, name, delivered_size, delivered_mtime, companions)
+    except RenameRefusedError as exc:
+        outcome = Outcome("refused", f"{exc}; not retried by later runs, the file stays on the server")
     except RemoteFileError as exc:
         outcome = Outcome("failed", str(exc))
-    if outcome.status == "failed":
+    if outcome.failed:
         log.warning("REMOTE_AFTER={} failed for {!r}: {}", settings.remote_after, name, outcome.reason)
     elif outcome.status == "changed":
         log.warning("{!r} left on the server: {}", name, outcome.reason)
@@ -176,8 +192,15 @@ def _absent_is_fine() -> Iterator[None]:
 
 
 def _move(conn: Connection, name: str, path: str, archive: str) -> str:
-    """Rename ``path`` into ``archive`` under a free name; returns that name's path."""
+    """Rename ``path`` into ``archive`` under a free name; returns that name's path.
+
+    A rename the server refuses although its target is free (Azure, ProFTPD and
+    plain SFTPv3 servers refusing by their own rules) is tried once more with the
+    next free name; a second refusal is RenameRefusedError, naming the targets and
+    the server's words.
+    """
     posix = POSIX_RENAME in offered_extensions(conn)
+    refused: list[tuple[str, str]] = []
     for suffix in range(_MAX_SUFFIX + 1):
         target = posixpath.join(archive, name if suffix == 0 else f"{name}.{suffix}")
         if _stat(conn, target, f"stat {target!r} in REMOTE_ARCHIVE_DIR") is not None:
@@ -189,11 +212,18 @@ def _move(conn: Connection, name: str, path: str, archive: str) -> str:
                 else:
                     conn.sftp.rename(path, target)
                 return target
-            except OSError:
+            except OSError as exc:
                 # Plain rename refuses a target that appeared since the stat: try the next name.
                 if not posix and _stat(conn, target, f"stat {target!r} in REMOTE_ARCHIVE_DIR") is not None:
                     continue
-                raise
+                if not conn.alive():
+                    raise  # a dead connection, not a refusal: remote_errors makes it a reconnect
+                words = (exc.strerror or str(exc) or "no reason given").strip()[:200]
+                conn.rename_refusals[target] = words
+                refused.append((target, words))
+                if len(refused) == _RENAME_ATTEMPTS:
+                    tried = "; ".join(f"to {t!r}: {w!r}" for t, w in refused)
+                    raise RenameRefusedError(f"the server refused to move {name!r} ({tried})") from None
     raise RemoteFileError(f"no free name for {name!r} in REMOTE_ARCHIVE_DIR {archive!r} (tried up to .{_MAX_SUFFIX})")
 
 
@@ -209,6 +239,10 @@ def offered_extensions(conn: Connection) -> frozenset[str]:
     refuses a second channel is treated as offering nothing (plain rename).
     """
     known = _offered.get(conn.transport)
+    if known is None and announced(conn.sftp) is not None:
+        # The session kept its VERSION reply (pipeline.SftpSession): no second channel,
+        # which servers limiting channels per connection (AWS Transfer) may refuse.
+        known = frozenset(announced(conn.sftp) or {})
     if known is None:
         with remote_errors("ask the server for its SFTP extensions"):
             try:
