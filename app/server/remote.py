@@ -124,6 +124,10 @@ def load_private_key(settings: Settings) -> paramiko.PKey | None:
     if cert is not None:
         try:
             key.load_certificate(str(cert))
+            # paramiko checks the key type only: a certificate for another key of the
+            # same type would be offered, and refused by the server as a login failure.
+            if not _certifies(key):
+                raise ValueError("another key")
         except ValueError:
             raise ConfigError(
                 f"SFTP_CERT_FILE={cert} is not a certificate for the key in SFTP_KEY_FILE={path}"
@@ -131,6 +135,19 @@ def load_private_key(settings: Settings) -> paramiko.PKey | None:
         except (OSError, paramiko.SSHException) as exc:
             raise ConfigError(f"SFTP_CERT_FILE={cert}: cannot load it ({_short(exc)})") from None
     return key
+
+
+def _certifies(key: paramiko.PKey) -> bool:
+    """Whether the certificate loaded into ``key`` is for that key (PROTOCOL.certkeys:
+    the type and a nonce, then the same public fields as the key's own blob)."""
+    if key.public_blob is None:
+        return False
+    cert = paramiko.Message(key.public_blob.key_blob)
+    cert.get_string()
+    cert.get_string()
+    own = paramiko.Message(key.asbytes())
+    own.get_string()
+    return bool(cert.get_remainder().startswith(own.get_remainder()))
 
 
 def _load_key(settings: Settings, path: Path, name: str) -> paramiko.PKey:
