@@ -9,7 +9,6 @@ uses one of those is named in a warning.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -68,7 +67,6 @@ _OFFER_LINES = {
 }
 # Most characters of one offered list shown in an error: the server chose them.
 _OFFER_CHARS = 400
-_log_names = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -133,11 +131,16 @@ class OfferLog(logging.Handler):
         super().__init__(logging.DEBUG)
         self.offered: dict[str, str] = {}
         self.kex = ""
-        # A channel of this transport's own, so that concurrent handshakes do not mix.
-        self.logger = logging.getLogger(f"paramiko.transport.handshake{next(_log_names)}")
-        transport.set_log_channel(self.logger.name)
-        self.logger.setLevel(logging.DEBUG)
-        self.logger.addHandler(self)
+        self.transport = transport
+        self.usual = transport.logger
+        # A logger of this transport's own, so that concurrent handshakes do not mix: not
+        # registered (nothing accumulates over reconnects), named and parented as the usual
+        # one, so that paramiko's records read and travel as before.
+        own = logging.Logger(self.usual.name, logging.DEBUG)
+        own.parent = self.usual.parent
+        own.addHandler(self)
+        transport.logger = own
+        transport.packetizer.set_log(own)
 
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
@@ -149,8 +152,8 @@ class OfferLog(logging.Handler):
 
     def close(self) -> None:
         """Stop collecting: after the handshake, paramiko logs at our level again."""
-        self.logger.removeHandler(self)
-        self.logger.setLevel(logging.NOTSET)
+        self.transport.logger = self.usual
+        self.transport.packetizer.set_log(self.usual)
         super().close()
 
 
