@@ -56,6 +56,13 @@ MODERN_HOST_KEYS = (
     "ecdsa-sha2-nistp521",
     "rsa-sha2-512",
     "rsa-sha2-256",
+    # Host certificates of the same keys (host_certs.py), offered when known_hosts trusts a CA.
+    "ssh-ed25519-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp256-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp384-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp521-cert-v01@openssh.com",
+    "rsa-sha2-512-cert-v01@openssh.com",
+    "rsa-sha2-256-cert-v01@openssh.com",
 )
 
 # What paramiko's handshake log line starts with, for each list of the server's offer.

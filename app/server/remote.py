@@ -30,7 +30,7 @@ from app.config import Settings
 from app.endpoints import Endpoint
 from app.errors import AuthError, ConfigError, HostKeyError, RemoteFileError, TransientError
 from app.selection import RemoteEntry
-from app.server import crypto_policy, known_hosts, netpath
+from app.server import crypto_policy, host_certs, known_hosts, netpath
 from app.server.crypto_policy import Negotiated
 from app.server.pipeline import ReadLimit, list_directory, open_sftp
 
@@ -197,6 +197,7 @@ class HostKeyVerifier:
             raise ConfigError(f"SFTP_KNOWN_HOSTS={self.path} is not a file")
         self.known: dict[str, list[bytes]] = {t: list(blobs) for t, blobs in entries.keys.items()}
         self.revoked = entries.revoked
+        self.authorities = entries.authorities
 
     def _warn_unusable(self, unusable: tuple[known_hosts.Unusable, ...]) -> None:
         if not unusable:
@@ -213,7 +214,9 @@ class HostKeyVerifier:
         wanted: list[str] = []
         for key_type in self.known:
             wanted.extend(_ALGORITHMS_FOR_KEY_TYPE.get(key_type, (key_type,)))
-        return prefer(offered, tuple(wanted))
+        # A trusted CA: ask for a certificate first, as ssh(1) does (paramiko offers none by itself).
+        certs = host_certs.CERT_ALGORITHMS if self.authorities else ()
+        return certs + prefer(offered, tuple(wanted))
 
     def verify(self, key: paramiko.PKey) -> None:
         offered = f"{key.get_name()} {fingerprint(key)}"
@@ -231,6 +234,9 @@ class HostKeyVerifier:
             raise HostKeyError(
                 f"host key for {self.name} does not match SFTP_HOST_KEY_FINGERPRINT: the server offered {offered}"
             )
+        if host_certs.is_certificate(key):
+            self._verify_certificate(key, offered)
+            return
         known = self.known.get(key.get_name())
         if known is not None:
             if key.asbytes() in known:
@@ -275,6 +281,23 @@ class HostKeyVerifier:
                 self.path,
             )
         self.known[key.get_name()] = [key.asbytes()]
+
+    def _verify_certificate(self, key: paramiko.PKey, offered: str) -> None:
+        """A host certificate is good on its CA's word alone (known_hosts' @cert-authority)."""
+        try:
+            cert = host_certs.parse(key.public_blob.key_blob)
+            host_certs.check(
+                cert,
+                authorities=self.authorities,
+                revoked=frozenset(self.revoked),
+                host=self.host,
+                now=time.time(),
+            )
+        except host_certs.CertificateError as exc:
+            raise HostKeyError(
+                f"host certificate of {self.name} refused: {exc} (the server offered {offered}, in {self.path})"
+            ) from None
+        logger.debug("host certificate of {} accepted: key id {!r}, serial {}", self.name, cert.key_id, cert.serial)
 
     def _record(self, key: paramiko.PKey) -> None:
         line = f"{self.name} {key.get_name()} {key.get_base64()}\n"
