@@ -117,7 +117,8 @@ def http_connect(sock: socket.socket, proxy: ProxyUrl, host: str, port: int) -> 
     if 200 <= code < 300:
         return
     said = f"{code} {reason}".strip()
-    if code == 407:
+    # 407 is the standard answer; tinyproxy, among others, answers a CONNECT with 401.
+    if code in (401, 407):
         creds = "the credentials it was given" if proxy.username else "no credentials (set them in SFTP_PROXY)"
         raise AuthError(f"proxy {proxy.display} wants authentication ({said}); it refused {creds}")
     if code == 403:
