@@ -159,6 +159,19 @@ def test_a_stall_on_the_jump_hop_is_dropped_after_io_timeout(server: Server, jum
     assert file_sha256(server.served / "20250428.IPI") == sha256(data)
 
 
+def test_connect_budget_applies_to_the_session_behind_the_jump_host(server: Server, jump: Jump) -> None:
+    server.sshd.stop()
+    server.sshd.subsystem = "/bin/sleep 600"  # accepts the subsystem request, then never speaks SFTP
+    server.sshd.start()
+    started = time.monotonic()
+
+    result = run_job(jump_env(server, jump, CONNECT_TIMEOUT=1, RETRY_MAX_TRIES=2), server.tmp / "cwd")
+
+    assert result.code == 1, result.output
+    assert time.monotonic() - started < 30
+    assert f"connect to 127.0.0.1:{server.port}: no SFTP session within 3 s" in result.stderr
+
+
 def test_sigterm_through_a_jump_host_stops_within_2_seconds(server: Server, jump: Jump) -> None:
     server.put("20250428.IPI", os.urandom(16 * MiB))
     relay = Relay(jump.port)

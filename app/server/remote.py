@@ -477,7 +477,7 @@ def _through(
     jump_verifier = HostKeyVerifier(settings, record=verifier.may_write, jump=jump)
     # Each hop has the connect budget of its own: the jump host's covers its login and the
     # channel it opens, the server's its login and the sftp session.
-    with _budget(settings, sock, label):
+    with _budget(settings, sock, label, f"channel to {path.target.name}"):
         jump_transport, _ = _start_transport(settings, sock, jump_key, jump_verifier, hop)
         try:
             with remote_errors(f"open a channel through {label} to {path.target.name}"):
@@ -582,7 +582,7 @@ def _report_algorithms(settings: Settings, target: str, negotiated: Negotiated) 
 
 
 @contextlib.contextmanager
-def _budget(settings: Settings, base: socket.socket, target: str) -> Iterator[None]:
+def _budget(settings: Settings, base: socket.socket, target: str, outcome: str = "SFTP session") -> Iterator[None]:
     """paramiko waits up to an hour to open a channel and without any limit for the
     sftp subsystem's reply; a link that stalls there would hang the run. The
     watchdog cuts the socket if the whole sequence overruns its budget."""
@@ -600,7 +600,7 @@ def _budget(settings: Settings, base: socket.socket, target: str) -> Iterator[No
     except TransientError:
         if overran.is_set():
             budget = _CONNECT_BUDGET * settings.connect_timeout
-            raise TransientError(f"connect to {target}: no SFTP session within {budget} s") from None
+            raise TransientError(f"connect to {target}: no {outcome} within {budget} s") from None
         raise
     finally:
         watchdog.cancel()
