@@ -332,3 +332,27 @@ def test_socks5_wrong_password_is_exit_3_naming_the_proxy(server: Server, micros
     assert f"SOCKS5 proxy socks5://127.0.0.1:{microsocks.port} refused the login" in result.stderr
     assert "nope-Pw" not in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("scheme", ["http", "socks5"])
+def test_sigterm_while_a_proxy_says_nothing_stops_within_2_seconds(server: Server, scheme: str) -> None:
+    import socket
+
+    silent = socket.socket()  # accepts the connection (the kernel does), never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    try:
+        env = server.env(SFTP_PROXY=f"{scheme}://127.0.0.1:{silent.getsockname()[1]}", CONNECT_TIMEOUT=60)
+        proc = start_job(env, server.tmp / "cwd")
+        assert wait_until(lambda: server.log.exists() and "connecting to" in server.log.read_text(), 30)
+        time.sleep(1.0)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+        took = time.monotonic() - sent
+    finally:
+        silent.close()
+
+    assert proc.returncode == 143, err
+    assert took < 2.0
+    assert "Traceback" not in err
