@@ -58,13 +58,16 @@ sshd:
 # The tests also need, as root: a small XFS to prove copy-on-write publishing
 # (mkfs.xfs), a real Prometheus Pushgateway to push metrics to, and a real
 # Prometheus that scrapes it and evaluates the alert rules end to end; and ProFTPD's
-# mod_sftp, a server that computes file digests (check-file-handle).
+# mod_sftp, a server that computes file digests (check-file-handle); tinyproxy (HTTP
+# CONNECT) and microsocks (SOCKS5) for the network-path tests.
 # Tools for further tests go here, one line each.
 test-deps: sshd
 	$(call apt-want,mkfs.xfs,xfsprogs)
 	$(call apt-want,prometheus-pushgateway,prometheus-pushgateway)
 	$(call apt-want,prometheus,prometheus)
 	$(call apt-want,proftpd,proftpd-core proftpd-mod-crypto)
+	$(call apt-want,tinyproxy,tinyproxy)
+	$(call apt-want,microsocks,microsocks)
 
 test: venv test-deps
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q

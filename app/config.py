@@ -19,10 +19,12 @@ from typing import Any
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
+from app.endpoints import parse_jump, parse_proxy
 from app.errors import ConfigError
 from app.reporting.urls import split_credentials
 
 HOST_KEY_POLICIES = ("strict", "accept-new")
+SSH_ALGORITHMS = ("modern", "compat")
 ORDERINGS = ("name-date", "mtime", "name")
 SELECT_MODES = ("next", "latest", "all")
 LOG_FORMATS = ("text", "json")
@@ -118,6 +120,9 @@ class Settings(_StateLayout):
     )
     sftp_key_file: Path | None = _setting(None, "Private key file (OpenSSH format) for public-key login.")
     sftp_key_passphrase: str | None = _setting(None, "Passphrase of SFTP_KEY_FILE, if it is encrypted.", secret=True)
+    sftp_cert_file: Path | None = _setting(
+        None, "OpenSSH user certificate (*-cert.pub) signed for SFTP_KEY_FILE; offered with that key."
+    )
     sftp_known_hosts: Path = _setting(
         Path("~/.ssh/known_hosts"),
         "OpenSSH known_hosts file; [host]:port, hashed entries and host patterns are honoured, @revoked keys refused.",
@@ -134,6 +139,32 @@ class Settings(_StateLayout):
         example="",
     )
     sftp_use_agent: bool = _setting(False, "Also offer the keys of a running ssh-agent (SSH_AUTH_SOCK).")
+    sftp_jump_host: str | None = _setting(
+        None,
+        "Jump host, [user@]host[:port] as OpenSSH's ProxyJump: the session runs through its direct-tcpip"
+        " channel. Its host key is checked against SFTP_KNOWN_HOSTS like the server's.",
+    )
+    sftp_jump_user: str | None = _setting(
+        None, "Login user on the jump host; default: the user in SFTP_JUMP_HOST, else SFTP_USER."
+    )
+    sftp_jump_key_file: Path | None = _setting(None, "Private key for the jump host; default: SFTP_KEY_FILE.")
+    sftp_jump_pass_file: Path | None = _setting(
+        None, "File holding the jump host's password; default: the server's password."
+    )
+    sftp_proxy: str | None = _setting(
+        None,
+        "Proxy for the first TCP connection: http://host:port (HTTP CONNECT) or socks5://host:port"
+        " (socks5h:// is the same; host names are resolved by the proxy). user:pass@ in the URL works, with a warning.",
+        secret=True,
+    )
+    sftp_proxy_pass_file: Path | None = _setting(
+        None, "File holding the proxy password for the user named in SFTP_PROXY (user@host:port)."
+    )
+    ssh_algorithms: str = _setting(
+        "modern",
+        "modern: AEAD or CTR+SHA-2 ciphers, curve25519/ML-KEM/ECDH/DH-SHA-2 key exchange, SHA-2 host-key"
+        " signatures only. compat: also the rest paramiko offers (CBC, 3DES, hmac-sha1, hmac-md5), with a warning.",
+    )
     sftp_dir: str = _setting("", "Remote directory to pull from; empty means the login directory.")
     local_dir: Path = _setting(Path("./local_downloads"), "Where files are downloaded and verified.")
     server_dir: Path = _setting(Path("./synced_server"), "Where verified files are published atomically.")
@@ -319,6 +350,9 @@ class Settings(_StateLayout):
     remote_after_required: bool = _setting(
         False, "true: a failed REMOTE_AFTER action fails the run (exit 1); false: it is a warning only."
     )
+    # Read from SFTP_JUMP_PASS_FILE and SFTP_PROXY_PASS_FILE during validation; not settings of their own.
+    sftp_jump_pass: str | None = field(default=None, repr=False, metadata={"internal": True})
+    sftp_proxy_pass: str | None = field(default=None, repr=False, metadata={"internal": True})
     # Read from NOTIFY_SMTP_PASS_FILE during validation; not a setting of its own.
     notify_smtp_pass: str | None = field(default=None, repr=False, metadata={"internal": True})
     # Read from GPG_PASSPHRASE_FILE during validation; not a setting of its own.
@@ -327,10 +361,14 @@ class Settings(_StateLayout):
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in any output."""
-        urls = tuple(u for u in (self.metrics_pushgateway_url, self.notify_webhook_url) if u)
+        # The proxy URL only when it carries a password: without one, it is shown in messages as it is.
+        proxy = self.sftp_proxy if self.sftp_proxy and split_credentials(self.sftp_proxy).password else None
+        urls = tuple(u for u in (self.metrics_pushgateway_url, self.notify_webhook_url, proxy) if u)
         passwords = tuple(split_credentials(u).password for u in urls)
         candidates = (
             self.sftp_pass,
+            self.sftp_jump_pass,
+            self.sftp_proxy_pass,
             self.sftp_key_passphrase,
             self.notify_smtp_pass,
             self.gpg_passphrase,
@@ -623,6 +661,16 @@ def _byte_rate(name: str, raw: str) -> int:
     return value
 
 
+def _jump_host(name: str, raw: str) -> str:
+    parse_jump(name, raw)
+    return raw.strip()
+
+
+def _proxy(name: str, raw: str) -> str:
+    parse_proxy(name, raw)
+    return raw.strip()
+
+
 def _remote_dir(name: str, raw: str) -> str:
     value = raw.strip()
     if any(ord(c) < 32 for c in value):
@@ -642,6 +690,14 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "sftp_host_key_policy": _choice(HOST_KEY_POLICIES),
     "sftp_host_key_fingerprint": _fingerprints,
     "sftp_use_agent": _bool,
+    "sftp_cert_file": _path,
+    "sftp_jump_host": _jump_host,
+    "sftp_jump_user": _user,
+    "sftp_jump_key_file": _path,
+    "sftp_jump_pass_file": _path,
+    "sftp_proxy": _proxy,
+    "sftp_proxy_pass_file": _path,
+    "ssh_algorithms": _choice(SSH_ALGORITHMS),
     "sftp_dir": _text,
     "local_dir": _path,
     "server_dir": _path,
@@ -869,6 +925,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         raise ConfigError("no credentials: set SFTP_PASS, SFTP_PASS_FILE, SFTP_KEY_FILE or SFTP_USE_AGENT=true")
     if values.get("sftp_key_passphrase") is not None and key_file is None:
         raise ConfigError("SFTP_KEY_PASSPHRASE is set but SFTP_KEY_FILE is not")
+    _check_network(values)
 
     smtp_pass_file = values.get("notify_smtp_pass_file")
     if smtp_pass_file is not None:
@@ -909,6 +966,37 @@ def _check_paths(s: Settings | StateSettings) -> None:
             raise ConfigError(f"{label}={path} is a directory, not a file")
     if s.ledger_path.is_dir():
         raise ConfigError(f"LEDGER_FILE={s.ledger_path} is a directory, not a file")
+
+
+def _check_network(values: dict[str, Any]) -> None:
+    """The certificate, jump host and proxy settings that only make sense together;
+    reads SFTP_JUMP_PASS_FILE and SFTP_PROXY_PASS_FILE."""
+    cert_file = values.get("sftp_cert_file")
+    if cert_file is not None:
+        if values.get("sftp_key_file") is None:
+            raise ConfigError("SFTP_CERT_FILE is set but SFTP_KEY_FILE (the certificate's key) is not")
+        if not cert_file.is_file():
+            raise ConfigError(f"SFTP_CERT_FILE={cert_file}: no such file")
+    jump_set = [n for n in ("sftp_jump_user", "sftp_jump_key_file", "sftp_jump_pass_file") if n in values]
+    if jump_set and not values.get("sftp_jump_host"):
+        raise ConfigError(f"{env_name(jump_set[0])} is set but SFTP_JUMP_HOST is not")
+    jump_key = values.get("sftp_jump_key_file")
+    if jump_key is not None and not jump_key.is_file():
+        raise ConfigError(f"SFTP_JUMP_KEY_FILE={jump_key}: no such file")
+    jump_pass_file = values.get("sftp_jump_pass_file")
+    if jump_pass_file is not None:
+        values["sftp_jump_pass"] = _read_secret_file("SFTP_JUMP_PASS_FILE", jump_pass_file)
+    proxy_pass_file = values.get("sftp_proxy_pass_file")
+    if proxy_pass_file is not None:
+        proxy = values.get("sftp_proxy")
+        if not proxy:
+            raise ConfigError("SFTP_PROXY_PASS_FILE is set but SFTP_PROXY is not")
+        parsed = parse_proxy("SFTP_PROXY", proxy)
+        if parsed.username is None:
+            raise ConfigError("SFTP_PROXY_PASS_FILE is set but SFTP_PROXY names no user (user@host:port)")
+        if parsed.password is not None:
+            raise ConfigError("SFTP_PROXY holds a password and SFTP_PROXY_PASS_FILE is set: use only one")
+        values["sftp_proxy_pass"] = _read_secret_file("SFTP_PROXY_PASS_FILE", proxy_pass_file)
 
 
 def _check_lifecycle(values: dict[str, Any]) -> None:

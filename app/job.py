@@ -58,6 +58,7 @@ class RunSummary:
     tallies: dict[str, FileTally] = field(default_factory=dict)  # every file tried, finished or not
     backlog: Backlog = field(default_factory=Backlog)
     lifecycle: LifecycleTally = field(default_factory=LifecycleTally)
+    ssh: dict[str, str] | None = None  # the algorithms of the last SSH session with the server
 
 
 @dataclass
@@ -155,6 +156,7 @@ class Job:
         target = f"{self.s.sftp_host}:{self.s.sftp_port}"
         logger.info("connecting to {} as {}", target, self.s.sftp_user)
         conn = connect(self.s, key, verifier)
+        self.summary.ssh = conn.negotiated.as_dict() if conn.negotiated else None
         with interrupt.on_interrupt(conn.abort):
             return self._session(conn, target)
 
@@ -314,6 +316,7 @@ def build_report(
         remote_after_failed=dict(lifecycle.remote_after_failed),
         decrypt_failures_total=so_far("decrypt_failures_total", len(lifecycle.decrypt_failed), previous),
         remote_after_failures_total=so_far("remote_after_failures_total", len(lifecycle.remote_after_failed), previous),
+        ssh=summary.ssh,
     )
 
 

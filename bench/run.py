@@ -281,6 +281,41 @@ def scenario_relay_cost(env: Env, size: int, reps: int) -> dict[str, float]:
         (env.remote / name).unlink()
 
 
+def scenario_jump(env: Env, rtt_ms: float, size: int, reps: int) -> dict[str, float]:
+    """The job direct against the job through a jump host (a second sshd on loopback),
+    with ``rtt_ms`` of round trip in front of the first hop either way: the difference
+    is the jump host's second encryption layer and its forwarding."""
+    name = "20250501.IPI"
+    make_file(env.remote / name, size)
+    work = env.tmp / "jump"
+    work.mkdir(exist_ok=True)
+    jump = Sshd(
+        workdir=work,
+        host_key=keygen(work / "jump_host") if not (work / "jump_host").exists() else work / "jump_host",
+        authorized_keys=env.sshd.authorized_keys,
+        user=env.sshd.user,
+        extra_config=["AllowTcpForwarding yes"],
+    ).start()
+    to_server = DelayLine(env.sshd.port, rtt_ms)
+    to_jump = DelayLine(jump.port, rtt_ms)
+    known = env.tmp / "known_hosts_jump"
+    known.write_text(env.sshd.known_hosts_line(env.sshd.port) + jump.known_hosts_line(to_jump.port))
+
+    def through_jump(e: Env, port: int, names: list[str], out: Path) -> Sample:
+        extra = {"SFTP_JUMP_HOST": f"127.0.0.1:{to_jump.port}", "SFTP_KNOWN_HOSTS": str(known)}
+        return job_client(e, env.sshd.port, names, out, extra=extra)
+
+    try:
+        direct = run_interleaved(env, to_server.port, {"job direct": (job_client, [name], size)}, reps)
+        jumped = run_interleaved(env, env.sshd.port, {"job via jump host": (through_jump, [name], size)}, reps)
+        return report(f"{rtt_ms:.0f} ms RTT, jump host", {**direct, **jumped})
+    finally:
+        to_server.close()
+        to_jump.close()
+        jump.stop()
+        (env.remote / name).unlink()
+
+
 def scenario_memory(env: Env, size: int) -> float:
     name = "20250401.IPI"
     make_file(env.remote / name, size)
@@ -419,6 +454,11 @@ def main() -> int:
                 verdicts.append(target("100 ms: job >= 2x sftp", r["job"] / r["sftp"], 2.0))
             if on("relay"):
                 scenario_relay_cost(env, (64 if quick else 256) * MiB, reps)
+            if on("jump"):
+                r = scenario_jump(env, 20, (32 if quick else 64) * MiB, reps)
+                verdicts.append(
+                    target("20 ms: jump host >= 0.7x direct", r["job via jump host"] / r["job direct"], 0.7)
+                )
             if on("memory"):
                 for size in (256 * MiB, 1024 * MiB):
                     rss = scenario_memory(env, size)

@@ -81,6 +81,8 @@ class RunReport:
     remote_after_failed: dict[str, str] = field(default_factory=dict)
     decrypt_failures_total: int = 0
     remote_after_failures_total: int = 0
+    # The algorithms of the run's last SSH session with the server: {kex, cipher, mac, host_key_type}.
+    ssh: dict[str, str] | None = None
     version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -150,6 +152,7 @@ _REPORT_CHECKS: dict[str, Any] = {
     "verification_mismatches_total": lambda v: _count(v),
     "decrypt_failures_total": lambda v: _count(v),
     "remote_after_failures_total": lambda v: _count(v),
+    "ssh": lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
 }
 _REQUIRED = ("exit_code", "ok")
 

@@ -108,6 +108,9 @@ def render(status: Status) -> str:
             line += f": {run['error']}"
         lines.append(line)
         lines.append(f"last success: {run.get('last_success_at') or 'never'}")
+        ssh = run.get("ssh")
+        if ssh:
+            lines.append("last SSH session: " + ", ".join(f"{k} {v}" for k, v in ssh.items()))
     for label, files in (("held back", status.held_back), ("late", status.late)):
         for held in files[:SKIPS_NAMED]:
             lines.append(f"{label}: {held['name']!r}: {held['reason']} (since {held.get('since') or 'unknown'})")

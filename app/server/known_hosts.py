@@ -40,6 +40,8 @@ class HostKeys:
     # Key blob -> the line marking it @revoked for the host.
     revoked: dict[bytes, int] = field(default_factory=dict)
     unusable: tuple[Unusable, ...] = ()
+    # @cert-authority keys trusted to sign host certificates for the host (host_certs.py).
+    authorities: tuple[bytes, ...] = ()
 
 
 def parse(text: str, host: str) -> HostKeys:
@@ -47,6 +49,7 @@ def parse(text: str, host: str) -> HostKeys:
     keys: dict[str, list[bytes]] = {}
     revoked: dict[bytes, int] = {}
     unusable: list[Unusable] = []
+    authorities: list[bytes] = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -60,11 +63,6 @@ def parse(text: str, host: str) -> HostKeys:
             unusable.append(Unusable(number, "not a known_hosts entry (host, key type and key expected)"))
             continue
         patterns, key_type, encoded = fields[:3]
-        if marker == CERT_AUTHORITY:
-            # Trusting a CA means verifying host certificates, which paramiko's client does not do.
-            if host_matches(patterns, host):
-                unusable.append(Unusable(number, "@cert-authority: host certificates are not supported"))
-            continue
         blob = key_blob(key_type, encoded)
         if blob is None:
             unusable.append(Unusable(number, f"the key is not a valid {key_type[:40]!r} key"))
@@ -73,9 +71,11 @@ def parse(text: str, host: str) -> HostKeys:
             continue
         if marker == REVOKED:
             revoked.setdefault(blob, number)
+        elif marker == CERT_AUTHORITY:
+            authorities.append(blob)
         else:
             keys.setdefault(key_type, []).append(blob)
-    return HostKeys({t: tuple(b) for t, b in keys.items()}, revoked, tuple(unusable))
+    return HostKeys({t: tuple(b) for t, b in keys.items()}, revoked, tuple(unusable), tuple(authorities))
 
 
 def key_blob(key_type: str, encoded: str) -> bytes | None:

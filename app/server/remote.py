@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import paramiko
@@ -26,9 +27,11 @@ from loguru import logger
 
 from app import interrupt
 from app.config import Settings
+from app.endpoints import Endpoint
 from app.errors import AuthError, ConfigError, HostKeyError, RemoteFileError, RemoteMissingError, TransientError
 from app.selection import RemoteEntry
-from app.server import known_hosts
+from app.server import crypto_policy, host_certs, known_hosts, netpath
+from app.server.crypto_policy import Negotiated
 from app.server.pipeline import ReadLimit, announced, digests_offered, list_directory, open_sftp
 
 # The host-key algorithms that can verify a known_hosts entry of each key type.
@@ -54,10 +57,6 @@ _TCP_KEEPCNT = 3
 # Handshake, login and opening the sftp channel each get CONNECT_TIMEOUT from
 # paramiko; the watchdog allows the whole sequence a few of those.
 _CONNECT_BUDGET = 3
-
-# paramiko offers AES-GCM last. It needs no separate MAC pass, which on a fast
-# link is a large share of paramiko's per-packet work, so ask for it first.
-_AEAD_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 # SFTP status errors arrive as OSError with these errno values (or none at all);
 # they concern one file, not the connection.
@@ -141,21 +140,53 @@ def load_private_key(settings: Settings) -> paramiko.PKey | None:
     path = settings.sftp_key_file
     if path is None:
         return None
+    key = _load_key(settings, path, "SFTP_KEY_FILE")
+    cert = settings.sftp_cert_file
+    if cert is not None:
+        try:
+            key.load_certificate(str(cert))
+            # paramiko checks the key type only: a certificate for another key of the
+            # same type would be offered, and refused by the server as a login failure.
+            if not _certifies(key):
+                raise ValueError("another key")
+        except ValueError:
+            raise ConfigError(
+                f"SFTP_CERT_FILE={cert} is not a certificate for the key in SFTP_KEY_FILE={path}"
+            ) from None
+        except (OSError, paramiko.SSHException) as exc:
+            raise ConfigError(f"SFTP_CERT_FILE={cert}: cannot load it ({_short(exc)})") from None
+    return key
+
+
+def _certifies(key: paramiko.PKey) -> bool:
+    """Whether the certificate loaded into ``key`` is for that key (PROTOCOL.certkeys:
+    the type and a nonce, then the same public fields as the key's own blob)."""
+    if key.public_blob is None:
+        return False
+    cert = paramiko.Message(key.public_blob.key_blob)
+    cert.get_string()
+    cert.get_string()
+    own = paramiko.Message(key.asbytes())
+    own.get_string()
+    return bool(cert.get_remainder().startswith(own.get_remainder()))
+
+
+def _load_key(settings: Settings, path: Path, name: str) -> paramiko.PKey:
     passphrase = settings.sftp_key_passphrase
     try:
         return paramiko.PKey.from_path(str(path), passphrase.encode("utf-8") if passphrase else None)
     except paramiko.PasswordRequiredException:
-        raise ConfigError(f"SFTP_KEY_FILE={path} is encrypted: set SFTP_KEY_PASSPHRASE") from None
+        raise ConfigError(f"{name}={path} is encrypted: set SFTP_KEY_PASSPHRASE") from None
     except TypeError:
         # cryptography's way of saying a passphrase is needed (or is not).
         if passphrase:
-            raise ConfigError(f"SFTP_KEY_FILE={path} is not encrypted: unset SFTP_KEY_PASSPHRASE") from None
-        raise ConfigError(f"SFTP_KEY_FILE={path} is encrypted: set SFTP_KEY_PASSPHRASE") from None
+            raise ConfigError(f"{name}={path} is not encrypted: unset SFTP_KEY_PASSPHRASE") from None
+        raise ConfigError(f"{name}={path} is encrypted: set SFTP_KEY_PASSPHRASE") from None
     except paramiko.SSHException as exc:
         hint = "wrong SFTP_KEY_PASSPHRASE, or " if settings.sftp_key_passphrase else ""
-        raise ConfigError(f"SFTP_KEY_FILE={path}: cannot load it ({hint}{_short(exc)})") from None
+        raise ConfigError(f"{name}={path}: cannot load it ({hint}{_short(exc)})") from None
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"SFTP_KEY_FILE={path}: cannot load it ({exc.__class__.__name__})") from None
+        raise ConfigError(f"{name}={path}: cannot load it ({exc.__class__.__name__})") from None
 
 
 class HostKeyVerifier:
@@ -165,13 +196,14 @@ class HostKeyVerifier:
     trusted in memory only, and nothing is written.
     """
 
-    def __init__(self, settings: Settings, *, record: bool = True) -> None:
+    def __init__(self, settings: Settings, *, record: bool = True, jump: Endpoint | None = None) -> None:
         self.path = settings.sftp_known_hosts
         self.policy = settings.sftp_host_key_policy
-        self.host = settings.sftp_host
-        self.port = settings.sftp_port
-        self.name = known_hosts_name(settings.sftp_host, settings.sftp_port)
-        self.pins = settings.sftp_host_key_fingerprint
+        self.host = jump.host if jump else settings.sftp_host
+        self.port = jump.port if jump else settings.sftp_port
+        self.name = known_hosts_name(self.host, self.port)
+        # SFTP_HOST_KEY_FINGERPRINT pins the server's key; a jump host is checked by known_hosts alone.
+        self.pins = () if jump else settings.sftp_host_key_fingerprint
         self.may_write = record
         entries = known_hosts.HostKeys()
         if self.path.is_file():
@@ -186,6 +218,7 @@ class HostKeyVerifier:
             raise ConfigError(f"SFTP_KNOWN_HOSTS={self.path} is not a file")
         self.known: dict[str, list[bytes]] = {t: list(blobs) for t, blobs in entries.keys.items()}
         self.revoked = entries.revoked
+        self.authorities = entries.authorities
 
     def _warn_unusable(self, unusable: tuple[known_hosts.Unusable, ...]) -> None:
         if not unusable:
@@ -202,7 +235,9 @@ class HostKeyVerifier:
         wanted: list[str] = []
         for key_type in self.known:
             wanted.extend(_ALGORITHMS_FOR_KEY_TYPE.get(key_type, (key_type,)))
-        return prefer(offered, tuple(wanted))
+        # A trusted CA: ask for a certificate first, as ssh(1) does (paramiko offers none by itself).
+        certs = host_certs.CERT_ALGORITHMS if self.authorities else ()
+        return certs + prefer(offered, tuple(wanted))
 
     def verify(self, key: paramiko.PKey) -> None:
         offered = f"{key.get_name()} {fingerprint(key)}"
@@ -220,6 +255,9 @@ class HostKeyVerifier:
             raise HostKeyError(
                 f"host key for {self.name} does not match SFTP_HOST_KEY_FINGERPRINT: the server offered {offered}"
             )
+        if host_certs.is_certificate(key):
+            self._verify_certificate(key, offered)
+            return
         known = self.known.get(key.get_name())
         if known is not None:
             if key.asbytes() in known:
@@ -265,6 +303,23 @@ class HostKeyVerifier:
             )
         self.known[key.get_name()] = [key.asbytes()]
 
+    def _verify_certificate(self, key: paramiko.PKey, offered: str) -> None:
+        """A host certificate is good on its CA's word alone (known_hosts' @cert-authority)."""
+        try:
+            cert = host_certs.parse(key.public_blob.key_blob)
+            host_certs.check(
+                cert,
+                authorities=self.authorities,
+                revoked=frozenset(self.revoked),
+                host=self.host,
+                now=time.time(),
+            )
+        except host_certs.CertificateError as exc:
+            raise HostKeyError(
+                f"host certificate of {self.name} refused: {exc} (the server offered {offered}, in {self.path})"
+            ) from None
+        logger.debug("host certificate of {} accepted: key id {!r}, serial {}", self.name, cert.key_id, cert.serial)
+
     def _record(self, key: paramiko.PKey) -> None:
         line = f"{self.name} {key.get_name()} {key.get_base64()}\n"
         try:
@@ -291,6 +346,10 @@ class Connection:
     transport: paramiko.Transport
     sftp: paramiko.SFTPClient
     read_limit: ReadLimit
+    # The TCP socket under every hop: cutting it ends the session, through a jump host too.
+    base: socket.socket | None = None
+    jump: paramiko.Transport | None = None
+    negotiated: Negotiated | None = None
     # The server removes a file once it has been read (IBM Sterling's extractability
     # count, post-processing servers): a file is never stat'ed, opened or proven by
     # path again after its one read; learned from the first "no such file" after one.
@@ -318,24 +377,27 @@ class Connection:
 
     def alive(self) -> bool:
         channel = self.sftp.get_channel()
-        return bool(self.transport.is_active() and channel is not None and not channel.closed)
+        jump_alive = self.jump is None or self.jump.is_active()
+        return bool(self.transport.is_active() and jump_alive and channel is not None and not channel.closed)
 
     def abort(self) -> None:
         """Cut the TCP connection under a blocked read; safe inside a signal handler."""
-        _shutdown(self.transport.sock)
+        _shutdown(self.base if self.base is not None else self.transport.sock)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.sftp.close()
         with contextlib.suppress(Exception):
             self.transport.close()
+        if self.jump is not None:
+            with contextlib.suppress(Exception):
+                self.jump.close()
 
 
-def _open_socket(settings: Settings) -> socket.socket:
-    """A TCP connection to the server, as socket.create_connection makes it, except
-    that a stop request ends every step at once: a blocking getaddrinfo or connect
-    would only notice it after CONNECT_TIMEOUT."""
-    host, port = settings.sftp_host, settings.sftp_port
+def _open_socket(settings: Settings, host: str, port: int) -> socket.socket:
+    """A TCP connection to ``host`` (the server, a jump host or a proxy), as
+    socket.create_connection makes it, except that a stop request ends every step at
+    once: a blocking getaddrinfo or connect would only notice it after CONNECT_TIMEOUT."""
     addresses = interrupt.call(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
     failure: OSError = OSError(f"no address for {host}")
     for family, kind, proto, _, address in addresses:
@@ -388,10 +450,18 @@ def _tune(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
-def _authenticate(transport: paramiko.Transport, settings: Settings, key: paramiko.PKey | None) -> None:
-    """Keys first (SFTP_KEY_FILE, then the agent's if allowed), then the password."""
-    user = settings.sftp_user
-    password = settings.sftp_pass
+def _authenticate(
+    transport: paramiko.Transport,
+    settings: Settings,
+    key: paramiko.PKey | None,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+) -> None:
+    """Keys first (SFTP_KEY_FILE, then the agent's if allowed), then the password.
+    ``user`` and ``password`` are a jump host's; by default the server's."""
+    user = user or settings.sftp_user
+    password = password if password is not None else settings.sftp_pass
     keys: list[paramiko.PKey] = [key] if key is not None else []
     agent = paramiko.Agent() if settings.sftp_use_agent else None
     try:
@@ -416,15 +486,19 @@ def _authenticate(transport: paramiko.Transport, settings: Settings, key: parami
 
 
 def connect(settings: Settings, key: paramiko.PKey | None, verifier: HostKeyVerifier) -> Connection:
-    """Open an authenticated SFTP session. Raises the job's own errors only."""
-    target = f"{settings.sftp_host}:{settings.sftp_port}"
-    with remote_errors(f"connect to {target}"):
-        sock = _open_socket(settings)
+    """Open an authenticated SFTP session, directly or through SFTP_PROXY and
+    SFTP_JUMP_HOST. Raises the job's own errors only."""
+    path = netpath.route(settings)
+    via = f" through proxy {path.proxy.display}" if path.proxy else ""
+    with remote_errors(f"connect to {path.first.name}{via}"):
+        sock = netpath.open_stream(path, lambda h, p: _open_socket(settings, h, p), settings.connect_timeout)
     # From here on, a stop request cuts the socket: paramiko's thread sees the
     # end of the stream and whatever step the session was in fails at once.
     with interrupt.on_interrupt(lambda: _shutdown(sock)):
         try:
-            return _start_session(settings, sock, key, verifier)
+            _tune(sock)
+            netpath.tunnel(sock, path)
+            return _through(settings, path, sock, key, verifier)
         except BaseException:
             sock.close()
             # A cut during login looks like a refused login: report it as the stop it is.
@@ -432,30 +506,76 @@ def connect(settings: Settings, key: paramiko.PKey | None, verifier: HostKeyVeri
             raise
 
 
-def _start_session(
-    settings: Settings, sock: socket.socket, key: paramiko.PKey | None, verifier: HostKeyVerifier
+def _through(
+    settings: Settings, path: netpath.Route, sock: socket.socket, key: paramiko.PKey | None, verifier: HostKeyVerifier
 ) -> Connection:
+    """The SSH session(s) on ``sock``: the jump host's first, when there is one."""
     target = f"{settings.sftp_host}:{settings.sftp_port}"
+    if path.jump is None:
+        with _budget(settings, sock, target):
+            transport, negotiated = _start_transport(settings, sock, key, verifier, None)
+            return _open_session(settings, transport, negotiated, sock, None)
+    jump = path.jump
+    label = f"jump host {jump.name}"
+    jump_key = key
+    if settings.sftp_jump_key_file is not None:
+        jump_key = _load_key(settings, settings.sftp_jump_key_file, "SFTP_JUMP_KEY_FILE")
+    hop = _Hop(label, settings.sftp_jump_user or jump.user or settings.sftp_user, settings.sftp_jump_pass)
+    jump_verifier = HostKeyVerifier(settings, record=verifier.may_write, jump=jump)
+    # Each hop has the connect budget of its own: the jump host's covers its login and the
+    # channel it opens, the server's its login and the sftp session.
+    with _budget(settings, sock, label, f"channel to {path.target.name}"):
+        jump_transport, _ = _start_transport(settings, sock, jump_key, jump_verifier, hop)
+        try:
+            with remote_errors(f"open a channel through {label} to {path.target.name}"):
+                channel = netpath.forward(
+                    jump_transport,
+                    label,
+                    path.target,
+                    settings.ssh_window_size,
+                    MAX_PACKET_SIZE,
+                    settings.connect_timeout,
+                )
+        except BaseException:
+            jump_transport.close()
+            raise
+    try:
+        with _budget(settings, sock, target):
+            transport, negotiated = _start_transport(settings, channel, key, verifier, None)
+            return _open_session(settings, transport, negotiated, sock, jump_transport)
+    except BaseException:
+        jump_transport.close()
+        raise
+
+
+@dataclass(frozen=True)
+class _Hop:
+    """A jump host's login, and the name its messages go by."""
+
+    label: str
+    user: str
+    password: str | None
+
+
+def _start_transport(
+    settings: Settings,
+    stream: socket.socket | paramiko.Channel,
+    key: paramiko.PKey | None,
+    verifier: HostKeyVerifier,
+    hop: _Hop | None,
+) -> tuple[paramiko.Transport, Negotiated]:
+    """Handshake, host-key check and login on ``stream``: the server's, or a jump host's with ``hop``."""
+    target = hop.label if hop else f"{settings.sftp_host}:{settings.sftp_port}"
+    user = hop.user if hop else settings.sftp_user
     with remote_errors(f"connect to {target}"):
         transport = paramiko.Transport(
-            sock,
+            stream,
             default_window_size=settings.ssh_window_size,
             default_max_packet_size=MAX_PACKET_SIZE,
         )
-    # paramiko waits up to an hour to open a channel and without any limit for the
-    # sftp subsystem's reply; a link that stalls there would hang the run. The
-    # watchdog cuts the socket if the whole sequence overruns its budget.
-    overran = threading.Event()
-
-    def cut() -> None:
-        overran.set()
-        _shutdown(sock)
-
-    watchdog = threading.Timer(_CONNECT_BUDGET * settings.connect_timeout, cut)
-    watchdog.daemon = True
-    watchdog.start()
     try:
         logger.debug("SSH handshake with {}", target)
+        offers = crypto_policy.OfferLog(transport)
         with remote_errors(f"SSH handshake with {target}"):
             transport.banner_timeout = settings.connect_timeout
             transport.handshake_timeout = settings.connect_timeout
@@ -464,33 +584,102 @@ def _start_session(
             transport.packetizer.REKEY_BYTES = settings.ssh_rekey_bytes
             options = transport.get_security_options()
             options.key_types = verifier.preferred_algorithms(tuple(options.key_types))
-            options.ciphers = prefer(tuple(options.ciphers), _AEAD_CIPHERS)
-            transport.start_client(timeout=settings.connect_timeout)
+            crypto_policy.apply(options, settings.ssh_algorithms)
+            try:
+                transport.start_client(timeout=settings.connect_timeout)
+            except paramiko.IncompatiblePeer as exc:
+                raise crypto_policy.refusal(settings.ssh_algorithms, target, exc, offers) from None
+            finally:
+                offers.close()
             server_key = transport.get_remote_server_key()
         interrupt.check()
-        verifier.verify(server_key)
-        logger.debug("logging in to {} as {}", target, settings.sftp_user)
-        with remote_errors(f"log in to {target} as {settings.sftp_user}"):
-            _authenticate(transport, settings, key)
+        try:
+            verifier.verify(server_key)
+        except HostKeyError as exc:
+            if hop is None:
+                raise
+            raise HostKeyError(f"{hop.label}: {exc}") from None
+        negotiated = crypto_policy.negotiated(transport, offers)
+        _report_algorithms(settings, target, negotiated)
+        logger.debug("logging in to {} as {}", target, user)
+        with remote_errors(f"log in to {target} as {user}"):
+            if hop is None:
+                _authenticate(transport, settings, key)
+            else:
+                _authenticate(transport, settings, key, user=hop.user, password=hop.password)
             if settings.keepalive_interval:
                 transport.set_keepalive(settings.keepalive_interval)
             interrupt.check()
+    except BaseException:
+        transport.close()
+        raise
+    return transport, negotiated
+
+
+def _report_algorithms(settings: Settings, target: str, negotiated: Negotiated) -> None:
+    logger.bind(ssh=negotiated.as_dict()).info("SSH session with {}: {}", target, negotiated)
+    weak = negotiated.weak()
+    if weak:
+        logger.warning(
+            "SSH_ALGORITHMS={}: the session with {} uses weak algorithms: {}",
+            settings.ssh_algorithms,
+            target,
+            ", ".join(weak),
+        )
+
+
+@contextlib.contextmanager
+def _budget(settings: Settings, base: socket.socket, target: str, outcome: str = "SFTP session") -> Iterator[None]:
+    """paramiko waits up to an hour to open a channel and without any limit for the
+    sftp subsystem's reply; a link that stalls there would hang the run. The
+    watchdog cuts the socket if the whole sequence overruns its budget."""
+    overran = threading.Event()
+
+    def cut() -> None:
+        overran.set()
+        _shutdown(base)
+
+    watchdog = threading.Timer(_CONNECT_BUDGET * settings.connect_timeout, cut)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    except TransientError:
+        if overran.is_set():
+            budget = _CONNECT_BUDGET * settings.connect_timeout
+            raise TransientError(f"connect to {target}: no {outcome} within {budget} s") from None
+        raise
+    finally:
+        watchdog.cancel()
+
+
+def _open_session(
+    settings: Settings,
+    transport: paramiko.Transport,
+    negotiated: Negotiated,
+    base: socket.socket,
+    jump: paramiko.Transport | None,
+) -> Connection:
+    target = f"{settings.sftp_host}:{settings.sftp_port}"
+    try:
+        with remote_errors(f"log in to {target} as {settings.sftp_user}"):
             logger.debug("opening the sftp session")
             sftp = open_sftp(transport, settings.ssh_window_size, MAX_PACKET_SIZE)
             # A read that waits this long without data means the link is dead,
             # even if TCP has not noticed: give up and let the job reconnect.
             sftp.get_channel().settimeout(settings.io_timeout)
             read_limit = ReadLimit(sftp)
-    except BaseException as exc:
+    except BaseException:
         transport.close()
-        if overran.is_set() and isinstance(exc, TransientError):
-            budget = _CONNECT_BUDGET * settings.connect_timeout
-            raise TransientError(f"connect to {target}: no SFTP session within {budget} s") from None
         raise
-    finally:
-        watchdog.cancel()
     return Connection(
-        transport=transport, sftp=sftp, read_limit=read_limit, server=(settings.sftp_host, settings.sftp_port)
+        transport=transport,
+        sftp=sftp,
+        read_limit=read_limit,
+        base=base,
+        jump=jump,
+        negotiated=negotiated,
+        server=(settings.sftp_host, settings.sftp_port),
     )
 
 
