@@ -192,3 +192,21 @@ def test_a_connection_dropped_while_idle_during_a_slow_decryption_keeps_its_remo
     assert [(e.name, e.remote_after) for e in entries] == [("20250701.IPI.gpg", "done")]
     assert lying.lies.deleted == [b"20250701.IPI.gpg"], "deleted once delivered, by the job's reconnected session"
     assert "deleted on the server" in result.stderr
+
+
+def test_required_proof_on_a_read_once_server_fails_the_file_but_keeps_its_only_copy(
+    lying: HostileSftpServer, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    # VERIFY_SOURCE=required: no proof is left once the server has removed the file,
+    # so it is not published; the bytes received used to be thrown away with it.
+    lying.lies.read_once = True
+    files = backlog(lying, 1)
+
+    result = run_job(env_for(lying, tmp_path, keys, VERIFY_SOURCE="required"), tmp_path / "cwd")
+
+    assert result.code == 1, result.output
+    assert "20250701.IPI" in result.stderr and "VERIFY_SOURCE=required" in result.stderr
+    assert "kept in" in result.stderr
+    assert (tmp_path / "jail" / "local" / "20250701.IPI").read_bytes() == files["20250701.IPI"]
+    assert not (tmp_path / "jail" / "server" / "20250701.IPI").exists()
+    assert "Traceback" not in result.stderr
