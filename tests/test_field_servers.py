@@ -82,11 +82,12 @@ def test_catch_up_delivers_every_file_a_read_once_server_removes_and_learns_it_o
     assert_delivered(tmp_path, lying, files)
 
 
+@pytest.mark.parametrize("personality", ["read_once", "delete_on_close"])
 def test_one_file_at_a_time_from_a_read_once_server(
-    lying: HostileSftpServer, tmp_path: Path, keys: dict[str, Path]
+    lying: HostileSftpServer, tmp_path: Path, keys: dict[str, Path], personality: str
 ) -> None:
     # SELECT_MODE=next: one file per run, through transfer.download (over 4 MiB: its own pipeline).
-    lying.lies.read_once = True
+    setattr(lying.lies, personality, True)
     files = backlog(lying, 2, size=5 * MiB)
     first = {"20250701.IPI": files["20250701.IPI"]}
     env = env_for(lying, tmp_path, keys, SELECT_MODE="next")
