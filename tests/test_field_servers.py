@@ -164,7 +164,7 @@ def test_a_connection_dropped_while_idle_during_a_slow_decryption_keeps_its_remo
 ) -> None:
     # Azure drops an SFTP connection idle for 2 minutes, AWS Transfer after 30: a long
     # local step between requests (here a decryption) must not lose REMOTE_AFTER.
-    lying.lies.idle_drop_seconds = 1.5
+    lying.lies.idle_drop_seconds = 2
     plaintext = os.urandom(20_000)
     ciphertext = gpg_keys.encrypt(plaintext, gpg_keys.recipient)
     lying.lies.files[b"20250701.IPI.gpg"] = ciphertext
@@ -177,9 +177,9 @@ def test_a_connection_dropped_while_idle_during_a_slow_decryption_keeps_its_remo
         DECRYPT="gpg",
         GPG_PRIVATE_KEY_FILE=key_file,
         REMOTE_AFTER="delete",
-        RETRY_MAX_TRIES=3,
+        RETRY_MAX_TRIES=5,
         RETRY_BACKOFF_FACTOR=0.1,
-        PATH=f"{slow_gpg(tmp_path / 'bin', 3)}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        PATH=f"{slow_gpg(tmp_path / 'bin', 4)}:{os.environ.get('PATH', '/usr/bin:/bin')}",
     )
 
     result = run_job(env, tmp_path / "cwd")
