@@ -211,3 +211,20 @@ def test_required_proof_on_a_read_once_server_fails_the_file_but_keeps_its_only_
     assert (tmp_path / "jail" / "local" / "20250701.IPI").read_bytes() == files["20250701.IPI"]
     assert not (tmp_path / "jail" / "server" / "20250701.IPI").exists()
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("after", ["delete", "move"])
+def test_remote_after_on_a_read_once_server_finds_the_files_gone_and_is_done(
+    lying: HostileSftpServer, tmp_path: Path, keys: dict[str, Path], after: str
+) -> None:
+    lying.lies.read_once = True
+    files = backlog(lying, 3)
+
+    result = run_job(env_for(lying, tmp_path, keys, REMOTE_AFTER=after, REMOTE_ARCHIVE_DIR="/"), tmp_path / "cwd")
+
+    assert result.code == 0, result.output
+    assert_delivered(tmp_path, lying, files)
+    ledger = read_ledger(tmp_path / "jail" / "state" / "ledger.jsonl")
+    assert {e.remote_after for e in ledger.entries} == {"done"}
+    assert lying.lies.deleted == [], "nothing left for the job to delete"
+    assert "REMOTE_AFTER" not in result.stderr, "no warning: the server removed them itself"
