@@ -62,7 +62,8 @@ def test_catch_up_delivers_every_file_a_read_once_server_removes_and_learns_it_o
     # after reading, get "no such file", and throw its complete copy away: 0 of 10
     # delivered, all 10 gone from the server.
     setattr(lying.lies, personality, True)
-    files = backlog(lying, 10)
+    files = backlog(lying, 9)
+    files |= backlog(lying, 1, size=2 * MiB, month=8)  # fetched together, through a partial
     env = env_for(lying, tmp_path, keys)
 
     result = run_job(env, tmp_path / "cwd")
