@@ -482,7 +482,7 @@ class _Scheduler:
         code, text = status if status is not None else (-1, "unexpected reply")
         if code == SFTP_PERMISSION_DENIED and len(self.active) > 1 and f.entry.name not in self.alone:
             # Perhaps the server's "a file transfer is in progress" rather than the file's
-            # own permissions: it is tried again alone before it is judged (_opened).
+            # own permissions: it is tried again alone before it is judged (see _step).
             self.alone[f.entry.name] = text
             raise _RefusedError()
         if code in _FILE_STATUSES:

@@ -44,7 +44,8 @@ class Lies:
     # Every READ answered with an empty DATA reply, neither data nor end of file.
     empty_data: bool = False
     # IBM Sterling's extractability count: once a file has been opened, every STAT,
-    # LSTAT, FSTAT and second OPEN of it answers "no such file", and CLOSE removes it.
+    # LSTAT, FSTAT and second OPEN of it, and every READ of bytes already served,
+    # answers "no such file", and CLOSE removes it.
     read_once: bool = False
     # A post-processing server: CLOSE removes a file that was read (stat works until then).
     delete_on_close: bool = False
@@ -196,6 +197,7 @@ def _server_class(lies: Lies) -> type[asyncssh.SFTPServer]:
             super().__init__(chan)
             self.lies = lies
             self.opened: set[bytes] = set()  # files this session has opened (read_once)
+            self.served: dict[bytes, list[tuple[int, int]]] = {}  # byte ranges read, per file (read_once)
             self._idle: asyncio.TimerHandle | None = None
             if lies.idle_drop_seconds:
                 self.heard = self._heard
@@ -246,6 +248,12 @@ def _server_class(lies: Lies) -> type[asyncssh.SFTPServer]:
             if lies.short_reads:
                 size = min(size, lies.short_reads)
             chunk = data[offset : offset + size]
+            if lies.read_once and chunk:
+                served = self.served.setdefault(file_obj, [])  # type: ignore[arg-type]
+                if any(start < offset + len(chunk) and offset < end for start, end in served):
+                    lies.spent_requests += 1
+                    raise asyncssh.SFTPNoSuchFile("no such file")
+                served.append((offset, offset + len(chunk)))
             if chunk and lies.extra_per_read:
                 chunk += b"\0" * lies.extra_per_read
             return chunk

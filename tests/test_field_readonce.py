@@ -62,7 +62,8 @@ def test_catch_up_delivers_every_file_a_read_once_server_removes_and_learns_it_o
     # after reading, get "no such file", and throw its complete copy away: 0 of 10
     # delivered, all 10 gone from the server.
     setattr(lying.lies, personality, True)
-    files = backlog(lying, 10)
+    files = backlog(lying, 9)
+    files |= backlog(lying, 1, size=2 * MiB, month=8)  # fetched together, through a partial
     env = env_for(lying, tmp_path, keys)
 
     result = run_job(env, tmp_path / "cwd")
@@ -82,11 +83,12 @@ def test_catch_up_delivers_every_file_a_read_once_server_removes_and_learns_it_o
     assert_delivered(tmp_path, lying, files)
 
 
+@pytest.mark.parametrize("personality", ["read_once", "delete_on_close"])
 def test_one_file_at_a_time_from_a_read_once_server(
-    lying: HostileSftpServer, tmp_path: Path, keys: dict[str, Path]
+    lying: HostileSftpServer, tmp_path: Path, keys: dict[str, Path], personality: str
 ) -> None:
     # SELECT_MODE=next: one file per run, through transfer.download (over 4 MiB: its own pipeline).
-    lying.lies.read_once = True
+    setattr(lying.lies, personality, True)
     files = backlog(lying, 2, size=5 * MiB)
     first = {"20250701.IPI": files["20250701.IPI"]}
     env = env_for(lying, tmp_path, keys, SELECT_MODE="next")
@@ -163,7 +165,7 @@ def test_a_connection_dropped_while_idle_during_a_slow_decryption_keeps_its_remo
 ) -> None:
     # Azure drops an SFTP connection idle for 2 minutes, AWS Transfer after 30: a long
     # local step between requests (here a decryption) must not lose REMOTE_AFTER.
-    lying.lies.idle_drop_seconds = 1.5
+    lying.lies.idle_drop_seconds = 2
     plaintext = os.urandom(20_000)
     ciphertext = gpg_keys.encrypt(plaintext, gpg_keys.recipient)
     lying.lies.files[b"20250701.IPI.gpg"] = ciphertext
@@ -176,9 +178,9 @@ def test_a_connection_dropped_while_idle_during_a_slow_decryption_keeps_its_remo
         DECRYPT="gpg",
         GPG_PRIVATE_KEY_FILE=key_file,
         REMOTE_AFTER="delete",
-        RETRY_MAX_TRIES=3,
+        RETRY_MAX_TRIES=5,
         RETRY_BACKOFF_FACTOR=0.1,
-        PATH=f"{slow_gpg(tmp_path / 'bin', 3)}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        PATH=f"{slow_gpg(tmp_path / 'bin', 4)}:{os.environ.get('PATH', '/usr/bin:/bin')}",
     )
 
     result = run_job(env, tmp_path / "cwd")
@@ -192,3 +194,38 @@ def test_a_connection_dropped_while_idle_during_a_slow_decryption_keeps_its_remo
     assert [(e.name, e.remote_after) for e in entries] == [("20250701.IPI.gpg", "done")]
     assert lying.lies.deleted == [b"20250701.IPI.gpg"], "deleted once delivered, by the job's reconnected session"
     assert "deleted on the server" in result.stderr
+
+
+def test_required_proof_on_a_read_once_server_fails_the_file_but_keeps_its_only_copy(
+    lying: HostileSftpServer, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    # VERIFY_SOURCE=required: no proof is left once the server has removed the file,
+    # so it is not published; the bytes received used to be thrown away with it.
+    lying.lies.read_once = True
+    files = backlog(lying, 1)
+
+    result = run_job(env_for(lying, tmp_path, keys, VERIFY_SOURCE="required"), tmp_path / "cwd")
+
+    assert result.code == 1, result.output
+    assert "20250701.IPI" in result.stderr and "VERIFY_SOURCE=required" in result.stderr
+    assert "kept in" in result.stderr
+    assert (tmp_path / "jail" / "local" / "20250701.IPI").read_bytes() == files["20250701.IPI"]
+    assert not (tmp_path / "jail" / "server" / "20250701.IPI").exists()
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("after", ["delete", "move"])
+def test_remote_after_on_a_read_once_server_finds_the_files_gone_and_is_done(
+    lying: HostileSftpServer, tmp_path: Path, keys: dict[str, Path], after: str
+) -> None:
+    lying.lies.read_once = True
+    files = backlog(lying, 3)
+
+    result = run_job(env_for(lying, tmp_path, keys, REMOTE_AFTER=after, REMOTE_ARCHIVE_DIR="/"), tmp_path / "cwd")
+
+    assert result.code == 0, result.output
+    assert_delivered(tmp_path, lying, files)
+    ledger = read_ledger(tmp_path / "jail" / "state" / "ledger.jsonl")
+    assert {e.remote_after for e in ledger.entries} == {"done"}
+    assert lying.lies.deleted == [], "nothing left for the job to delete"
+    assert "REMOTE_AFTER" not in result.stderr, "no warning: the server removed them itself"

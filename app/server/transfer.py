@@ -400,6 +400,14 @@ def _download(
         digests = {proof.BASE_ALGORITHM: digest.hexdigest(), **{a: h.hexdigest() for a, h in alongside.items()}}
         verified_by = proof.prove_download(conn, settings, entry.name, listing_names, digests, target)
     except BaseException as exc:
+        if isinstance(exc, proof.NoProofError) and conn.removes_after_read:
+            # VERIFY_SOURCE=required, and the server has removed its copy: these bytes
+            # are the only ones left, so they stay, unpublished and unrecorded.
+            kept = keep_unproven(paths, target, entry)
+            raise proof.NoProofError(
+                f"{exc}; the server removed its copy after reading: the {tally.received - received_before}"
+                f" bytes received are kept in {kept}, not published"
+            ) from None
         if target != paths.part:
             target.unlink(missing_ok=True)
             tally.kept = 0
@@ -415,6 +423,19 @@ def _download(
     return finish(
         paths, target, entry, received, digest, tally, offset, started, received_before, verified_by=verified_by
     )
+
+
+def keep_unproven(paths: Paths, target: Path, entry: RemoteEntry) -> Path:
+    """Give a complete (fsynced) download that could not be proven its final name in
+    LOCAL_DIR, without publishing it; where it now is."""
+    try:
+        if entry.mtime is not None:
+            os.utime(target, (entry.mtime, entry.mtime))
+        os.replace(target, paths.final)
+        paths.meta.unlink(missing_ok=True)
+    except OSError as exc:
+        raise storage_error("keep", paths.final, exc) from None
+    return paths.final
 
 
 def start_whole(paths: Paths) -> tuple[Path, int]:
