@@ -175,10 +175,11 @@ class Lifecycle:
         if self.s.remote_after == "keep":
             return
         listed = {e.name for e in listing}
-        needed = still_needed(listed, ledger.names, self.s)
+        due = due_actions(ledger)
+        needed = still_needed(listed, ledger.names, self.s) if due else {}
         notes: list[RemoteAfterNote] = []
         try:
-            for entry in due_actions(ledger):
+            for entry in due:
                 interrupt.check()
                 outcome = self._act(conn, entry, listed, needed)
                 notes.append(

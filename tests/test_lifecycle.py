@@ -19,6 +19,8 @@ from relay import Relay
 from test_decrypt import Keys, make_keys
 from test_operations import Webhook
 
+from app.config import load_settings
+from app.lifecycle import still_needed
 from app.storage.state import read_ledger
 
 MiB = 1024 * 1024
@@ -288,6 +290,14 @@ def test_a_ready_marker_shared_by_two_files_stays_until_the_second_is_delivered(
     assert second.code == 0, second.output
     assert (server.served / "ABC_20250101.IPI.xml").read_bytes() == b"xml", "its marker was still there"
     assert remote_names(server.remote) == [], "the marker goes with the last file that needs it"
+
+
+def test_still_needed_maps_a_companion_to_the_undelivered_files_that_share_it() -> None:
+    settings = load_settings({"SFTP_HOST": "h", "SFTP_USER": "u", "SFTP_PASS": "p", "READY_MARKER": "{stem}.ok"})
+    listed = {"X.IPI.csv", "X.IPI.xml", "X.IPI.ok", "Y.IPI.csv", "Y.IPI.ok"}
+
+    assert still_needed(listed, {"X.IPI.csv"}, settings) == {"X.IPI.ok": {"X.IPI.xml"}, "Y.IPI.ok": {"Y.IPI.csv"}}
+    assert still_needed(listed, {"X.IPI.csv", "X.IPI.xml", "Y.IPI.csv"}, settings) == {}
 
 
 def test_a_ready_marker_shared_by_two_files_delivered_in_one_run_is_deleted(server: Server, run: Runner) -> None:
