@@ -4,19 +4,25 @@ damaged block on; a partial recorded without them is proven as before."""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import os
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from conftest import Server, file_sha256, run_job, sha256
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from relay import Relay
 
 from app.config import load_settings
 from app.selection import RemoteEntry
 from app.server import transfer
 from app.server.remote import HostKeyVerifier, connect, load_private_key
+from app.storage import blocks as blocks_module
 from app.storage.blocks import BLOCK_SIZE, BlockDigests, Recorded, check_prefix
 from app.tally import FileTally
 
@@ -151,3 +157,20 @@ def test_check_prefix_keeps_what_matches_and_stops_at_the_first_damaged_block() 
     assert Recorded.from_json(json.loads(json.dumps(record.as_json()))) == record
     assert Recorded.from_json({"block_size": BLOCK_SIZE, "covered": 5, "blocks": []}) is None
     assert Recorded.from_json({"name": NAME, "size": 1, "mtime": 2}) is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(size=st.integers(0, 3 * 4096 + 7), cuts=st.lists(st.integers(0, 3 * 4096 + 7), max_size=8))
+def test_block_digests_do_not_depend_on_how_the_bytes_arrive(size: int, cuts: list[int]) -> None:
+    data = (bytes(range(256)) * (size // 256 + 1))[:size]
+    with mock.patch.object(blocks_module, "BLOCK_SIZE", 4096):  # small blocks, many boundaries
+        whole = BlockDigests()
+        whole.update(data)
+        pieces = BlockDigests()
+        points = sorted({0, size, *(c for c in cuts if c <= size)})
+        for start, end in itertools.pairwise(points):
+            pieces.update(data[start:end])
+    assert pieces.snapshot() == whole.snapshot()
+    assert list(whole.snapshot().blocks) == [
+        hashlib.sha256(data[i : i + 4096]).hexdigest() for i in range(0, size, 4096)
+    ]
