@@ -120,7 +120,9 @@ def test_block_digests_are_recorded_after_each_checkpoint(server: Server, monkey
 
     assert result.sha256 == sha256(data)
     covered = [r.covered for r in recorded]
-    assert len(covered) == 3 and all(c >= (n + 1) * 2 * MiB for n, c in enumerate(covered)), covered
+    # One record per checkpoint (2, 4 and 6 MiB on), but a checkpoint reached while the
+    # previous fsync still runs shares its record with it: the last one always comes.
+    assert covered == sorted(set(covered)) and covered[0] >= 2 * MiB and covered[-1] >= 6 * MiB, covered
     for snapshot in recorded:
         good, _, _ = check_prefix_of(data, snapshot.covered, snapshot)
         assert good == snapshot.covered, "each record matches the bytes it covers"
