@@ -778,6 +778,7 @@ def read_environment(env_file: Path | None, environ: Mapping[str, str]) -> Envir
     """Merge a dotenv file under the real environment (the environment wins).
 
     Without ``env_file``, ``./.env`` is read if it exists. A named file must exist.
+    Values are taken literally: ``${VAR}`` is not expanded (python-dotenv would).
     A line of the file that is not ``NAME=value`` is a ConfigError naming the file
     and the line: skipping it would run with a default the operator meant to change.
     """
@@ -789,7 +790,9 @@ def read_environment(env_file: Path | None, environ: Mapping[str, str]) -> Envir
     if path.is_file():
         try:
             names = _dotenv_names(path)
-            values = dotenv_values(path)
+            # No ${VAR} expansion, for any value: a password or a path containing
+            # "${" (pa${HOME}ss) is taken as written, as the environment would give it.
+            values = dotenv_values(path, interpolate=False)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read env file {path}: {exc.__class__.__name__}") from None
         merged.update({k: v for k, v in values.items() if v is not None})

@@ -35,7 +35,7 @@ from app import interrupt
 from app.config import READY_MARKER_CHECKSUM, Settings
 from app.errors import DecryptError, JobError, RemoteFileError
 from app.selection import RemoteEntry
-from app.server.proof import find_checksum_sources, render
+from app.server.proof import find_checksum_sources, is_companion, render
 from app.server.remote import Connection
 from app.server.remote_after import Outcome, act
 from app.server.transfer import TransferResult
@@ -73,6 +73,20 @@ def companions(name: str, listed: Collection[str], settings: Settings) -> list[s
         if expected != name and expected in listed and expected not in found:
             found.append(expected)
     return found
+
+
+def still_needed(listed: Collection[str], delivered: Collection[str], settings: Settings) -> dict[str, set[str]]:
+    """For each companion, the listed files not yet delivered that it follows too: a
+    ready marker ``{stem}.ok`` serves both ``X.csv`` and ``X.xml``, and must outlive
+    the first one's REMOTE_AFTER or the second waits forever for a marker the job
+    itself removed."""
+    needed: dict[str, set[str]] = {}
+    for other in listed:
+        if other in delivered or is_companion(other, settings):
+            continue
+        for companion in companions(other, listed, settings):
+            needed.setdefault(companion, set()).add(other)
+    return needed
 
 
 def due_actions(ledger: Ledger) -> list[LedgerEntry]:
@@ -161,11 +175,13 @@ class Lifecycle:
         if self.s.remote_after == "keep":
             return
         listed = {e.name for e in listing}
+        due = due_actions(ledger)
+        needed = still_needed(listed, ledger.names, self.s) if due else {}
         notes: list[RemoteAfterNote] = []
         try:
-            for entry in due_actions(ledger):
+            for entry in due:
                 interrupt.check()
-                outcome = self._act(conn, entry, listed)
+                outcome = self._act(conn, entry, listed, needed)
                 notes.append(
                     RemoteAfterNote(
                         name=entry.name,
@@ -189,7 +205,7 @@ class Lifecycle:
                 " (REMOTE_AFTER_REQUIRED=true); retried by the next run"
             )
 
-    def _act(self, conn: Connection, entry: LedgerEntry, listed: set[str]) -> Outcome:
+    def _act(self, conn: Connection, entry: LedgerEntry, listed: set[str], needed: dict[str, set[str]]) -> Outcome:
         if entry.mtime is None:
             # Without the delivered mtime, a new version of the same size could not be told apart.
             outcome = Outcome(
@@ -197,4 +213,13 @@ class Lifecycle:
             )
             logger.bind(file=entry.name).warning("{!r} left on the server: {}", entry.name, outcome.reason)
             return outcome
-        return act(conn, self.s, entry.name, entry.size, entry.mtime, companions(entry.name, listed, self.s))
+        follow = []
+        for companion in companions(entry.name, listed, self.s):
+            waiting = sorted(needed.get(companion, set()) - {entry.name})
+            if waiting:
+                logger.bind(file=entry.name).info(
+                    "{!r} left on the server: {} not delivered yet also need(s) it", companion, ", ".join(waiting)
+                )
+            else:
+                follow.append(companion)
+        return act(conn, self.s, entry.name, entry.size, entry.mtime, follow)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.reporting.report import FileReport
+from app.storage.blocks import BlockDigests
 
 if TYPE_CHECKING:  # transfer imports this module
     from app.server.transfer import TransferResult
@@ -29,6 +30,7 @@ class PrefixDigest:
     offset: int
     identity: tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
     digest: hashlib._Hash
+    blocks: BlockDigests | None = None  # the same bytes' per-block digests, where known
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
@@ -61,14 +63,23 @@ class FileTally:
             return None
         return prefix.digest.copy()
 
-    def remember_prefix(self, path: Path, offset: int, digest: hashlib._Hash) -> None:
+    def blocks_of_prefix(self, path: Path, offset: int) -> BlockDigests | None:
+        """A copy of the remembered block digests of the same prefix, on the same terms."""
+        prefix = self.prefix
+        if prefix is None or prefix.blocks is None or self.digest_of_prefix(path, offset) is None:
+            return None
+        return prefix.blocks.copy()
+
+    def remember_prefix(
+        self, path: Path, offset: int, digest: hashlib._Hash, blocks: BlockDigests | None = None
+    ) -> None:
         """Keep ``digest`` (of ``path``'s first ``offset`` bytes) for the next attempt,
         so a resume does not read the whole kept prefix again."""
         identity = _identity(path)
-        if identity is None or identity[2] != offset:
+        if identity is None or identity[2] != offset or (blocks is not None and blocks.position != offset):
             self.prefix = None
             return
-        self.prefix = PrefixDigest(offset, identity, digest.copy())
+        self.prefix = PrefixDigest(offset, identity, digest.copy(), blocks.copy() if blocks is not None else None)
 
 
 def total_kept(tallies: dict[str, FileTally]) -> int:

@@ -573,3 +573,11 @@ def test_missing_required_setting_is_a_missing_setting_error(env: dict[str, str]
     del env["SFTP_HOST"]
     with pytest.raises(MissingSettingError, match="SFTP_HOST is required"):
         load_settings(env)
+
+
+def test_env_file_values_are_not_interpolated(tmp_path: Path) -> None:
+    dotenv = tmp_path / "job.env"
+    dotenv.write_text('SFTP_PASS=pa${HOME}ss\nSFTP_USER="u${USER:-x}"\nSFTP_HOST=h\n')
+    merged = read_environment(dotenv, {"HOME": "/root", "USER": "root"})
+    assert merged["SFTP_PASS"] == "pa${HOME}ss"
+    assert merged["SFTP_USER"] == "u${USER:-x}"

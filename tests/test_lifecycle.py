@@ -19,6 +19,8 @@ from relay import Relay
 from test_decrypt import Keys, make_keys
 from test_operations import Webhook
 
+from app.config import load_settings
+from app.lifecycle import still_needed
 from app.storage.state import read_ledger
 
 MiB = 1024 * 1024
@@ -262,6 +264,50 @@ def test_a_new_version_uploaded_after_the_delivery_is_not_deleted(server: Server
     assert (server.remote / "20250101.IPI").read_bytes() == b"a new version"
     assert "left on the server" in result.output
     assert ledger_lines(server.ledger)[-1]["outcome"] == "changed"
+
+
+SHARED = {"READY_MARKER": "{stem}.ok", "REMOTE_AFTER": "delete"}
+
+
+def put_two_files_sharing_a_marker(server: Server) -> None:
+    server.put("ABC_20250101.IPI.csv", b"csv", mtime=OLD)
+    server.put("ABC_20250101.IPI.xml", b"xml", mtime=OLD)
+    server.put("ABC_20250101.IPI.ok", b"", mtime=OLD)
+
+
+def test_a_ready_marker_shared_by_two_files_stays_until_the_second_is_delivered(server: Server, run: Runner) -> None:
+    put_two_files_sharing_a_marker(server)
+
+    first = run(**SHARED)  # SELECT_MODE=next: the .csv only
+
+    assert first.code == 0, first.output
+    assert (server.served / "ABC_20250101.IPI.csv").read_bytes() == b"csv"
+    assert remote_names(server.remote) == ["ABC_20250101.IPI.ok", "ABC_20250101.IPI.xml"]
+    assert "'ABC_20250101.IPI.ok' left on the server: ABC_20250101.IPI.xml not delivered yet" in first.output
+
+    second = run(**SHARED)
+
+    assert second.code == 0, second.output
+    assert (server.served / "ABC_20250101.IPI.xml").read_bytes() == b"xml", "its marker was still there"
+    assert remote_names(server.remote) == [], "the marker goes with the last file that needs it"
+
+
+def test_still_needed_maps_a_companion_to_the_undelivered_files_that_share_it() -> None:
+    settings = load_settings({"SFTP_HOST": "h", "SFTP_USER": "u", "SFTP_PASS": "p", "READY_MARKER": "{stem}.ok"})
+    listed = {"X.IPI.csv", "X.IPI.xml", "X.IPI.ok", "Y.IPI.csv", "Y.IPI.ok"}
+
+    assert still_needed(listed, {"X.IPI.csv"}, settings) == {"X.IPI.ok": {"X.IPI.xml"}, "Y.IPI.ok": {"Y.IPI.csv"}}
+    assert still_needed(listed, {"X.IPI.csv", "X.IPI.xml", "Y.IPI.csv"}, settings) == {}
+
+
+def test_a_ready_marker_shared_by_two_files_delivered_in_one_run_is_deleted(server: Server, run: Runner) -> None:
+    put_two_files_sharing_a_marker(server)
+
+    result = run(SELECT_MODE="all", **SHARED)
+
+    assert result.code == 0, result.output
+    assert sorted(p.name for p in server.served.iterdir()) == ["ABC_20250101.IPI.csv", "ABC_20250101.IPI.xml"]
+    assert remote_names(server.remote) == []
 
 
 def test_no_remote_action_for_a_file_that_is_not_in_the_ledger(server: Server, run: Runner) -> None:

@@ -172,7 +172,7 @@ def test_damaged_partial_is_detected_and_not_published(server: Server, relay: Re
     result = run_job(env, server.tmp / "cwd")
 
     assert result.code == 0, result.output
-    assert "differ from ours" in result.stderr
+    assert f"the partial's bytes at {MiB} no longer match" in result.stderr, "found by its block digests"
     assert file_sha256(server.served / "20250428.IPI") == sha256(data)
 
 

@@ -34,6 +34,7 @@ from loguru import logger
 
 from app.config import READY_MARKER_CHECKSUM, Settings
 from app.errors import RemoteFileError, RemoteMissingError, TransientError
+from app.server import manifests
 from app.server.pipeline import (
     CHECK_FILE_DIGEST_SIZES,
     DigestUnparseableError,
@@ -492,12 +493,26 @@ def read_checksum_file(conn: Connection, remote_dir: str, source: str) -> Checks
     return parse_checksum_file(data, source)
 
 
+def read_manifest_file(conn: Connection, remote_dir: str, source: str) -> ChecksumFile:
+    """Like read_checksum_file, for a manifest covering many files: read once per run
+    while unchanged (app/server/manifests.py)."""
+    from app.server.remote import remote_errors
+
+    path = posixpath.join(remote_dir, source) if remote_dir else source
+    with remote_errors(f"read checksum file {source!r}", conn=conn):
+        return manifests.read_manifest(conn, path, MAX_CHECKSUM_BYTES, lambda data: parse_checksum_file(data, source))
+
+
 def checksum_file_digest(
     conn: Connection, remote_dir: str, name: str, sources: Sequence[ChecksumSource]
 ) -> Expected | None:
     """The first digest for ``name`` found in ``sources`` (from find_checksum_sources), None if none has one."""
     for source in sources:
-        expected = read_checksum_file(conn, remote_dir, source.file).expected(name, per_file=source.per_file)
+        if source.per_file:
+            checksums = read_checksum_file(conn, remote_dir, source.file)
+        else:
+            checksums = read_manifest_file(conn, remote_dir, source.file)
+        expected = checksums.expected(name, per_file=source.per_file)
         if expected is not None:
             return expected
     return None

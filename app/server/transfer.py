@@ -6,7 +6,10 @@ On disk, while a download is under way:
   appended in file order, so a kill at any instant leaves a valid prefix.
 * ``<name>.part.json`` records the remote size and mtime the prefix was taken
   from. It is written (atomically) before the first byte, so a partial without
-  it is never trusted.
+  it is never trusted. It also records a SHA-256 per 1 MiB block of the prefix
+  (app/storage/blocks.py), rewritten after each checkpoint's fsync and when an
+  attempt stops: a resume re-hashes the local prefix against them first, and
+  discards from the first block that no longer matches.
 
 Only a complete, checked file is renamed to ``<name>``; it keeps the remote
 mtime, which is how a later run recognises it as complete.
@@ -22,6 +25,7 @@ local time of its download, never a made-up mtime.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -44,6 +48,7 @@ from app.server import proof
 from app.server.bandwidth import request_cap, throttle_for
 from app.server.pipeline import open_for_reading, read_range, read_ranges
 from app.server.remote import Connection, remote_errors, remote_path, stat_entry
+from app.storage.blocks import BlockDigests, Recorded, check_prefix
 from app.storage.fsutil import (
     BackgroundFsync,
     atomic_write,
@@ -170,6 +175,31 @@ def read_partial_meta(paths: Paths) -> tuple[int, int] | None:
     return None
 
 
+def read_partial_blocks(paths: Paths) -> Recorded | None:
+    """The block digests a partial's metadata records, or None (none, or damaged)."""
+    try:
+        return Recorded.from_json(json.loads(paths.meta.read_bytes()))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def write_partial_meta(paths: Paths, entry: RemoteEntry, recorded: Recorded) -> None:
+    meta = {"name": entry.name, "size": entry.size, "mtime": entry.mtime, **recorded.as_json()}
+    # Not fsynced: metadata lost in a power cut only makes the next run start this
+    # file again, or check fewer blocks; it can never make a partial be trusted
+    # wrongly (block digests newer than the bytes only discard the bytes).
+    atomic_write(paths.meta, json.dumps(meta).encode(), "partial-download metadata", durable=False)
+
+
+def record_blocks(paths: Paths, entry: RemoteEntry, recorded: Recorded) -> None:
+    """Rewrite a partial's block digests, best effort: a failure leaves the older
+    record, which still matches a prefix of the bytes."""
+    try:
+        write_partial_meta(paths, entry, recorded)
+    except Exception as exc:  # noqa: BLE001 - never fails a download; the next resume checks less
+        logger.bind(file=entry.name).warning("{}: could not record the partial's block digests: {}", entry.name, exc)
+
+
 def partial_name(paths: Paths) -> str:
     """The remote name a partial belongs to, as its metadata records it (a long
     name's partial has a derived name); the partial's own name otherwise."""
@@ -194,10 +224,7 @@ def _discard_partial(paths: Paths) -> None:
 
 def start_partial(paths: Paths, entry: RemoteEntry) -> None:
     _discard_partial(paths)
-    meta = json.dumps({"name": entry.name, "size": entry.size, "mtime": entry.mtime}).encode()
-    # Not fsynced: metadata lost in a power cut only makes the next run start
-    # this file again; it can never make a partial be trusted wrongly.
-    atomic_write(paths.meta, meta, "partial-download metadata", durable=False)
+    write_partial_meta(paths, entry, Recorded(0, ()))
     try:
         os.close(open_exclusive(paths.part))
     except OSError as exc:
@@ -238,11 +265,46 @@ def _resume_offset(
         start_partial(paths, entry)
         return 0
     ours = tally.digest_of_prefix(paths.part, have) is not None
+    local = None
+    if not ours and have:
+        # Checked locally before anything is asked of the server: a damaged block
+        # is not worth comparing, and the sample below may not land on it.
+        have, local = _check_local(paths, entry, have)
+        if not have:
+            start_partial(paths, entry)
+            return 0
     kept = _kept_prefix(conn, settings, entry, paths, have, recheck=ours) if have else 0
     if have and not kept:
         log.warning("{}: the remote bytes before the resume point differ from ours; starting again", entry.name)
         start_partial(paths, entry)
+    elif local is not None and kept == have:
+        # Proven by both: this run's later attempts need not read the prefix again.
+        tally.remember_prefix(paths.part, kept, *local)
     return kept
+
+
+def _check_local(paths: Paths, entry: RemoteEntry, have: int) -> tuple[int, tuple[hashlib._Hash, BlockDigests]]:
+    """Re-hash a found partial's ``have`` bytes against the block digests its metadata
+    records; a damaged block and all after it are discarded. Returns the bytes kept,
+    with their SHA-256 and block digests."""
+    recorded = read_partial_blocks(paths)
+    try:
+        fd = os.open(paths.part, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            good, whole, blocks = check_prefix(fd, have, recorded)
+            if good < have:
+                os.ftruncate(fd, good)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise storage_error("read", paths.part, exc) from None
+    if good < have:
+        logger.bind(file=entry.name, damaged_at=good).warning(
+            "{}: the partial's bytes at {} no longer match the block digest recorded when they were written"
+            " (changed on the local disk); discarding the {} bytes from there on",
+            entry.name, good, have - good,
+        )  # fmt: skip
+    return good, (whole, blocks)
 
 
 def _kept_prefix(
@@ -385,18 +447,27 @@ def _download(
         if offset:
             log.info("{}: resuming at byte {} of {}", entry.name, offset, entry.size)
         try:
-            cached = tally.digest_of_prefix(paths.part, offset)
-            digest = cached if cached is not None else hash_file(paths.part, offset)
-            fd = os.open(paths.part, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(paths.part, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            cached, blocks = tally.digest_of_prefix(paths.part, offset), tally.blocks_of_prefix(paths.part, offset)
+            if cached is None or blocks is None:
+                _, cached, blocks = check_prefix(fd, offset, None)
+            digest = cached
         except OSError as exc:
             raise storage_error("open", paths.part, exc) from None
+        if offset:
+            # The record matches the resume point from here on, also where the bytes
+            # after it were discarded (a kill before the next record would otherwise
+            # leave digests of bytes no longer there).
+            record_blocks(paths, entry, blocks.snapshot())
     tally.resume_offsets.append(offset)
     tally.kept = offset
     # The server's algorithm is computed on the way when known; a resume leaves any
     # digest but SHA-256 to the proof, which reads the finished file once.
     alongside = proof.hashers_alongside(conn) if offset == 0 else {}
+    if target != paths.part:
+        blocks = None
     try:
-        received = _fill(conn, settings, entry, fd, offset, digest, tally, target, alongside)
+        received = _fill(conn, settings, entry, fd, offset, digest, tally, target, alongside, blocks)
         digests = {proof.BASE_ALGORITHM: digest.hexdigest(), **{a: h.hexdigest() for a, h in alongside.items()}}
         verified_by = proof.prove_download(conn, settings, entry.name, listing_names, digests, target)
     except BaseException as exc:
@@ -415,7 +486,9 @@ def _download(
             _discard_partial(paths)
             tally.kept, tally.prefix = 0, None
         else:
-            tally.remember_prefix(paths.part, tally.kept, digest)
+            assert blocks is not None  # a partial's blocks are kept beside it
+            _save_blocks(paths, entry, fd, blocks)
+            tally.remember_prefix(paths.part, tally.kept, digest, blocks)
         raise
     finally:
         os.close(fd)
@@ -436,6 +509,17 @@ def keep_unproven(paths: Paths, target: Path, entry: RemoteEntry) -> Path:
     except OSError as exc:
         raise storage_error("keep", paths.final, exc) from None
     return paths.final
+
+
+def _save_blocks(paths: Paths, entry: RemoteEntry, fd: int, blocks: BlockDigests) -> None:
+    """Make a stopped attempt's partial durable and record its block digests, so the
+    next run can check all of it locally. Best effort: after a failed fsync the
+    record stays at the last checkpoint."""
+    try:
+        os.fsync(fd)
+    except OSError:
+        return
+    record_blocks(paths, entry, blocks.snapshot())
 
 
 def start_whole(paths: Paths) -> tuple[Path, int]:
@@ -497,16 +581,20 @@ def _fill(
     tally: FileTally,
     target: Path,
     alongside: Mapping[str, hashlib._Hash] | None = None,
+    blocks: BlockDigests | None = None,
 ) -> int:
     """Write the rest of the file into ``fd`` from ``offset``, re-check the remote,
     fsync; returns the file's size. Reads up to the listed size and checks that
-    the file ends there (also for a size of 0), or, with no size listed, to the end."""
+    the file ends there (also for a size of 0), or, with no size listed, to the end.
+    ``blocks`` (a partial's, at ``offset``) follows the bytes written and is recorded
+    in the partial's metadata once each checkpoint's fsync is done."""
     try:
         os.ftruncate(fd, offset)
         os.lseek(fd, offset, os.SEEK_SET)
     except OSError as exc:
         raise storage_error("prepare", target, exc) from None
     partial = target.name.endswith(Paths.PART_SUFFIX)
+    paths = Paths.for_name(settings.local_dir, entry.name)
     progress = Progress(entry.name, entry.size or 0, offset)
     position = offset
     since_sync = 0
@@ -533,10 +621,16 @@ def _fill(
                     write_all(fd, chunk)
                 except OSError as exc:
                     raise storage_error("write", target, exc) from None
+                if blocks is not None:
+                    blocks.update(chunk)
                 since_sync += len(chunk)
                 if since_sync >= CHECKPOINT_BYTES:
                     checkpoints = checkpoints or BackgroundFsync(fd, target)
-                    checkpoints.request()
+                    # The snapshot is taken now, so what is recorded is what this fsync covers.
+                    snapshot = None if blocks is None else blocks.snapshot()
+                    checkpoints.request(
+                        None if snapshot is None else functools.partial(record_blocks, paths, entry, snapshot)
+                    )
                     since_sync = 0
                 digest.update(chunk)
                 for extra in (alongside or {}).values():

@@ -20,7 +20,7 @@ import hashlib
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from app.errors import LocalStorageError
@@ -241,6 +241,7 @@ class BackgroundFsync:
         self._pending = False
         self._stopping = False
         self._error: OSError | None = None
+        self._after: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name="fsync", daemon=True)
         self._thread.start()
 
@@ -251,16 +252,25 @@ class BackgroundFsync:
             # A request made before close() is still served, so close() reports its outcome.
             if self._pending:
                 self._pending = False
+                after, self._after = self._after, None
                 try:
                     os.fsync(self._fd)
                 except OSError as exc:
                     self._error = exc
                     return
-            if self._stopping:
+                if after is not None:
+                    after()
+            # A request that came in during that fsync is served first (the wake
+            # flag it set is cleared at the top of the loop).
+            if self._stopping and not self._pending:
                 return
 
-    def request(self) -> None:
+    def request(self, after: Callable[[], None] | None = None) -> None:
+        """fsync soon; then call ``after`` (in the helper thread), which may record
+        what that fsync made durable. A request not yet served drops the earlier
+        one's ``after``: the later fsync covers its bytes too."""
         self.check()
+        self._after = after
         self._pending = True
         self._wake.set()
 
