@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from conftest import Server, run_job
-from sshd import keygen
 from loguru import logger
+from sshd import keygen
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="password logins need a test account, made as root")
 
