@@ -119,7 +119,12 @@ class Settings(_StateLayout):
         None, "File holding the password, e.g. a mounted secret; one trailing newline is stripped."
     )
     sftp_key_file: Path | None = _setting(None, "Private key file (OpenSSH format) for public-key login.")
-    sftp_key_passphrase: str | None = _setting(None, "Passphrase of SFTP_KEY_FILE, if it is encrypted.", secret=True)
+    sftp_key_passphrase: str | None = _setting(
+        None, "Passphrase of SFTP_KEY_FILE, if it is encrypted (prefer SFTP_KEY_PASSPHRASE_FILE).", secret=True
+    )
+    sftp_key_passphrase_file: Path | None = _setting(
+        None, "File holding the passphrase of SFTP_KEY_FILE, e.g. a mounted secret; one trailing newline is stripped."
+    )
     sftp_cert_file: Path | None = _setting(
         None, "OpenSSH user certificate (*-cert.pub) signed for SFTP_KEY_FILE; offered with that key."
     )
@@ -686,6 +691,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "sftp_pass_file": _path,
     "sftp_key_file": _path,
     "sftp_key_passphrase": _text,
+    "sftp_key_passphrase_file": _path,
     "sftp_known_hosts": _path,
     "sftp_host_key_policy": _choice(HOST_KEY_POLICIES),
     "sftp_host_key_fingerprint": _fingerprints,
@@ -926,6 +932,13 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         raise ConfigError(f"SFTP_KEY_FILE={key_file}: no such file")
     if values.get("sftp_pass") is None and key_file is None and not values.get("sftp_use_agent"):
         raise ConfigError("no credentials: set SFTP_PASS, SFTP_PASS_FILE, SFTP_KEY_FILE or SFTP_USE_AGENT=true")
+    if values.get("sftp_key_passphrase") is not None and values.get("sftp_key_passphrase_file") is not None:
+        raise ConfigError("set only one of SFTP_KEY_PASSPHRASE and SFTP_KEY_PASSPHRASE_FILE")
+    passphrase_file = values.get("sftp_key_passphrase_file")
+    if passphrase_file is not None:
+        if key_file is None:
+            raise ConfigError("SFTP_KEY_PASSPHRASE_FILE is set but SFTP_KEY_FILE is not")
+        values["sftp_key_passphrase"] = _read_secret_file("SFTP_KEY_PASSPHRASE_FILE", passphrase_file)
     if values.get("sftp_key_passphrase") is not None and key_file is None:
         raise ConfigError("SFTP_KEY_PASSPHRASE is set but SFTP_KEY_FILE is not")
     _check_network(values)

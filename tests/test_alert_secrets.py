@@ -7,11 +7,8 @@ import datetime as dt
 import http.client
 import ipaddress
 import json
-import shutil
 import ssl
-import subprocess
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import Server, run_job
+from promstack import running_pushgateway
 from sshd import free_port
 
 from app.config import load_settings
@@ -103,24 +101,30 @@ def everything(server: Server, *texts: str) -> str:
 
 @pytest.fixture
 def pushgateway() -> Iterator[str]:
-    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
-    if binary is None:
-        pytest.skip("prometheus-pushgateway is not installed (make test installs it as root)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/-/ready", timeout=1):
-            break
-        time.sleep(0.1)
-    try:
+    # promstack's gateway keeps its groups in memory: Debian's build would otherwise
+    # persist them to /var/lib/prometheus/pushgateway.data on the developer's machine.
+    with running_pushgateway() as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
+
+
+DEBIAN_PERSISTENCE = Path("/var/lib/prometheus/pushgateway.data")
+
+
+def _persisted() -> tuple[float, int] | None:
+    try:
+        st = DEBIAN_PERSISTENCE.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime, st.st_size
+
+
+def test_the_pushgateway_fixture_leaves_no_state_on_the_machine(server: Server) -> None:
+    before = _persisted()
+    with running_pushgateway() as url:
+        result = run_job(server.env(METRICS_PUSHGATEWAY_URL=url), server.tmp / "cwd")
+        assert result.code == 0, result.output
+    # The gateway writes its persistence file when it stops, so this is checked after the stop.
+    assert _persisted() == before
 
 
 def test_pushgateway_credentials_in_the_url_are_sent_as_basic_auth_never_logged(

@@ -335,3 +335,32 @@ def test_options_out_of_place_exit_2_naming_them(tmp_path: Path, args: tuple[str
     result = run_job({}, tmp_path, *args)
     assert result.code == 2
     assert culprit in result.stderr and "Traceback" not in result.output
+
+
+def test_lock_message_and_status_name_the_pid_of_the_run_in_progress(server: Server) -> None:
+    server.record.parent.mkdir(parents=True)
+    lock = server.record.with_name("last_file.txt.lock")
+    # Holds the lock and writes its PID as a run does.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, f'{os.getpid()}\\n'.encode())\n"
+            "print('locked', flush=True)\ntime.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        result = run_job(server.env(), server.tmp / "cwd")
+        status = run_job(server.env(), server.tmp / "cwd", "status")
+        assert_clean_failure(result, 4, "another run is in progress", f"by PID {holder.pid}")
+        assert f"run in progress: PID {holder.pid}" in status.stdout, status.output
+    finally:
+        holder.kill()
+        holder.wait()
+    after = run_job(server.env(), server.tmp / "cwd", "status")
+    assert "run in progress" not in after.stdout

@@ -187,3 +187,20 @@ def test_refetch_notes_in_the_ledger_are_read_back(tmp_path: Path) -> None:
     fetched_again = read_ledger(path)
     assert fetched_again.names == {"20250101.IPI", "20250102.IPI"}
     assert fetched_again.refetch_pending == () and fetched_again.damaged_lines == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a state file to a service account needs root")
+def test_refetch_run_as_root_keeps_the_service_users_owner_group_and_mode(server: Server, run: Runner) -> None:
+    import pwd
+
+    deliver_three(server, run)
+    service = pwd.getpwnam("nobody")
+    os.chown(server.record, service.pw_uid, service.pw_gid)
+    server.record.chmod(0o640)
+
+    result = run("refetch", B)
+
+    assert result.code == 0, result.output
+    assert server.record.read_text() == f"{A}\n"
+    after = server.record.stat()
+    assert (after.st_uid, after.st_gid, after.st_mode & 0o777) == (service.pw_uid, service.pw_gid, 0o640)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import Server, run_job
 from loguru import logger
+from sshd import keygen
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="password logins need a test account, made as root")
 
@@ -121,3 +122,32 @@ def test_crash_inside_the_ssh_library_leaks_no_secret(
     assert "Traceback" in written, "the log file keeps the traceback for diagnosis"
     for sink in (out, err, written):
         assert secret not in sink
+
+
+def test_key_passphrase_file_unlocks_an_encrypted_key_and_is_never_logged(server: Server) -> None:
+    passphrase = "Key-passphrase-from-a-mounted-secret"
+    key = keygen(server.tmp / "encrypted_key", passphrase=passphrase)
+    with (server.tmp / "authorized_keys").open("a") as fh:
+        fh.write(Path(f"{key}.pub").read_text())
+    secret = server.tmp / "passphrase"
+    secret.write_text(passphrase + "\n")
+    server.put("20250428.IPI", b"k" * 100)
+
+    result = run_job(
+        server.env(SFTP_KEY_FILE=key, SFTP_KEY_PASSPHRASE_FILE=secret, LOG_LEVEL="DEBUG"), server.tmp / "cwd"
+    )
+
+    assert result.code == 0, result.output
+    assert (server.served / "20250428.IPI").read_bytes() == b"k" * 100
+    assert passphrase not in outputs(server, result.stdout, result.stderr)
+
+
+def test_key_passphrase_and_its_file_together_are_refused(server: Server) -> None:
+    secret = server.tmp / "passphrase"
+    secret.write_text("pp\n")
+    env = server.env(SFTP_KEY_PASSPHRASE="pp", SFTP_KEY_PASSPHRASE_FILE=secret)
+
+    result = run_job(env, server.tmp / "cwd")
+
+    assert result.code == 2, result.output
+    assert "SFTP_KEY_PASSPHRASE_FILE" in result.stderr

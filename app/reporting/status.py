@@ -11,7 +11,7 @@ from app.planning import SKIPS_NAMED
 from app.reporting.report import read_report
 from app.server.transfer import Paths, partial_name, read_partial_meta
 from app.storage.names import invalid_name_reason
-from app.storage.state import RefetchNote, read_ledger, read_record
+from app.storage.state import RefetchNote, read_ledger, read_record, run_in_progress
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Status:
     last_run: dict[str, Any] | None
     partials: list[Partial]
     refetch_pending: list[RefetchNote]
+    run_in_progress: int | None = None  # the PID holding the run lock (0: not written yet); None: no run
 
     @property
     def held_back(self) -> list[dict[str, Any]]:
@@ -88,11 +89,14 @@ def gather(settings: StateSettings) -> Status:
         last_run=read_report(settings.report_path),
         partials=_partials(settings.local_dir),
         refetch_pending=list(ledger.refetch_pending),
+        run_in_progress=run_in_progress(settings.lock_path),
     )
 
 
 def render(status: Status) -> str:
     lines = []
+    if status.run_in_progress is not None:
+        lines.append(f"run in progress: PID {status.run_in_progress or 'unknown'}")
     if status.last_completed_file:
         proven = f", verified by {status.last_verified_by}" if status.last_verified_by else ""
         lines.append(f"last completed file: {status.last_completed_file} at {status.last_completed_at}{proven}")

@@ -18,12 +18,14 @@ import errno
 import fcntl
 import hashlib
 import os
+import pwd
 import secrets
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from app.errors import LocalStorageError
+from app.errors import ConfigError, LocalStorageError
 from app.storage.names import MAX_NAME_BYTES
 
 # Temporary names are hidden and carry this marker, so a later run can recognise
@@ -162,6 +164,12 @@ def atomic_write(final: Path, data: bytes, label: str, *, durable: bool = True) 
     except OSError as exc:
         raise storage_error(f"write {label}", final, exc) from None
     try:
+        try:
+            keep_ownership(final, fd, label)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         write_all(fd, data)
         if durable:
             os.fsync(fd)
@@ -174,6 +182,39 @@ def atomic_write(final: Path, data: bytes, label: str, *, durable: bool = True) 
         raise storage_error(f"write {label}", final, exc) from None
     finally:
         os.close(fd)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def keep_ownership(final: Path, fd: int, label: str) -> None:
+    """Give the new file open as ``fd`` the owner, group and mode of the ``final`` it replaces.
+
+    A day-2 command run with sudo would otherwise leave a root-owned state file
+    that the service user's next run cannot read or replace. Where the owner
+    cannot be kept (not root, and not the owner), a ConfigError names the user to run as.
+    """
+    try:
+        old = os.stat(final)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise storage_error(f"read {label}", final, exc) from None
+    new = os.fstat(fd)
+    if (old.st_uid, old.st_gid) != (new.st_uid, new.st_gid):
+        try:
+            os.fchown(fd, old.st_uid, old.st_gid)
+        except PermissionError:
+            owner = _user_name(old.st_uid)
+            raise ConfigError(
+                f"{label} {final} belongs to {owner}; a copy written by {_user_name(os.geteuid())} would not:"
+                f" run this as {owner} (e.g. sudo -u {owner} ...); nothing changed"
+            ) from None
+    os.fchmod(fd, stat.S_IMODE(old.st_mode))
 
 
 def remove_stale_temps(directory: Path) -> list[Path]:

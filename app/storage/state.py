@@ -393,6 +393,35 @@ def write_observations(path: Path, observations: Mapping[str, Observation]) -> N
     atomic_write(path, data.encode("utf-8"), "observations", durable=False)
 
 
+def lock_holder(fd: int) -> int | None:
+    """The PID the holder wrote into the lock file, None if it has not (yet) or it is unreadable."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def run_in_progress(path: Path) -> int | None:
+    """The PID of the run holding the lock at ``path`` (0 if it wrote none), None if no run holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        try:
+            # A shared lock is refused while a run holds the exclusive one; it never blocks a run for long.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return lock_holder(fd) or 0
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 class RunLock:
     """An exclusive flock on a file beside LAST_FILE_RECORD.
 
@@ -413,8 +442,10 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = lock_holder(fd)
             os.close(fd)
-            raise LockedError(f"another run is in progress (lock {self.path} is held)") from None
+            by = f" by PID {holder}" if holder is not None else ""
+            raise LockedError(f"another run is in progress (lock {self.path} is held{by})") from None
         except OSError as exc:
             os.close(fd)
             raise storage_error("lock", self.path, exc) from None
