@@ -41,6 +41,10 @@ from app.storage.state import read_observations, write_observations
 
 # Skipped files named one by one in the log, per reason, before they are counted.
 SKIPS_NAMED = 20
+# Files left for a later run named in the run report, before they are only counted:
+# enough to see which files wait, few enough that a 50,000-file catch-up keeps the
+# report small.
+DUE_NAMED = 100
 
 # Reasons that mean "done", not "skipped": counted in the plan line, never named.
 _DONE = frozenset({SkipReason.NOT_AFTER_RECORD, SkipReason.COMPLETED})
@@ -70,6 +74,11 @@ class Backlog:
 
     held_back: tuple[HeldFile, ...] = ()
     late: tuple[HeldFile, ...] = ()
+    # Due and matched, but left for a later run by SELECT_MODE=next: how many, and the
+    # first DUE_NAMED of them in delivery order. Not SELECT_MODE=latest's passed-over
+    # files: those are never due again once the newest is delivered.
+    due_remaining: int = 0
+    due_names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -208,13 +217,17 @@ def _since(observation: Observation | None) -> str | None:
 def backlog_of(plan: Plan, observations: Mapping[str, Observation]) -> Backlog:
     held: list[HeldFile] = []
     late: list[HeldFile] = []
+    later: list[str] = []
     for skip in plan.skipped:
+        if skip.reason is SkipReason.LATER_RUN:
+            later.append(skip.name)
+            continue
         since = _since(observations.get(skip.name))
         if skip.reason in HOLDING:
             held.append(HeldFile(skip.name, skip.reason.value, since))
         elif skip.reason is SkipReason.LATE:
             late.append(HeldFile(skip.name, skip.reason.value, since))
-    return Backlog(tuple(held), tuple(late))
+    return Backlog(tuple(held), tuple(late), len(later), tuple(later[:DUE_NAMED]))
 
 
 def _print(plan: Plan, record: str | None, pattern: str, out: TextIO) -> None:

@@ -60,6 +60,16 @@ def build_registry(report: RunReport, now: float | None = None) -> CollectorRegi
         "How long the longest held-back file has been waiting, by our clock (0 if none).",
         0.0 if oldest is None else max(0.0, now - oldest),
     )
+    gauge(
+        "due_files",
+        "Files due but left for a later run by SELECT_MODE=next (0 if none).",
+        report.due_remaining,
+    )
+    gauge(
+        "due_stalled_runs",
+        "Consecutive runs that ended with files due and no fewer than the run before (0 if shrinking or none).",
+        report.due_stalled_runs,
+    )
     gauge("late_files", "Files that arrived behind the last completed file and were not fetched.", len(report.late))
     # By method only (check-file-handle, checksum-file, command, size+mtime): the
     # algorithm or checksum file's name would make a series per partner file name.
