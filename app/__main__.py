@@ -31,7 +31,7 @@ from app.config import (
     setting_docs,
     state_setting_names,
 )
-from app.errors import EXIT_LOCKED, EXIT_STORAGE, Interrupted, JobError, describe
+from app.errors import EXIT_LOCKED, EXIT_STORAGE, Interrupted, JobError, LockedError, describe
 from app.job import Job, build_report, summary_line
 from app.reporting.logs import setup, setup_bootstrap
 from app.reporting.report import write_report
@@ -220,7 +220,8 @@ def _after_run(settings: Settings, job: Job, code: int, error: str | None, start
             from app.reporting.metrics import publish_metrics
 
             _step("metrics not published", lambda: publish_metrics(settings, report))
-    if settings.notify_webhook_url or settings.notify_smtp_host:
+    # Nor does it alert: the run holding the lock reports its own outcome.
+    if code != EXIT_LOCKED and (settings.notify_webhook_url or settings.notify_smtp_host):
         from app.reporting.notify import notify
 
         _step("notification not sent", lambda: notify(settings, report))
@@ -283,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
             if not args.dry_run:
                 held.enter_context(_run_lock(settings))
             code = job.run()
+        except LockedError as exc:
+            # Exit 4 means one thing everywhere (README, alert rules, systemd's
+            # SuccessExitStatus, the CronJob's podFailurePolicy, notifications): the
+            # other run does the work; this one is not a failure.
+            logger.warning("{}; this run exits 4: not a failure", exc)
+            code, error = exc.exit_code, str(exc)
         except JobError as exc:
             logger.error("{}", exc)
             code, error = exc.exit_code, str(exc)

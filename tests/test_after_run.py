@@ -140,7 +140,9 @@ def test_no_second_run_while_the_first_is_still_sending_its_alert(server: Server
                 first.kill()
     assert first.returncode == 0, out + err
     assert report["exit_code"] == 0 and report["files"][0]["name"] == "20250428.IPI"
-    assert hook.requests == 2, "the refused run alerts, as before; it writes nothing"
+    assert hook.requests == 1, "the refused run writes nothing and sends no alert: exit 4 is not a failure"
+    assert "this run exits 4: not a failure" in second.stderr
+    assert "| ERROR" not in second.stderr
 
 
 def test_a_stopped_run_alerts_within_a_short_grace_not_notify_timeout(server: Server) -> None:

@@ -30,7 +30,7 @@ EXIT_TEXT = {
     1: ("1 transfer failed", "orange"),
     2: ("2 configuration error", "red"),
     3: ("3 auth / host key", "red"),
-    4: ("4 locked", "orange"),
+    4: ("4 another run active (not a failure)", "blue"),
     5: ("5 local storage", "red"),
     130: ("130 SIGINT", "orange"),
     143: ("143 SIGTERM", "orange"),
