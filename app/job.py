@@ -26,7 +26,17 @@ from app.errors import (
 )
 from app.lifecycle import Lifecycle, LifecycleTally
 from app.planning import Backlog, Planner
-from app.reporting.report import RetryRecord, RunReport, iso, last_success, outcome, read_report, so_far, stalled_runs
+from app.reporting.report import (
+    RetryRecord,
+    RunReport,
+    counters_since,
+    iso,
+    last_success,
+    outcome,
+    read_report,
+    so_far,
+    stalled_runs,
+)
 from app.retry import RetryPolicy
 from app.selection import (
     Ordered,
@@ -317,6 +327,11 @@ def build_report(
         remote_after_failed=dict(lifecycle.remote_after_failed),
         decrypt_failures_total=so_far("decrypt_failures_total", len(lifecycle.decrypt_failed), previous),
         remote_after_failures_total=so_far("remote_after_failures_total", len(lifecycle.remote_after_failed), previous),
+        files_delivered_total=so_far("files_delivered_total", sum(f.completed for f in files), previous),
+        bytes_received_total=so_far("bytes_received_total", sum(f.bytes_transferred for f in files), previous),
+        failed_files_total=so_far("failed_files_total", len(summary.failed), previous),
+        retries_total=so_far("retries_total", len(summary.retries), previous),
+        counters_since=counters_since(iso(started), previous),
     )
 
 

@@ -125,7 +125,7 @@ def test_pushed_series_reach_prometheus_with_the_job_and_instance_labels(feed: F
     assert value(prom, "sftp_ipi_last_run_success", at) == 1
     assert value(prom, "sftp_ipi_last_run_exit_code", at) == feed.success_code
     assert value(prom, "sftp_ipi_last_run_files_fetched", at) == 1
-    assert value(prom, "sftp_ipi_last_run_bytes_fetched", at) == 256 * 1024
+    assert value(prom, "sftp_ipi_last_run_fetched_bytes", at) == 256 * 1024
     success_time = value(prom, "sftp_ipi_last_success_timestamp_seconds", at)
     # The report keeps whole seconds: a run that ends within the second it started is at that second.
     assert int(feed.started) <= success_time <= at

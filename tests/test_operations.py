@@ -194,7 +194,7 @@ def test_metrics_reach_a_real_pushgateway(server: Server, pushgateway: str) -> N
     assert first["sftp_ipi_last_run_exit_code"] == 0
     assert first["sftp_ipi_last_run_success"] == 1
     assert first["sftp_ipi_last_run_files_fetched"] == 1
-    assert first["sftp_ipi_last_run_bytes_fetched"] == MiB
+    assert first["sftp_ipi_last_run_fetched_bytes"] == MiB
     assert first["sftp_ipi_last_success_timestamp_seconds"] == first["sftp_ipi_last_run_timestamp_seconds"]
     assert 3600 < first["sftp_ipi_newest_file_age_seconds"] < 4 * 3600  # the file's mtime is 2 h old
     assert first["sftp_ipi_last_run_duration_seconds"] > 0
@@ -207,6 +207,17 @@ def test_metrics_reach_a_real_pushgateway(server: Server, pushgateway: str) -> N
     assert second["sftp_ipi_last_run_success"] == 0
     assert second["sftp_ipi_last_run_timestamp_seconds"] > first["sftp_ipi_last_run_timestamp_seconds"]
     assert second["sftp_ipi_last_success_timestamp_seconds"] == first["sftp_ipi_last_success_timestamp_seconds"]
+    # Counters carried across runs in the state directory: the failed run adds its
+    # failure and keeps the first run's delivery; _created stays where they started.
+    assert first["sftp_ipi_files_delivered_total"] == 1 and second["sftp_ipi_files_delivered_total"] == 1
+    assert first["sftp_ipi_received_bytes_total"] == MiB == second["sftp_ipi_received_bytes_total"]
+    assert second["sftp_ipi_failed_files_total"] == 0
+    assert second["sftp_ipi_files_delivered_created"] == first["sftp_ipi_files_delivered_created"]
+    server.put("20250429.IPI", b"second")
+    assert run_job(env, server.tmp / "cwd").code == 0
+    third = scrape(pushgateway, "site-a")
+    assert third["sftp_ipi_files_delivered_total"] == 2
+    assert third["sftp_ipi_received_bytes_total"] == MiB + len(b"second")
 
 
 def test_unreachable_pushgateway_never_changes_the_exit_code(server: Server) -> None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from loguru import logger
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to_gateway
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import basic_auth_handler, default_handler
+from prometheus_client.registry import Collector
 
 from app.config import Settings
 from app.errors import LocalStorageError
@@ -43,7 +45,7 @@ def build_registry(report: RunReport, now: float | None = None) -> CollectorRegi
     gauge("last_run_success", "1 if the last run succeeded, else 0.", 1 if report.ok else 0)
     gauge("last_run_files_fetched", "Files fetched by the last run.", sum(f.completed for f in report.files))
     gauge(
-        "last_run_bytes_fetched",
+        "last_run_fetched_bytes",
         "Bytes received from the server by the last run.",
         sum(f.bytes_transferred for f in report.files),
     )
@@ -82,24 +84,50 @@ def build_registry(report: RunReport, now: float | None = None) -> CollectorRegi
     methods = [f.verified_by.partition(":")[0] for f in report.files if f.completed and f.verified_by]
     for method in METHODS:
         verified.labels(method=method).set(methods.count(method))
-    # A counter kept across runs in the run report; pushed as a gauge (a Pushgateway
-    # keeps only the last push), which the rules read like a counter.
-    gauge(
-        "verification_mismatches_total",
-        "Files failed because the server's evidence contradicted the download twice, over all runs.",
-        report.verification_mismatches_total,
-    )
-    gauge(
-        "decrypt_failures_total",
-        "Files that did not decrypt or lacked a required good signature, over all runs.",
-        report.decrypt_failures_total,
-    )
-    gauge(
-        "remote_after_failures_total",
-        "REMOTE_AFTER actions (delete, move) that failed on the server, over all runs.",
-        report.remote_after_failures_total,
-    )
+    # Counters over all runs, carried over from report to report in the state
+    # directory, with the moment they started from zero as their _created: increase()
+    # over a day works from the textfile and the Pushgateway alike (which keeps only
+    # the last push). A lost run report starts them again, as a restart would.
+    registry.register(_Counters(report))
     return registry
+
+
+# (metric name without _total, help, RunReport field)
+COUNTERS = (
+    ("files_delivered", "Files delivered (published and recorded), over all runs.", "files_delivered_total"),
+    ("received_bytes", "Bytes received from the server, every attempt, over all runs.", "bytes_received_total"),
+    ("failed_files", "Files that failed a run, over all runs.", "failed_files_total"),
+    ("retries", "Retries made, over all runs.", "retries_total"),
+    (
+        "verification_mismatches",
+        "Files failed because the server's evidence contradicted the download twice, over all runs.",
+        "verification_mismatches_total",
+    ),
+    (
+        "decrypt_failures",
+        "Files that did not decrypt or lacked a required good signature, over all runs.",
+        "decrypt_failures_total",
+    ),
+    (
+        "remote_after_failures",
+        "REMOTE_AFTER actions (delete, move) that failed on the server, over all runs.",
+        "remote_after_failures_total",
+    ),
+)
+
+
+class _Counters(Collector):
+    """The run report's carried-over counts as Prometheus counters (``_total`` and ``_created``)."""
+
+    def __init__(self, report: RunReport) -> None:
+        self._report = report
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        created = _epoch(self._report.counters_since or self._report.started_at)
+        for name, doc, attribute in COUNTERS:
+            family = CounterMetricFamily(f"sftp_ipi_{name}", doc, labels=())
+            family.add_metric((), getattr(self._report, attribute), created=created)
+            yield family
 
 
 def publish_metrics(settings: Settings, report: RunReport) -> None:

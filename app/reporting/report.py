@@ -87,6 +87,14 @@ class RunReport:
     remote_after_failed: dict[str, str] = field(default_factory=dict)
     decrypt_failures_total: int = 0
     remote_after_failures_total: int = 0
+    # Counters over every run so far (carried over from the previous report, like the
+    # totals above), exported as Prometheus counters; ``counters_since`` is when they
+    # started from zero: their ``_created``. A lost or damaged report starts them again.
+    files_delivered_total: int = 0
+    bytes_received_total: int = 0
+    failed_files_total: int = 0
+    retries_total: int = 0
+    counters_since: str | None = None
     version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -159,6 +167,11 @@ _REPORT_CHECKS: dict[str, Any] = {
     "verification_mismatches_total": lambda v: _count(v),
     "decrypt_failures_total": lambda v: _count(v),
     "remote_after_failures_total": lambda v: _count(v),
+    "files_delivered_total": lambda v: _count(v),
+    "bytes_received_total": lambda v: _count(v),
+    "failed_files_total": lambda v: _count(v),
+    "retries_total": lambda v: _count(v),
+    "counters_since": _optional_time,
 }
 _REQUIRED = ("exit_code", "ok")
 
@@ -225,3 +238,10 @@ def stalled_runs(due_remaining: int, previous: dict[str, Any] | None) -> int:
         return 0
     count = (previous or {}).get("due_stalled_runs")
     return (count if isinstance(count, int) else 0) + 1
+
+
+def counters_since(started_at: str, previous: dict[str, Any] | None) -> str:
+    """When the counters carried in the reports started from zero: the previous report's
+    moment, or this run's start when there is no previous report to carry them over."""
+    value = (previous or {}).get("counters_since")
+    return value if isinstance(value, str) and previous is not None else started_at
