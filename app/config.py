@@ -230,10 +230,19 @@ class Settings(_StateLayout):
         secret=True,
     )
     metrics_instance: str | None = _setting(
-        None, "The 'instance' grouping label of pushed metrics; SFTP_HOST when unset."
+        None,
+        "The feed's name: the 'instance' grouping label of pushed metrics and the 'feed' label"
+        " of every metric, pushed or written; SFTP_HOST when unset.",
     )
     metrics_textfile: Path | None = _setting(
-        None, "Also write the metrics here for node-exporter's textfile collector (a *.prom file)."
+        None,
+        "Also write the metrics here for node-exporter's textfile collector (a *.prom file);"
+        " when it is a directory, the file sftp_ipi_<feed>.prom in it.",
+    )
+    metrics_schedule_seconds: int = _setting(
+        900,
+        "How often the job is scheduled, in seconds (the shipped timer and CronJob: 900);"
+        " published in sftp_ipi_feed_info for per-feed alert thresholds.",
     )
     notify_webhook_url: str | None = _setting(
         None,
@@ -678,6 +687,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "metrics_pushgateway_url": _url,
     "metrics_instance": _text,
     "metrics_textfile": _path,
+    "metrics_schedule_seconds": _int(1),
     "notify_webhook_url": _url,
     "notify_on": _choice(NOTIFY_ON),
     "notify_timeout": _int(1, 300),

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from app.reporting.metrics import build_registry
+from app.reporting.metrics import Feed, build_registry
 from app.reporting.report import FileReport, RetryRecord, RunReport
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,7 +84,8 @@ def exported_metrics() -> set[str]:
         newest_completed_mtime=1735689600,
     )
     # By sample name: a counter family "x" exports the series x_total and x_created.
-    return {s.name for metric in build_registry(report, now=1735700000.0).collect() for s in metric.samples}
+    feed = Feed("feed-a", "sftp.example", "/outbound", "all", 900)
+    return {s.name for metric in build_registry(report, now=1735700000.0, feed=feed).collect() for s in metric.samples}
 
 
 def dashboard() -> dict[str, Any]:

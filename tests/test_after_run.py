@@ -103,7 +103,8 @@ def test_a_damaged_last_success_time_is_ignored_with_a_warning_and_metrics_still
     assert "Traceback" not in result.output
     [line] = [w for w in warnings(result.stderr) if "run report" in w and "ignored" in w]
     assert "last_success_at" in line
-    assert "sftp_ipi_last_run_exit_code 1.0" in textfile.read_text(), "the metrics are still published"
+    published = textfile.read_text()
+    assert 'sftp_ipi_last_run_exit_code{feed="127.0.0.1"} 1.0' in published, "the metrics are still published"
     assert json.loads(report.read_text())["exit_code"] == 1, "the report is still written"
 
 

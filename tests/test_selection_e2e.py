@@ -116,8 +116,8 @@ def test_a_file_without_mtime_is_held_back_and_named_everywhere(
     assert "held back: '20250501.IPI': not yet unchanged for MIN_FILE_AGE (since " in status.stdout
     assert {h["name"] for h in json.loads(machine.stdout)["held_back"]} == set(held)
     prom = metrics.read_text()
-    assert "sftp_ipi_held_back_files 2.0" in prom
-    assert "sftp_ipi_late_files 0.0" in prom
+    assert 'sftp_ipi_held_back_files{feed="127.0.0.1"} 2.0' in prom
+    assert 'sftp_ipi_late_files{feed="127.0.0.1"} 0.0' in prom
     assert "sftp_ipi_oldest_held_back_seconds " in prom
 
 
@@ -312,8 +312,8 @@ def test_files_left_for_a_later_run_are_counted_and_named_everywhere(server: Ser
     assert "3 more due (left for later runs: 20250502.IPI, 20250503.IPI, 20250504.IPI)" in status.stdout
     assert machine["due_remaining"] == 3 and machine["due_names"][0] == "20250502.IPI"
     prom = metrics.read_text()
-    assert "sftp_ipi_due_files 3.0" in prom
-    assert "sftp_ipi_due_stalled_runs 0.0" in prom
+    assert 'sftp_ipi_due_files{feed="127.0.0.1"} 3.0' in prom
+    assert 'sftp_ipi_due_stalled_runs{feed="127.0.0.1"} 0.0' in prom
 
     # Two new files arrive for each one delivered: the backlog does not shrink.
     server.put("20250505.IPI", b"new")
@@ -321,7 +321,7 @@ def test_files_left_for_a_later_run_are_counted_and_named_everywhere(server: Ser
     assert second.code == 0, second.output
     assert report_of(server.record)["due_remaining"] == 3
     assert report_of(server.record)["due_stalled_runs"] == 1
-    assert "sftp_ipi_due_stalled_runs 1.0" in metrics.read_text()
+    assert 'sftp_ipi_due_stalled_runs{feed="127.0.0.1"} 1.0' in metrics.read_text()
 
     # Nothing new: it shrinks, and the stall count starts again.
     third = run(SELECT_MODE="next", METRICS_TEXTFILE=metrics)
