@@ -239,6 +239,11 @@ class Settings(_StateLayout):
         "Also write the metrics here for node-exporter's textfile collector (a *.prom file);"
         " when it is a directory, the file sftp_ipi_<feed>.prom in it.",
     )
+    strict_settings: bool = _setting(
+        False,
+        "true: a name that looks like a misspelt setting (in the env file or the environment)"
+        " is a configuration error (exit 2), not a warning.",
+    )
     metrics_schedule_seconds: int = _setting(
         900,
         "How often the job is scheduled, in seconds (the shipped timer and CronJob: 900);"
@@ -688,6 +693,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "metrics_instance": _text,
     "metrics_textfile": _path,
     "metrics_schedule_seconds": _int(1),
+    "strict_settings": _bool,
     "notify_webhook_url": _url,
     "notify_on": _choice(NOTIFY_ON),
     "notify_timeout": _int(1, 300),
@@ -772,6 +778,11 @@ def _dotenv_names(path: Path) -> list[tuple[str, int]]:
             if binding.key is not None:
                 names.append((binding.key, binding.original.line))
     return names
+
+
+def dotenv_lines(path: Path) -> dict[str, int]:
+    """Each name a dotenv file sets, with the line of its last setting (the one that counts)."""
+    return dict(_dotenv_names(path))
 
 
 _SETTING_NAMES = frozenset(env_name(f.name) for f in fields(Settings) if not f.metadata.get("internal"))
