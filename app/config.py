@@ -755,6 +755,15 @@ def read_environment(env_file: Path | None, environ: Mapping[str, str]) -> Envir
         merged.update({k: v for k, v in values.items() if v is not None})
         warnings += (f"{path}:{line}: {hint}" for name, line in names if (hint := _unknown_name_hint(name, False)))
     merged.update(environ)
+    if path.is_file() and environ.get("INVOCATION_ID"):
+        # Under systemd, a name in both places is the unit's Environment= overriding the
+        # file: an edit to the file would otherwise be ignored without a word.
+        warnings += (
+            f"{path}:{line}: {name} is also set by the unit's Environment= (or the environment),"
+            " which wins; the file's value is ignored"
+            for name, line in names
+            if name in environ and name in _SETTING_NAMES
+        )
     warnings += (f"environment: {hint}" for name in sorted(environ) if (hint := _unknown_name_hint(name, True)))
     return Environment(merged, warnings)
 

@@ -60,3 +60,19 @@ def test_strict_settings_makes_a_misspelt_name_exit_2(server: Server) -> None:
     [error] = [line for line in strict.stderr.splitlines() if "| ERROR" in line]
     assert f"{env_file}:1: SELECT_MOED is not a setting" in error and "STRICT_SETTINGS" in error
     assert not (server.served).exists(), "a strict run stops before it fetches anything"
+
+
+def test_a_unit_environment_overriding_the_env_file_is_warned(server: Server) -> None:
+    """Under systemd (INVOCATION_ID set), a setting both in the env file and in the
+    unit's Environment= is named: the file's value would otherwise be ignored unseen."""
+    env_file = server.tmp / "feed.env"
+    env_file.write_text(f"SELECT_MODE=next\nLOCAL_DIR={server.tmp / 'elsewhere'}\n")
+    env = server.env(INVOCATION_ID="0123456789abcdef")
+
+    result = run_job(env, server.tmp / "cwd", "config", "--env-file", str(env_file))
+
+    assert result.code == 0, result.output
+    [line] = [w for w in result.stderr.splitlines() if "| WARNING" in w]
+    assert f"{env_file}:2: LOCAL_DIR is also set by the unit's Environment=" in line
+    quiet = run_job(server.env(), server.tmp / "cwd", "config", "--env-file", str(env_file))
+    assert "| WARNING" not in quiet.stderr, "outside systemd the environment winning is the documented rule"
