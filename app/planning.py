@@ -48,8 +48,10 @@ DUE_NAMED = 100
 
 # Reasons that mean "done", not "skipped": counted in the plan line, never named.
 _DONE = frozenset({SkipReason.NOT_AFTER_RECORD, SkipReason.COMPLETED})
-# Skips by design of SELECT_MODE: named, but nothing is wrong.
-_BY_DESIGN = frozenset({SkipReason.LATER_RUN, SkipReason.NOT_NEWEST})
+# Skips by design of SELECT_MODE, or of MIN_FILE_AGE (a young file, and the files
+# held back behind it, are waited for): named at INFO, nothing is wrong. A file that
+# waits too long is SftpIpiFilesHeldBack's business, from the run report.
+_BY_DESIGN = frozenset({SkipReason.LATER_RUN, SkipReason.NOT_NEWEST, SkipReason.TOO_YOUNG, SkipReason.HELD_BACK})
 
 
 def criteria_of(settings: Settings) -> Criteria:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -341,3 +342,18 @@ def test_due_names_stop_at_100_while_the_count_goes_on(server: Server, run: Runn
     assert report["due_remaining"] == 104
     assert len(report["due_names"]) == 100
     assert report["due_names"][0] == "20250102.IPI"
+
+
+def test_a_healthy_run_against_openssh_logs_no_warning(server: Server, run: Runner) -> None:
+    """OpenSSH offers no server-side proof and a young file waits for MIN_FILE_AGE: both
+    are normal, said at INFO, and a healthy run logs no WARNING at all."""
+    server.put("20250501.IPI", b"settled")
+    server.put("20250502.IPI", b"just uploaded", mtime=time.time())
+
+    result = run(MIN_FILE_AGE=3600)
+
+    assert result.code == 0, result.output
+    assert (server.served / "20250501.IPI").read_bytes() == b"settled"
+    assert "no proof from the server side" in result.stderr
+    assert "20250502.IPI: skipped, not yet unchanged for MIN_FILE_AGE" in result.stderr
+    assert [line for line in result.stderr.splitlines() if "| WARNING" in line] == []
