@@ -31,7 +31,7 @@ from app.config import (
     setting_docs,
     state_setting_names,
 )
-from app.errors import EXIT_LOCKED, EXIT_STORAGE, Interrupted, JobError, describe
+from app.errors import EXIT_LOCKED, EXIT_STORAGE, ConfigError, Interrupted, JobError, LockedError, describe
 from app.job import Job, build_report, summary_line
 from app.reporting.logs import setup, setup_bootstrap
 from app.reporting.report import write_report
@@ -67,7 +67,7 @@ def _help_epilog() -> str:
 
 # Commands that read local state only: they need no connection settings and never connect.
 STATE_COMMANDS = ("status", "audit", "refetch")
-_JSON_COMMANDS = ("status", "audit")
+_JSON_COMMANDS = ("status", "audit", "config")
 _DRY_RUN_COMMANDS = ("run", "refetch")
 
 
@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="sftp-ipi",
         description="Pull the next IPI file(s) from an SFTP server: resumable, verified, published atomically.",
-        usage="%(prog)s [run|status|audit|refetch] [options]",
+        usage="%(prog)s [run|status|audit|refetch|config] [options]",
         epilog=_help_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -123,6 +123,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "audit": "re-hash SERVER_DIR (and LOCAL_DIR's copies) against the ledger; report missing, changed and"
         " unknown files (exit 0 if all match, 1 otherwise, 2 if the ledger is damaged)",
         "refetch": "make delivered files due again: the next run fetches each once and records it again",
+        "config": "print every effective setting and where it came from (default, env file:line, environment);"
+        " secrets masked; exit 2 if one is invalid",
     }
     for command, text in described.items():
         sub = commands.add_parser(
@@ -130,7 +132,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             prog=f"sftp-ipi {command}",
             help=text,
             description=text,
-            epilog=_help_epilog() if command == "run" else _state_epilog(command),
+            epilog=_help_epilog() if command in ("run", "config") else _state_epilog(command),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         _add_options(sub, command)
@@ -153,6 +155,8 @@ def _load(args: argparse.Namespace, loader: Callable[[Mapping[str, str]], _Loade
     # Logged at once (to the console), so a misspelt name shows even when it makes the settings fail.
     for warning in environment.warnings:
         logger.warning("{}", warning)
+    if environment.warnings and environment.get("STRICT_SETTINGS", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ConfigError(f"{environment.warnings[0]} (STRICT_SETTINGS is set)")
     try:
         return loader(environment)
     except MissingSettingError as exc:
@@ -173,6 +177,15 @@ def _audit(settings: StateSettings, as_json: bool) -> int:
     result = audit(settings)
     print(json.dumps(result.to_json(), indent=2) if as_json else render_audit(result))
     return result.exit_code
+
+
+def _config(args: argparse.Namespace) -> int:
+    """Every effective setting and its source; exit 2 with the run's own message when one is invalid."""
+    from app.config_show import effective, render
+
+    settings = _load(args, load_settings)
+    print(render(effective(settings, args.env_file, os.environ), args.json))
+    return 0
 
 
 def _state_command(args: argparse.Namespace) -> int:
@@ -220,7 +233,8 @@ def _after_run(settings: Settings, job: Job, code: int, error: str | None, start
             from app.reporting.metrics import publish_metrics
 
             _step("metrics not published", lambda: publish_metrics(settings, report))
-    if settings.notify_webhook_url or settings.notify_smtp_host:
+    # Nor does it alert: the run holding the lock reports its own outcome.
+    if code != EXIT_LOCKED and (settings.notify_webhook_url or settings.notify_smtp_host):
         from app.reporting.notify import notify
 
         _step("notification not sent", lambda: notify(settings, report))
@@ -274,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.command in STATE_COMMANDS:
                 return _state_command(args)
+            if args.command == "config":
+                return _config(args)
             settings = _load(args, load_settings)
             os.umask(settings.umask)
             # A dry run writes nothing: not even LOG_FILE or its directory.
@@ -283,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
             if not args.dry_run:
                 held.enter_context(_run_lock(settings))
             code = job.run()
+        except LockedError as exc:
+            # Exit 4 means one thing everywhere (README, alert rules, systemd's
+            # SuccessExitStatus, the CronJob's podFailurePolicy, notifications): the
+            # other run does the work; this one is not a failure.
+            logger.warning("{}; this run exits 4: not a failure", exc)
+            code, error = exc.exit_code, str(exc)
         except JobError as exc:
             logger.error("{}", exc)
             code, error = exc.exit_code, str(exc)

@@ -266,10 +266,24 @@ class Settings(_StateLayout):
         secret=True,
     )
     metrics_instance: str | None = _setting(
-        None, "The 'instance' grouping label of pushed metrics; SFTP_HOST when unset."
+        None,
+        "The feed's name: the 'instance' grouping label of pushed metrics and the 'feed' label"
+        " of every metric, pushed or written; SFTP_HOST when unset.",
     )
     metrics_textfile: Path | None = _setting(
-        None, "Also write the metrics here for node-exporter's textfile collector (a *.prom file)."
+        None,
+        "Also write the metrics here for node-exporter's textfile collector (a *.prom file);"
+        " when it is a directory, the file sftp_ipi_<feed>.prom in it.",
+    )
+    strict_settings: bool = _setting(
+        False,
+        "true: a name that looks like a misspelt setting (in the env file or the environment)"
+        " is a configuration error (exit 2), not a warning.",
+    )
+    metrics_schedule_seconds: int = _setting(
+        900,
+        "How often the job is scheduled, in seconds (the shipped timer and CronJob: 900);"
+        " published in sftp_ipi_feed_info for per-feed alert thresholds.",
     )
     notify_webhook_url: str | None = _setting(
         None,
@@ -740,6 +754,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "metrics_pushgateway_url": _url,
     "metrics_instance": _text,
     "metrics_textfile": _path,
+    "metrics_schedule_seconds": _int(1),
+    "strict_settings": _bool,
     "notify_webhook_url": _url,
     "notify_on": _choice(NOTIFY_ON),
     "notify_timeout": _int(1, 300),
@@ -804,6 +820,15 @@ def read_environment(env_file: Path | None, environ: Mapping[str, str]) -> Envir
         merged.update({k: v for k, v in values.items() if v is not None})
         warnings += (f"{path}:{line}: {hint}" for name, line in names if (hint := _unknown_name_hint(name, False)))
     merged.update(environ)
+    if path.is_file() and environ.get("INVOCATION_ID"):
+        # Under systemd, a name in both places is the unit's Environment= overriding the
+        # file: an edit to the file would otherwise be ignored without a word.
+        warnings += (
+            f"{path}:{line}: {name} is also set by the unit's Environment= (or the environment),"
+            " which wins; the file's value is ignored"
+            for name, line in names
+            if name in environ and name in _SETTING_NAMES
+        )
     warnings += (f"environment: {hint}" for name in sorted(environ) if (hint := _unknown_name_hint(name, True)))
     return Environment(merged, warnings)
 
@@ -827,6 +852,11 @@ def _dotenv_names(path: Path) -> list[tuple[str, int]]:
             if binding.key is not None:
                 names.append((binding.key, binding.original.line))
     return names
+
+
+def dotenv_lines(path: Path) -> dict[str, int]:
+    """Each name a dotenv file sets, with the line of its last setting (the one that counts)."""
+    return dict(_dotenv_names(path))
 
 
 _SETTING_NAMES = frozenset(env_name(f.name) for f in fields(Settings) if not f.metadata.get("internal"))

@@ -26,7 +26,17 @@ from app.errors import (
 )
 from app.lifecycle import Lifecycle, LifecycleTally
 from app.planning import Backlog, Planner
-from app.reporting.report import RetryRecord, RunReport, iso, last_success, outcome, read_report, so_far
+from app.reporting.report import (
+    RetryRecord,
+    RunReport,
+    counters_since,
+    iso,
+    last_success,
+    outcome,
+    read_report,
+    so_far,
+    stalled_runs,
+)
 from app.retry import RetryPolicy
 from app.selection import (
     Ordered,
@@ -310,6 +320,9 @@ def build_report(
         newest_completed_mtime=max((e.mtime for e in entries if e.mtime is not None), default=None),
         held_back=list(summary.backlog.held_back),
         late=list(summary.backlog.late),
+        due_remaining=summary.backlog.due_remaining,
+        due_names=list(summary.backlog.due_names),
+        due_stalled_runs=stalled_runs(summary.backlog.due_remaining, previous),
         verification_mismatches=mismatches,
         verification_mismatches_total=so_far("verification_mismatches_total", mismatches, previous),
         decrypt_failed=dict(lifecycle.decrypt_failed),
@@ -317,6 +330,11 @@ def build_report(
         decrypt_failures_total=so_far("decrypt_failures_total", len(lifecycle.decrypt_failed), previous),
         remote_after_failures_total=so_far("remote_after_failures_total", len(lifecycle.remote_after_failed), previous),
         ssh=summary.ssh,
+        files_delivered_total=so_far("files_delivered_total", sum(f.completed for f in files), previous),
+        bytes_received_total=so_far("bytes_received_total", sum(f.bytes_transferred for f in files), previous),
+        failed_files_total=so_far("failed_files_total", len(summary.failed), previous),
+        retries_total=so_far("retries_total", len(summary.retries), previous),
+        counters_since=counters_since(iso(started), previous),
     )
 
 
@@ -337,4 +355,5 @@ def summary_line(summary: RunSummary, exit_code: int, seconds: float) -> str:
         # An exit 0 must not read as "all delivered" while files wait.
         + (f"; {len(summary.backlog.held_back)} held back" if summary.backlog.held_back else "")
         + (f"; {len(summary.backlog.late)} late" if summary.backlog.late else "")
+        + (f"; {summary.backlog.due_remaining} more due" if summary.backlog.due_remaining else "")
     )

@@ -41,11 +41,17 @@ from app.storage.state import read_observations, write_observations
 
 # Skipped files named one by one in the log, per reason, before they are counted.
 SKIPS_NAMED = 20
+# Files left for a later run named in the run report, before they are only counted:
+# enough to see which files wait, few enough that a 50,000-file catch-up keeps the
+# report small.
+DUE_NAMED = 100
 
 # Reasons that mean "done", not "skipped": counted in the plan line, never named.
 _DONE = frozenset({SkipReason.NOT_AFTER_RECORD, SkipReason.COMPLETED})
-# Skips by design of SELECT_MODE: named, but nothing is wrong.
-_BY_DESIGN = frozenset({SkipReason.LATER_RUN, SkipReason.NOT_NEWEST})
+# Skips by design of SELECT_MODE, or of MIN_FILE_AGE (a young file, and the files
+# held back behind it, are waited for): named at INFO, nothing is wrong. A file that
+# waits too long is SftpIpiFilesHeldBack's business, from the run report.
+_BY_DESIGN = frozenset({SkipReason.LATER_RUN, SkipReason.NOT_NEWEST, SkipReason.TOO_YOUNG, SkipReason.HELD_BACK})
 
 
 def criteria_of(settings: Settings) -> Criteria:
@@ -70,6 +76,11 @@ class Backlog:
 
     held_back: tuple[HeldFile, ...] = ()
     late: tuple[HeldFile, ...] = ()
+    # Due and matched, but left for a later run by SELECT_MODE=next: how many, and the
+    # first DUE_NAMED of them in delivery order. Not SELECT_MODE=latest's passed-over
+    # files: those are never due again once the newest is delivered.
+    due_remaining: int = 0
+    due_names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -208,13 +219,17 @@ def _since(observation: Observation | None) -> str | None:
 def backlog_of(plan: Plan, observations: Mapping[str, Observation]) -> Backlog:
     held: list[HeldFile] = []
     late: list[HeldFile] = []
+    later: list[str] = []
     for skip in plan.skipped:
+        if skip.reason is SkipReason.LATER_RUN:
+            later.append(skip.name)
+            continue
         since = _since(observations.get(skip.name))
         if skip.reason in HOLDING:
             held.append(HeldFile(skip.name, skip.reason.value, since))
         elif skip.reason is SkipReason.LATE:
             late.append(HeldFile(skip.name, skip.reason.value, since))
-    return Backlog(tuple(held), tuple(late))
+    return Backlog(tuple(held), tuple(late), len(later), tuple(later[:DUE_NAMED]))
 
 
 def _print(plan: Plan, record: str | None, pattern: str, out: TextIO) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from app.reporting.metrics import build_registry
+from app.reporting.metrics import Feed, build_registry
 from app.reporting.report import FileReport, RetryRecord, RunReport
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ def base_metrics(expr: str) -> set[str]:
 
 
 def exported_metrics() -> set[str]:
-    """Every metric build_registry emits for a run report with its fields set."""
+    """Every series name build_registry emits for a run report with its fields set."""
     report = RunReport(
         started_at="2025-01-01T00:00:00+00:00",
         finished_at="2025-01-01T00:01:00+00:00",
@@ -83,7 +83,9 @@ def exported_metrics() -> set[str]:
         last_success_at="2024-12-31T00:00:00+00:00",
         newest_completed_mtime=1735689600,
     )
-    return {metric.name for metric in build_registry(report, now=1735700000.0).collect()}
+    # By sample name: a counter family "x" exports the series x_total and x_created.
+    feed = Feed("feed-a", "sftp.example", "/outbound", "all", 900)
+    return {s.name for metric in build_registry(report, now=1735700000.0, feed=feed).collect() for s in metric.samples}
 
 
 def dashboard() -> dict[str, Any]:

@@ -103,7 +103,8 @@ def test_a_damaged_last_success_time_is_ignored_with_a_warning_and_metrics_still
     assert "Traceback" not in result.output
     [line] = [w for w in warnings(result.stderr) if "run report" in w and "ignored" in w]
     assert "last_success_at" in line
-    assert "sftp_ipi_last_run_exit_code 1.0" in textfile.read_text(), "the metrics are still published"
+    published = textfile.read_text()
+    assert 'sftp_ipi_last_run_exit_code{feed="127.0.0.1"} 1.0' in published, "the metrics are still published"
     assert json.loads(report.read_text())["exit_code"] == 1, "the report is still written"
 
 
@@ -140,7 +141,9 @@ def test_no_second_run_while_the_first_is_still_sending_its_alert(server: Server
                 first.kill()
     assert first.returncode == 0, out + err
     assert report["exit_code"] == 0 and report["files"][0]["name"] == "20250428.IPI"
-    assert hook.requests == 2, "the refused run alerts, as before; it writes nothing"
+    assert hook.requests == 1, "the refused run writes nothing and sends no alert: exit 4 is not a failure"
+    assert "this run exits 4: not a failure" in second.stderr
+    assert "| ERROR" not in second.stderr
 
 
 def test_a_stopped_run_alerts_within_a_short_grace_not_notify_timeout(server: Server) -> None:

@@ -38,7 +38,8 @@ from sshd import free_port
 
 INSTANCE = "feed-a"
 TEST_FOR = "2s"
-LABELS = {"job": "sftp_ipi", "instance": INSTANCE}
+GROUP = {"job": "sftp_ipi", "instance": INSTANCE}  # the Pushgateway's grouping key
+LABELS = {**GROUP, "feed": INSTANCE}  # every series the job pushes also names its feed
 
 
 def fast_rules(path: Path) -> Path:
@@ -113,19 +114,23 @@ def test_pushed_series_reach_prometheus_with_the_job_and_instance_labels(feed: F
     names = {s["metric"]["__name__"] for s in prom.query(f'{{__name__=~"sftp_ipi_.+", instance="{INSTANCE}"}}')}
     assert names == exported_metrics()
     for sample in prom.query(f'{{__name__=~"sftp_ipi_.+", instance="{INSTANCE}"}}'):
-        # Files by proof method are one series per method; everything else is one series.
-        extra = {"method"} if sample["metric"]["__name__"] == "sftp_ipi_files_verified" else set()
+        # Files by proof method are one series per method, the feed's facts one info
+        # series; everything else is one series.
+        extra = {
+            "sftp_ipi_files_verified": {"method"},
+            "sftp_ipi_feed_info": {"host", "sftp_dir", "select_mode", "schedule_seconds"},
+        }.get(sample["metric"]["__name__"], set())
         assert set(labels(sample)) - extra == set(LABELS), sample["metric"]
         assert {k: v for k, v in labels(sample).items() if k not in extra} == LABELS, sample["metric"]
     [push] = prom.query('push_time_seconds{job="sftp_ipi"}')
-    assert labels(push) == LABELS
+    assert labels(push) == GROUP
 
     # What the successful run pushed, as Prometheus stored it ...
     at = feed.succeeded_at
     assert value(prom, "sftp_ipi_last_run_success", at) == 1
     assert value(prom, "sftp_ipi_last_run_exit_code", at) == feed.success_code
     assert value(prom, "sftp_ipi_last_run_files_fetched", at) == 1
-    assert value(prom, "sftp_ipi_last_run_bytes_fetched", at) == 256 * 1024
+    assert value(prom, "sftp_ipi_last_run_fetched_bytes", at) == 256 * 1024
     success_time = value(prom, "sftp_ipi_last_success_timestamp_seconds", at)
     # The report keeps whole seconds: a run that ends within the second it started is at that second.
     assert int(feed.started) <= success_time <= at

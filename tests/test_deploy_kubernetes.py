@@ -173,6 +173,9 @@ def test_config_map_holds_valid_settings_with_json_logs_and_strict_host_keys(tmp
     env = {k: v for k, v in parse_dockerfile().final.env().items() if k != "PATH"}
     settings = load_settings({**env, **data, "SFTP_KEY_FILE": str(key)})
     assert settings.log_format == "json"
+    # LOCAL_DIR is a claim of its own: the default (keep) would fill it with a second
+    # copy of every delivered file.
+    assert settings.local_retention == 7
 
 
 def test_kustomizations_tie_every_file_together_and_every_reference_resolves() -> None:

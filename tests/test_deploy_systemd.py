@@ -171,3 +171,21 @@ def test_readme_shows_the_cron_line_and_the_unit_files() -> None:
     assert line in readme
     for unit in verify_schedules.unit_files():
         assert f"deploy/systemd/{unit.name}" in readme
+
+
+def test_the_template_unit_keeps_the_single_units_sandbox_and_bounds() -> None:
+    """sftp-ipi@.service differs from sftp-ipi.service only in its per-feed paths."""
+    single = (REPO / "deploy" / "systemd" / "sftp-ipi.service").read_text().splitlines()
+    template = (REPO / "deploy" / "systemd" / "sftp-ipi@.service").read_text().splitlines()
+
+    def settings(lines: list[str]) -> set[str]:
+        return {line for line in lines if "=" in line and not line.startswith("#")}
+
+    per_feed = {line for line in settings(template) - settings(single) if "%i" not in line}
+    assert per_feed == set(), per_feed
+    assert settings(single) - settings(template) == {
+        line for line in settings(single) if "sftp-ipi" in line and ("/" in line or "Directory=" in line)
+    } | {"Description=sftp-ipi: pull the next IPI files from the SFTP server"}
+    assert "StateDirectory=sftp-ipi/%i" in template
+    assert "ExecStart=/opt/sftp-ipi/bin/sftp-ipi --env-file /etc/sftp-ipi/%i.env" in template
+    assert "SuccessExitStatus=4" in template

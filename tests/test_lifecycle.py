@@ -36,8 +36,8 @@ def report_of(server: Server) -> dict[str, Any]:
 
 def metric(textfile: Path, name: str) -> float:
     for line in textfile.read_text().splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[1])
+        if line.startswith((f"{name} ", f"{name}{{")):
+            return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in {textfile}")
 
 

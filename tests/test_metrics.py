@@ -57,3 +57,22 @@ def test_verification_mismatches_are_a_counter_carried_across_runs() -> None:
     assert so_far("verification_mismatches_total", 1, {"verification_mismatches_total": "x"}) == 1
     report = replace(REPORT, verification_mismatches=1, verification_mismatches_total=4)
     assert values(build_registry(report))["sftp_ipi_verification_mismatches_total"] == 4
+
+
+def test_no_gauge_is_named_total_and_every_counter_has_its_created() -> None:
+    """``_total`` only on counters (before, the mismatch and decryption counts were gauges
+    named *_total), each with a ``_created`` from the moment the counts started from zero."""
+    report = replace(
+        REPORT, verification_mismatches_total=4, files_delivered_total=7, counters_since="2024-12-31T00:00:00+00:00"
+    )
+    families = {metric.name: metric for metric in build_registry(report).collect()}
+    for metric in families.values():
+        for sample in metric.samples:
+            assert not sample.name.endswith("_total") or metric.type == "counter", sample.name
+    counters = {name for name, metric in families.items() if metric.type == "counter"}
+    assert {"sftp_ipi_verification_mismatches", "sftp_ipi_decrypt_failures", "sftp_ipi_files_delivered"} <= counters
+    samples = values(build_registry(report))
+    assert samples["sftp_ipi_verification_mismatches_total"] == 4
+    assert samples["sftp_ipi_files_delivered_total"] == 7
+    assert samples["sftp_ipi_files_delivered_created"] == 1735603200.0
+    assert "sftp_ipi_last_run_fetched_bytes" in samples and "sftp_ipi_last_run_bytes_fetched" not in samples

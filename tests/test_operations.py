@@ -194,7 +194,7 @@ def test_metrics_reach_a_real_pushgateway(server: Server, pushgateway: str) -> N
     assert first["sftp_ipi_last_run_exit_code"] == 0
     assert first["sftp_ipi_last_run_success"] == 1
     assert first["sftp_ipi_last_run_files_fetched"] == 1
-    assert first["sftp_ipi_last_run_bytes_fetched"] == MiB
+    assert first["sftp_ipi_last_run_fetched_bytes"] == MiB
     assert first["sftp_ipi_last_success_timestamp_seconds"] == first["sftp_ipi_last_run_timestamp_seconds"]
     assert 3600 < first["sftp_ipi_newest_file_age_seconds"] < 4 * 3600  # the file's mtime is 2 h old
     assert first["sftp_ipi_last_run_duration_seconds"] > 0
@@ -207,6 +207,17 @@ def test_metrics_reach_a_real_pushgateway(server: Server, pushgateway: str) -> N
     assert second["sftp_ipi_last_run_success"] == 0
     assert second["sftp_ipi_last_run_timestamp_seconds"] > first["sftp_ipi_last_run_timestamp_seconds"]
     assert second["sftp_ipi_last_success_timestamp_seconds"] == first["sftp_ipi_last_success_timestamp_seconds"]
+    # Counters carried across runs in the state directory: the failed run adds its
+    # failure and keeps the first run's delivery; _created stays where they started.
+    assert first["sftp_ipi_files_delivered_total"] == 1 and second["sftp_ipi_files_delivered_total"] == 1
+    assert first["sftp_ipi_received_bytes_total"] == MiB == second["sftp_ipi_received_bytes_total"]
+    assert second["sftp_ipi_failed_files_total"] == 0
+    assert second["sftp_ipi_files_delivered_created"] == first["sftp_ipi_files_delivered_created"]
+    server.put("20250429.IPI", b"second")
+    assert run_job(env, server.tmp / "cwd").code == 0
+    third = scrape(pushgateway, "site-a")
+    assert third["sftp_ipi_files_delivered_total"] == 2
+    assert third["sftp_ipi_received_bytes_total"] == MiB + len(b"second")
 
 
 def test_unreachable_pushgateway_never_changes_the_exit_code(server: Server) -> None:
@@ -227,9 +238,41 @@ def test_metrics_textfile_is_written_atomically(server: Server) -> None:
     assert run_job(server.env(METRICS_TEXTFILE=prom), server.tmp / "cwd").code == 0
 
     text = prom.read_text()
-    assert "sftp_ipi_last_run_exit_code 0.0" in text
-    assert "sftp_ipi_last_run_files_fetched 1.0" in text
+    assert 'sftp_ipi_last_run_exit_code{feed="127.0.0.1"} 0.0' in text
+    assert 'sftp_ipi_last_run_files_fetched{feed="127.0.0.1"} 1.0' in text
     assert [p.name for p in prom.parent.iterdir()] == ["sftp_ipi.prom"]
+
+
+def test_two_feeds_sharing_a_textfile_directory_each_write_their_own_labelled_file(server: Server) -> None:
+    """METRICS_TEXTFILE naming node-exporter's directory: each feed writes
+    sftp_ipi_<feed>.prom, every series labelled with its feed, so that two feeds on one
+    host never overwrite each other's file nor write the same series."""
+    server.put("20250428.IPI", b"t" * 10)
+    directory = server.tmp / "textfile"
+    directory.mkdir()
+    for feed, state in (("feed-a", "a"), ("feed b/2", "b")):
+        env = server.env(
+            METRICS_TEXTFILE=directory,
+            METRICS_INSTANCE=feed,
+            METRICS_SCHEDULE_SECONDS=3600 if state == "b" else None,
+            SERVER_DIR=server.tmp / f"server-{state}",
+            LAST_FILE_RECORD=server.tmp / f"state-{state}" / "last_file.txt",
+            LOCAL_DIR=server.tmp / f"local-{state}",
+        )
+        assert run_job(env, server.tmp / "cwd").code == 0
+
+    assert sorted(p.name for p in directory.iterdir()) == ["sftp_ipi_feed-a.prom", "sftp_ipi_feed_b_2.prom"]
+    a = (directory / "sftp_ipi_feed-a.prom").read_text()
+    b = (directory / "sftp_ipi_feed_b_2.prom").read_text()
+    assert 'sftp_ipi_last_run_files_fetched{feed="feed-a"} 1.0' in a
+    assert 'sftp_ipi_last_run_files_fetched{feed="feed b/2"} 1.0' in b
+    assert 'sftp_ipi_files_delivered_total{feed="feed-a"} 1.0' in a
+    info = f'feed="feed-a",host="127.0.0.1",schedule_seconds="900",select_mode="next",sftp_dir="{server.remote}"'
+    assert f"sftp_ipi_feed_info{{{info}}} 1.0" in a
+    assert 'sftp_ipi_schedule_interval_seconds{feed="feed-a"} 900.0' in a
+    assert 'sftp_ipi_schedule_interval_seconds{feed="feed b/2"} 3600.0' in b
+    series = [line.rsplit(" ", 1)[0] for text in (a, b) for line in text.splitlines() if not line.startswith("#")]
+    assert len(series) == len(set(series)), "no series written twice"
 
 
 # -- alerts ---------------------------------------------------------------------------

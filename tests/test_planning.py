@@ -25,8 +25,8 @@ def report_with(held: list[HeldFile], late: list[HeldFile]) -> RunReport:
 
 def metric(report: RunReport, name: str) -> float:
     for line in generate_latest(build_registry(report, now=NOW)).decode().splitlines():
-        if line.startswith(f"sftp_ipi_{name} "):
-            return float(line.split()[1])
+        if line.startswith((f"sftp_ipi_{name} ", f"sftp_ipi_{name}{{")):
+            return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no {name}")
 
 

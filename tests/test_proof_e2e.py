@@ -75,9 +75,9 @@ def test_a_proftpd_run_records_the_server_digest_everywhere(proftpd: Proftpd, tm
     ]
     assert verified[0]["sha256"] == hashlib.sha256(large).hexdigest()
     metrics = (tmp_path / "metrics.prom").read_text()
-    assert 'sftp_ipi_files_verified{method="check-file-handle"} 2.0' in metrics
-    assert 'sftp_ipi_files_verified{method="size+mtime"} 0.0' in metrics
-    assert "sftp_ipi_verification_mismatches_total 0.0" in metrics
+    assert 'sftp_ipi_files_verified{feed="127.0.0.1",method="check-file-handle"} 2.0' in metrics
+    assert 'sftp_ipi_files_verified{feed="127.0.0.1",method="size+mtime"} 0.0' in metrics
+    assert 'sftp_ipi_verification_mismatches_total{feed="127.0.0.1"} 0.0' in metrics
     status = run_job(env, tmp_path / "cwd", "status")
     assert status.code == 0, status.output
     assert f"last completed file: {NAME} at " in status.stdout
@@ -226,12 +226,12 @@ def test_a_wrong_checksum_file_fails_the_file_after_one_more_fetch_and_counts_a_
     assert report(server.record.parent)["files"][0]["resume_offsets"] == [0, 0]
     assert not (server.served / NAME).exists() and ledger(server.ledger) == []
     assert os.listdir(server.local) == [], "the mismatching download is discarded"
-    assert "sftp_ipi_verification_mismatches_total 1.0" in metrics.read_text()
+    assert 'sftp_ipi_verification_mismatches_total{feed="127.0.0.1"} 1.0' in metrics.read_text()
     # A counter across runs: the next run's mismatch adds to it.
     again = run(METRICS_TEXTFILE=metrics)
     assert again.code == 1
     assert report(server.record.parent)["verification_mismatches_total"] == 2
-    assert "sftp_ipi_verification_mismatches_total 2.0" in metrics.read_text()
+    assert 'sftp_ipi_verification_mismatches_total{feed="127.0.0.1"} 2.0' in metrics.read_text()
 
 
 def test_a_malformed_checksum_file_is_a_named_failure(server: Server, run: Runner) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,8 @@ def test_a_file_without_mtime_is_held_back_and_named_everywhere(
     assert "held back: '20250501.IPI': not yet unchanged for MIN_FILE_AGE (since " in status.stdout
     assert {h["name"] for h in json.loads(machine.stdout)["held_back"]} == set(held)
     prom = metrics.read_text()
-    assert "sftp_ipi_held_back_files 2.0" in prom
-    assert "sftp_ipi_late_files 0.0" in prom
+    assert 'sftp_ipi_held_back_files{feed="127.0.0.1"} 2.0' in prom
+    assert 'sftp_ipi_late_files{feed="127.0.0.1"} 0.0' in prom
     assert "sftp_ipi_oldest_held_back_seconds " in prom
 
 
@@ -284,3 +285,75 @@ def test_a_dry_run_keeps_no_observations(server: Server, run: Runner) -> None:
     assert result.code == 0, result.output
     assert "skip: 20250428.IPI: not yet unchanged for MIN_FILE_AGE" in result.stdout
     assert not server.record.parent.exists(), "a dry run writes no state"
+
+
+# -- the backlog of SELECT_MODE=next ------------------------------------------------------
+
+
+def test_files_left_for_a_later_run_are_counted_and_named_everywhere(server: Server, run: Runner) -> None:
+    """A success with files still waiting on the server says so: the run report counts and
+    names them, status says "N more due", the metrics carry sftp_ipi_due_files, and a run
+    that leaves as many due as the one before counts as a stalled run."""
+    for day in range(1, 5):
+        server.put(f"2025050{day}.IPI", b"x" * day)
+    metrics = server.tmp / "metrics.prom"
+
+    first = run(SELECT_MODE="next", METRICS_TEXTFILE=metrics)
+    status = run("status", SELECT_MODE="next")
+    machine = json.loads(run("status", "--json", SELECT_MODE="next").stdout)
+
+    assert first.code == 0, first.output
+    assert (server.served / "20250501.IPI").read_bytes() == b"x"
+    report = report_of(server.record)
+    assert report["due_remaining"] == 3
+    assert report["due_names"] == ["20250502.IPI", "20250503.IPI", "20250504.IPI"]
+    assert report["due_stalled_runs"] == 0
+    assert "; 3 more due" in first.stderr
+    assert status.code == 0, status.output
+    assert "3 more due (left for later runs: 20250502.IPI, 20250503.IPI, 20250504.IPI)" in status.stdout
+    assert machine["due_remaining"] == 3 and machine["due_names"][0] == "20250502.IPI"
+    prom = metrics.read_text()
+    assert 'sftp_ipi_due_files{feed="127.0.0.1"} 3.0' in prom
+    assert 'sftp_ipi_due_stalled_runs{feed="127.0.0.1"} 0.0' in prom
+
+    # Two new files arrive for each one delivered: the backlog does not shrink.
+    server.put("20250505.IPI", b"new")
+    second = run(SELECT_MODE="next", METRICS_TEXTFILE=metrics)
+    assert second.code == 0, second.output
+    assert report_of(server.record)["due_remaining"] == 3
+    assert report_of(server.record)["due_stalled_runs"] == 1
+    assert 'sftp_ipi_due_stalled_runs{feed="127.0.0.1"} 1.0' in metrics.read_text()
+
+    # Nothing new: it shrinks, and the stall count starts again.
+    third = run(SELECT_MODE="next", METRICS_TEXTFILE=metrics)
+    assert third.code == 0, third.output
+    assert report_of(server.record)["due_remaining"] == 2
+    assert report_of(server.record)["due_stalled_runs"] == 0
+
+
+def test_due_names_stop_at_100_while_the_count_goes_on(server: Server, run: Runner) -> None:
+    for index in range(105):
+        server.put(f"2025{1 + index // 28:02d}{1 + index % 28:02d}.IPI", b"y")
+
+    result = run(SELECT_MODE="next")
+
+    assert result.code == 0, result.output
+    report = report_of(server.record)
+    assert report["due_remaining"] == 104
+    assert len(report["due_names"]) == 100
+    assert report["due_names"][0] == "20250102.IPI"
+
+
+def test_a_healthy_run_against_openssh_logs_no_warning(server: Server, run: Runner) -> None:
+    """OpenSSH offers no server-side proof and a young file waits for MIN_FILE_AGE: both
+    are normal, said at INFO, and a healthy run logs no WARNING at all."""
+    server.put("20250501.IPI", b"settled")
+    server.put("20250502.IPI", b"just uploaded", mtime=time.time())
+
+    result = run(MIN_FILE_AGE=3600)
+
+    assert result.code == 0, result.output
+    assert (server.served / "20250501.IPI").read_bytes() == b"settled"
+    assert "no proof from the server side" in result.stderr
+    assert "20250502.IPI: skipped, not yet unchanged for MIN_FILE_AGE" in result.stderr
+    assert [line for line in result.stderr.splitlines() if "| WARNING" in line] == []

@@ -30,7 +30,7 @@ EXIT_TEXT = {
     1: ("1 transfer failed", "orange"),
     2: ("2 configuration error", "red"),
     3: ("3 auth / host key", "red"),
-    4: ("4 locked", "orange"),
+    4: ("4 another run active (not a failure)", "blue"),
     5: ("5 local storage", "red"),
     130: ("130 SIGINT", "orange"),
     143: ("143 SIGTERM", "orange"),
@@ -118,7 +118,7 @@ def feeds_table() -> dict[str, Any]:
         (f"sftp_ipi_last_run_exit_code{{{FEED}}}", "last run", "none"),
         (f"sftp_ipi:seconds_since_last_run{{{FEED}}}", "since last run", "s"),
         (f"sftp_ipi_last_run_files_fetched{{{FEED}}}", "files", "none"),
-        (f"sftp_ipi_last_run_bytes_fetched{{{FEED}}}", "bytes", "bytes"),
+        (f"sftp_ipi_last_run_fetched_bytes{{{FEED}}}", "bytes", "bytes"),
         (f"sftp_ipi:newest_file_age_seconds{{{FEED}}}", "newest file age", "s"),
     ]
     targets = _targets([(expr, "") for expr, _, _ in columns], instant=True)
@@ -203,7 +203,7 @@ def layout() -> list[tuple[int, list[tuple[dict[str, Any], int]]]]:
                     timeseries(
                         "Bytes per run",
                         "Bytes received from the server by each run.",
-                        [(f"sftp_ipi_last_run_bytes_fetched{{{FEED}}}", "{{instance}}")],
+                        [(f"sftp_ipi_last_run_fetched_bytes{{{FEED}}}", "{{instance}}")],
                         "bytes",
                     ),
                     12,

@@ -38,6 +38,10 @@ CRON_NAMES = {
 }
 
 
+# The instance name template units are verified with (a feed's name).
+INSTANCE = "feed-a"
+
+
 def unit_files(directory: Path = SYSTEMD) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in (".service", ".timer"))
 
@@ -77,7 +81,10 @@ def _fake_root(root: Path, units: list[Path]) -> list[Path]:
             stub.parent.mkdir(parents=True, exist_ok=True)
             stub.write_text("#!/bin/sh\n")
             stub.chmod(0o755)
-        placed.append(Path(shutil.copy(unit, target)))
+        # A template (sftp-ipi@.service) is verified as an instance of it: systemd
+        # loads a template only for an instance name, with %i filled in.
+        name = unit.name.replace("@.", f"@{INSTANCE}.") if "@." in unit.name else unit.name
+        placed.append(Path(shutil.copy(unit, target / name)))
     return placed
 
 

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to_gateway
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import basic_auth_handler, default_handler
+from prometheus_client.registry import Collector
 
 from app.config import Settings
 from app.errors import LocalStorageError
@@ -29,13 +34,75 @@ def _epoch(value: str | None) -> float | None:
     return dt.datetime.fromisoformat(value).timestamp() if value else None
 
 
-def build_registry(report: RunReport, now: float | None = None) -> CollectorRegistry:
+@dataclass(frozen=True)
+class Feed:
+    """The static facts of one feed: its name labels every series (``feed``), the rest
+    is published once in sftp_ipi_feed_info for dashboards and per-feed thresholds."""
+
+    name: str
+    host: str
+    sftp_dir: str
+    select_mode: str
+    schedule_seconds: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Feed:
+        return cls(
+            name=feed_name(settings),
+            host=settings.sftp_host,
+            sftp_dir=settings.sftp_dir,
+            select_mode=settings.select_mode,
+            schedule_seconds=settings.metrics_schedule_seconds,
+        )
+
+
+def feed_name(settings: Settings) -> str:
+    """METRICS_INSTANCE names the feed; SFTP_HOST when it is unset."""
+    return settings.metrics_instance or settings.sftp_host
+
+
+def textfile_path(settings: Settings) -> Path | None:
+    """METRICS_TEXTFILE, or sftp_ipi_<feed>.prom in it when it names a directory: two
+    feeds sharing node-exporter's directory then never overwrite each other's file."""
+    path = settings.metrics_textfile
+    if path is None:
+        return None
+    if path.is_dir():
+        return path / f"sftp_ipi_{_FILE_UNSAFE.sub('_', feed_name(settings))}.prom"
+    return path
+
+
+# node-exporter reads *.prom; a feed name may hold anything a label value may.
+_FILE_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def build_registry(report: RunReport, now: float | None = None, feed: Feed | None = None) -> CollectorRegistry:
     now = time.time() if now is None else now
     registry = CollectorRegistry()
+    name = feed.name if feed is not None else report.sftp_host
 
-    def gauge(name: str, doc: str, value: float | None) -> None:
+    def gauge(metric: str, doc: str, value: float | None) -> None:
+        # Every series carries the feed: two feeds on one host (one node-exporter)
+        # must not write the same series.
         if value is not None:
-            Gauge(f"sftp_ipi_{name}", doc, registry=registry).set(value)
+            Gauge(f"sftp_ipi_{metric}", doc, ["feed"], registry=registry).labels(feed=name).set(value)
+
+    if feed is not None:
+        info = Gauge(
+            "sftp_ipi_feed_info",
+            "The feed's static facts (always 1); schedule_seconds is METRICS_SCHEDULE_SECONDS.",
+            ["feed", "host", "sftp_dir", "select_mode", "schedule_seconds"],
+            registry=registry,
+        )
+        info.labels(
+            feed=feed.name,
+            host=feed.host,
+            sftp_dir=feed.sftp_dir,
+            select_mode=feed.select_mode,
+            schedule_seconds=str(feed.schedule_seconds),
+        ).set(1)
+        # The same interval as a number: PromQL cannot compute with a label's value.
+        gauge("schedule_interval_seconds", "How often the feed is scheduled to run.", feed.schedule_seconds)
 
     gauge("last_run_timestamp_seconds", "When the last run finished.", _epoch(report.finished_at))
     gauge("last_success_timestamp_seconds", "When a run last succeeded.", _epoch(report.last_success_at))
@@ -43,7 +110,7 @@ def build_registry(report: RunReport, now: float | None = None) -> CollectorRegi
     gauge("last_run_success", "1 if the last run succeeded, else 0.", 1 if report.ok else 0)
     gauge("last_run_files_fetched", "Files fetched by the last run.", sum(f.completed for f in report.files))
     gauge(
-        "last_run_bytes_fetched",
+        "last_run_fetched_bytes",
         "Bytes received from the server by the last run.",
         sum(f.bytes_transferred for f in report.files),
     )
@@ -60,48 +127,86 @@ def build_registry(report: RunReport, now: float | None = None) -> CollectorRegi
         "How long the longest held-back file has been waiting, by our clock (0 if none).",
         0.0 if oldest is None else max(0.0, now - oldest),
     )
+    gauge(
+        "due_files",
+        "Files due but left for a later run by SELECT_MODE=next (0 if none).",
+        report.due_remaining,
+    )
+    gauge(
+        "due_stalled_runs",
+        "Consecutive runs that ended with files due and no fewer than the run before (0 if shrinking or none).",
+        report.due_stalled_runs,
+    )
     gauge("late_files", "Files that arrived behind the last completed file and were not fetched.", len(report.late))
     # By method only (check-file-handle, checksum-file, command, size+mtime): the
     # algorithm or checksum file's name would make a series per partner file name.
     verified = Gauge(
         "sftp_ipi_files_verified",
         "Files completed by the last run, by how they were proven against the server.",
-        ["method"],
+        ["feed", "method"],
         registry=registry,
     )
     methods = [f.verified_by.partition(":")[0] for f in report.files if f.completed and f.verified_by]
     for method in METHODS:
-        verified.labels(method=method).set(methods.count(method))
-    # A counter kept across runs in the run report; pushed as a gauge (a Pushgateway
-    # keeps only the last push), which the rules read like a counter.
-    gauge(
-        "verification_mismatches_total",
-        "Files failed because the server's evidence contradicted the download twice, over all runs.",
-        report.verification_mismatches_total,
-    )
-    gauge(
-        "decrypt_failures_total",
-        "Files that did not decrypt or lacked a required good signature, over all runs.",
-        report.decrypt_failures_total,
-    )
-    gauge(
-        "remote_after_failures_total",
-        "REMOTE_AFTER actions (delete, move) that failed on the server, over all runs.",
-        report.remote_after_failures_total,
-    )
+        verified.labels(feed=name, method=method).set(methods.count(method))
+    # Counters over all runs, carried over from report to report in the state
+    # directory, with the moment they started from zero as their _created: increase()
+    # over a day works from the textfile and the Pushgateway alike (which keeps only
+    # the last push). A lost run report starts them again, as a restart would.
+    registry.register(_Counters(report, name))
     return registry
 
 
+# (metric name without _total, help, RunReport field)
+COUNTERS = (
+    ("files_delivered", "Files delivered (published and recorded), over all runs.", "files_delivered_total"),
+    ("received_bytes", "Bytes received from the server, every attempt, over all runs.", "bytes_received_total"),
+    ("failed_files", "Files that failed a run, over all runs.", "failed_files_total"),
+    ("retries", "Retries made, over all runs.", "retries_total"),
+    (
+        "verification_mismatches",
+        "Files failed because the server's evidence contradicted the download twice, over all runs.",
+        "verification_mismatches_total",
+    ),
+    (
+        "decrypt_failures",
+        "Files that did not decrypt or lacked a required good signature, over all runs.",
+        "decrypt_failures_total",
+    ),
+    (
+        "remote_after_failures",
+        "REMOTE_AFTER actions (delete, move) that failed on the server, over all runs.",
+        "remote_after_failures_total",
+    ),
+)
+
+
+class _Counters(Collector):
+    """The run report's carried-over counts as Prometheus counters (``_total`` and ``_created``)."""
+
+    def __init__(self, report: RunReport, feed: str) -> None:
+        self._report = report
+        self._feed = feed
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        created = _epoch(self._report.counters_since or self._report.started_at)
+        for name, doc, attribute in COUNTERS:
+            family = CounterMetricFamily(f"sftp_ipi_{name}", doc, labels=("feed",))
+            family.add_metric((self._feed,), getattr(self._report, attribute), created=created)
+            yield family
+
+
 def publish_metrics(settings: Settings, report: RunReport) -> None:
-    registry = build_registry(report)
-    if settings.metrics_textfile is not None:
+    registry = build_registry(report, feed=Feed.of(settings))
+    textfile = textfile_path(settings)
+    if textfile is not None:
         try:
-            atomic_write(settings.metrics_textfile, generate_latest(registry), "METRICS_TEXTFILE")
+            atomic_write(textfile, generate_latest(registry), "METRICS_TEXTFILE")
         except LocalStorageError as exc:
             logger.warning("metrics not written: {}", exc)
     url = settings.metrics_pushgateway_url
     if url:
-        instance = settings.metrics_instance or settings.sftp_host
+        instance = feed_name(settings)
         target = split_credentials(url)
         try:
             push_to_gateway(

@@ -70,6 +70,12 @@ class RunReport:
     newest_completed_mtime: int | None = None
     held_back: list[HeldFile] = field(default_factory=list)
     late: list[HeldFile] = field(default_factory=list)
+    # Files left for a later run (SELECT_MODE=next): how many, and the first 100 by name.
+    due_remaining: int = 0
+    due_names: list[str] = field(default_factory=list)
+    # Consecutive runs, this one included, that ended with files due and no fewer than
+    # the run before: a backlog that does not shrink (the alert rules read it).
+    due_stalled_runs: int = 0
     # Files failed because the server's evidence contradicted them twice: this run's, and
     # every run's so far (carried over from the previous report, for a counter metric).
     verification_mismatches: int = 0
@@ -83,6 +89,14 @@ class RunReport:
     remote_after_failures_total: int = 0
     # The algorithms of the run's last SSH session with the server: {kex, cipher, mac, host_key_type}.
     ssh: dict[str, str] | None = None
+    # Counters over every run so far (carried over from the previous report, like the
+    # totals above), exported as Prometheus counters; ``counters_since`` is when they
+    # started from zero: their ``_created``. A lost or damaged report starts them again.
+    files_delivered_total: int = 0
+    bytes_received_total: int = 0
+    failed_files_total: int = 0
+    retries_total: int = 0
+    counters_since: str | None = None
     version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -149,10 +163,18 @@ _REPORT_CHECKS: dict[str, Any] = {
     "last_completed_at": _optional_time,
     "held_back": lambda v: v is None or _held_files(v),
     "late": lambda v: v is None or _held_files(v),
+    "due_remaining": lambda v: _count(v),
+    "due_stalled_runs": lambda v: _count(v),
+    "due_names": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
     "verification_mismatches_total": lambda v: _count(v),
     "decrypt_failures_total": lambda v: _count(v),
     "remote_after_failures_total": lambda v: _count(v),
     "ssh": lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
+    "files_delivered_total": lambda v: _count(v),
+    "bytes_received_total": lambda v: _count(v),
+    "failed_files_total": lambda v: _count(v),
+    "retries_total": lambda v: _count(v),
+    "counters_since": _optional_time,
 }
 _REQUIRED = ("exit_code", "ok")
 
@@ -209,3 +231,20 @@ def so_far(key: str, this_run: int, previous: dict[str, Any] | None) -> int:
     """A count over every run so far, this one included: the previous report's ``key`` plus ``this_run``."""
     value = (previous or {}).get(key)
     return this_run + (value if isinstance(value, int) else 0)
+
+
+def stalled_runs(due_remaining: int, previous: dict[str, Any] | None) -> int:
+    """How many runs in a row, this one included, left files due and no fewer than the
+    run before; 0 once the backlog is gone or shrank."""
+    before = (previous or {}).get("due_remaining")
+    if due_remaining == 0 or not isinstance(before, int) or due_remaining < before:
+        return 0
+    count = (previous or {}).get("due_stalled_runs")
+    return (count if isinstance(count, int) else 0) + 1
+
+
+def counters_since(started_at: str, previous: dict[str, Any] | None) -> str:
+    """When the counters carried in the reports started from zero: the previous report's
+    moment, or this run's start when there is no previous report to carry them over."""
+    value = (previous or {}).get("counters_since")
+    return value if isinstance(value, str) and previous is not None else started_at

@@ -46,6 +46,16 @@ class Status:
         return list((self.last_run or {}).get("late") or [])
 
     @property
+    def due_remaining(self) -> int:
+        """Files the last run left for a later run (SELECT_MODE=next)."""
+        value = (self.last_run or {}).get("due_remaining")
+        return value if isinstance(value, int) else 0
+
+    @property
+    def due_names(self) -> list[str]:
+        return list((self.last_run or {}).get("due_names") or [])
+
+    @property
     def healthy(self) -> bool:
         return bool(self.last_run and self.last_run.get("ok"))
 
@@ -55,6 +65,8 @@ class Status:
         data["healthy"] = self.healthy
         data["held_back"] = self.held_back
         data["late"] = self.late
+        data["due_remaining"] = self.due_remaining
+        data["due_names"] = self.due_names
         return data
 
 
@@ -115,6 +127,11 @@ def render(status: Status) -> str:
         ssh = run.get("ssh")
         if ssh:
             lines.append("last SSH session: " + ", ".join(f"{k} {v}" for k, v in ssh.items()))
+        if status.due_remaining:
+            # A success with files still waiting on the server is not "all caught up".
+            first = ", ".join(status.due_names[:SKIPS_NAMED])
+            more = ", ..." if status.due_remaining > min(len(status.due_names), SKIPS_NAMED) else ""
+            lines.append(f"{status.due_remaining} more due (left for later runs: {first}{more})")
     for label, files in (("held back", status.held_back), ("late", status.late)):
         for held in files[:SKIPS_NAMED]:
             lines.append(f"{label}: {held['name']!r}: {held['reason']} (since {held.get('since') or 'unknown'})")
