@@ -448,3 +448,56 @@ print(children)
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# -- one published name, two remote files ---------------------------------------------------
+
+
+def test_two_remote_files_under_one_published_name_never_replace_each_other(
+    server: Server, run: Runner, gpg_keys: Keys
+) -> None:
+    """``X`` and ``X.gpg`` both publish as ``X``: the second fails, named with both, and
+    is neither published over the first nor deleted on the server, in this run or the next."""
+    server.put("20250101.IPI", b"the plain delivery\n", mtime=OLD)
+    server.put("20250101.IPI.gpg", gpg_keys.encrypt(b"the encrypted one\n", gpg_keys.recipient), mtime=OLD + 10)
+    settings = _decrypting(server, gpg_keys, SELECT_MODE="all", REMOTE_AFTER="delete")
+
+    result = run(**settings)
+
+    assert result.code == 1, result.output
+    conflict = [line for line in result.stderr.splitlines() if "would be published as '20250101.IPI'" in line]
+    assert conflict and "20250101.IPI.gpg" in conflict[0] and "'20250101.IPI' due before it" in conflict[0]
+    assert (server.served / "20250101.IPI").read_bytes() == b"the plain delivery\n"
+    assert (server.local / "20250101.IPI").read_bytes() == b"the plain delivery\n"
+    assert remote_names(server.remote) == ["20250101.IPI.gpg"]
+    assert [e.name for e in read_ledger(server.ledger).entries] == ["20250101.IPI"]
+    assert "20250101.IPI.gpg" in report_of(server)["failed"]
+
+    # The next run finds the name taken in the ledger: the source still stays.
+    again = run(**settings)
+
+    assert again.code == 1, again.output
+    assert "holds the delivery of '20250101.IPI' (in the ledger)" in again.stderr
+    assert (server.served / "20250101.IPI").read_bytes() == b"the plain delivery\n"
+    assert remote_names(server.remote) == ["20250101.IPI.gpg"]
+    assert [e.name for e in read_ledger(server.ledger).entries] == ["20250101.IPI"]
+    assert run("audit").code == 0
+
+
+def test_audit_reports_two_ledger_entries_for_one_published_name(server: Server, run: Runner, gpg_keys: Keys) -> None:
+    plaintext = b"rows\n"
+    server.put("20250101.IPI.gpg", gpg_keys.encrypt(plaintext, gpg_keys.recipient))
+    assert run(**_decrypting(server, gpg_keys)).code == 0
+    # What a run before the published-name check recorded for a plain file of the same name.
+    (encrypted,) = ledger_lines(server.ledger)
+    plain = {k: v for k, v in encrypted.items() if k not in ("published_as", "plaintext_size", "plaintext_sha256")}
+    plain.update(name="20250101.IPI", size=len(plaintext), sha256=sha256(plaintext))
+    with server.ledger.open("a") as fh:
+        fh.write(json.dumps(plain, sort_keys=True) + "\n")
+
+    audit = run("audit", "--json")
+
+    assert audit.code == 1, audit.output
+    findings = json.loads(audit.stdout)["findings"]
+    assert [(f["problem"], f["name"]) for f in findings] == [("conflict", "20250101.IPI")]
+    assert "'20250101.IPI.gpg', '20250101.IPI'" in findings[0]["detail"]
