@@ -320,6 +320,70 @@ def test_a_stop_request_ends_decryption_and_removes_the_plaintext(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("sftp-ipi-gpg-")] == []
 
 
+# -- decompression bombs ------------------------------------------------------
+
+
+def _bomb(keys: Keys, plaintext_size: int) -> bytes:
+    """Zeros, which gpg compresses (ZLIB by default) a thousandfold before encrypting them."""
+    return keys.encrypt(bytes(plaintext_size), keys.recipient)
+
+
+def test_a_decompression_bomb_is_stopped_at_the_ratio_limit_and_nothing_of_it_kept(
+    keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(tmp_path, GPG_PRIVATE_KEY_FILE=str(keys.recipient_secret))
+    ciphertext = _bomb(keys, 64 * 1024 * 1024)
+    assert len(ciphertext) * 500 < 64 * 1024 * 1024, "gpg did not compress: the test would prove nothing"
+    largest = 0
+    real_write_all = decrypt_module.write_all
+
+    def measuring(fd: int, data: bytes) -> None:
+        nonlocal largest
+        real_write_all(fd, data)
+        largest = max(largest, os.fstat(fd).st_size)
+
+    monkeypatch.setattr(decrypt_module, "write_all", measuring)
+
+    error = _refused(settings, tmp_path, ciphertext)
+
+    assert settings.decrypt_max_ratio == 100 and settings.decrypt_max_size == 0
+    assert error.reason == "PLAINTEXT_TOO_LARGE"
+    assert f"from {len(ciphertext)} encrypted bytes, a ratio over" in str(error)
+    assert "DECRYPT_MAX_RATIO=100" in str(error)
+    # Stopped as soon as the limit was passed: never more than the limit on disk.
+    limit = max(100 * len(ciphertext), decrypt_module.RATIO_FLOOR)
+    assert 0 < largest <= limit
+
+
+def test_decrypt_max_size_bounds_the_plaintext_whatever_the_ratio(keys: Keys, tmp_path: Path) -> None:
+    settings = _settings(
+        tmp_path, GPG_PRIVATE_KEY_FILE=str(keys.recipient_secret), DECRYPT_MAX_RATIO="0", DECRYPT_MAX_SIZE="2M"
+    )
+    assert settings.decrypt_max_size == 2 * 1024 * 1024
+
+    error = _refused(settings, tmp_path, keys.encrypt(os.urandom(3 * 1024 * 1024), keys.recipient))
+
+    assert error.reason == "PLAINTEXT_TOO_LARGE"
+    assert "passed 2097152 bytes (DECRYPT_MAX_SIZE=2097152)" in str(error)
+
+
+def test_small_files_and_files_within_the_limits_decrypt(keys: Keys, tmp_path: Path) -> None:
+    # 1 MiB of zeros is far beyond 100:1, but under the floor that is always allowed.
+    settings = _settings(tmp_path, GPG_PRIVATE_KEY_FILE=str(keys.recipient_secret), DECRYPT_MAX_SIZE="4M")
+    small = _decrypt(settings, tmp_path, "a.IPI.gpg", _bomb(keys, 1024 * 1024))
+    assert small.size == 1024 * 1024
+    data = os.urandom(3 * 1024 * 1024)
+    assert _decrypt(settings, tmp_path, "b.IPI.gpg", keys.encrypt(data, keys.recipient)).temp.read_bytes() == data
+
+
+def test_plaintext_limit_settings_are_checked(tmp_path: Path, keys: Keys) -> None:
+    key = str(keys.recipient_secret)
+    with pytest.raises(ConfigError, match="DECRYPT_MAX_SIZE='lots' is not a size"):
+        _settings(tmp_path, GPG_PRIVATE_KEY_FILE=key, DECRYPT_MAX_SIZE="lots")
+    with pytest.raises(ConfigError, match="DECRYPT_MAX_RATIO"):
+        _settings(tmp_path, GPG_PRIVATE_KEY_FILE=key, DECRYPT_MAX_RATIO="-1")
+
+
 # -- passphrases --------------------------------------------------------------
 
 

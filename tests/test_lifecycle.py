@@ -501,3 +501,40 @@ def test_audit_reports_two_ledger_entries_for_one_published_name(server: Server,
     findings = json.loads(audit.stdout)["findings"]
     assert [(f["problem"], f["name"]) for f in findings] == [("conflict", "20250101.IPI")]
     assert "'20250101.IPI.gpg', '20250101.IPI'" in findings[0]["detail"]
+
+
+# -- decompression bombs --------------------------------------------------------------------
+
+
+def test_a_decompression_bomb_fails_alone_with_its_ratio_and_the_feed_goes_on(
+    server: Server, run: Runner, gpg_keys: Keys
+) -> None:
+    bomb = gpg_keys.encrypt(bytes(64 * MiB), gpg_keys.recipient)  # gpg compresses the zeros ~1000:1
+    server.put("20250101.IPI.gpg", bomb, mtime=OLD)
+    server.put("20250102.IPI.gpg", gpg_keys.encrypt(b"next day\n", gpg_keys.recipient), mtime=OLD + 10)
+    textfile = server.tmp / "metrics.prom"
+    settings = _decrypting(server, gpg_keys, SELECT_MODE="all", REMOTE_AFTER="delete", METRICS_TEXTFILE=textfile)
+
+    result = run(**settings)
+
+    assert result.code == 1, result.output
+    assert f"cannot decrypt 20250101.IPI.gpg: its plaintext passed {100 * len(bomb)} bytes" in result.stderr
+    assert "a ratio over" in result.stderr and "DECRYPT_MAX_RATIO=100" in result.stderr
+    assert "Traceback" not in result.output and "No space left" not in result.output
+    assert remote_names(server.served) == ["20250102.IPI"]
+    assert remote_names(server.local) == ["20250101.IPI.gpg", "20250102.IPI", "20250102.IPI.gpg"]
+    assert remote_names(server.remote) == ["20250101.IPI.gpg"]  # never deleted: never delivered
+    assert [e.name for e in read_ledger(server.ledger).entries] == ["20250102.IPI.gpg"]
+    assert report_of(server)["decrypt_failed"] == {"20250101.IPI.gpg": "PLAINTEXT_TOO_LARGE"}
+    assert metric(textfile, "sftp_ipi_decrypt_failures_total") == 1
+
+    # Every later run fails the same file the same way, from the copy in LOCAL_DIR, and
+    # leaves nothing behind; a larger limit lets a genuine file through.
+    again = run(**settings)
+    assert again.code == 1, again.output
+    assert "20250101.IPI.gpg: already complete in LOCAL_DIR, not downloading it again" in again.stderr
+    assert "its plaintext passed" in again.stderr
+    assert remote_names(server.served) == ["20250102.IPI"]
+    let_through = run(**{**settings, "DECRYPT_MAX_RATIO": 0})
+    assert let_through.code == 0, let_through.output
+    assert (server.served / "20250101.IPI").stat().st_size == 64 * MiB

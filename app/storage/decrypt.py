@@ -40,6 +40,11 @@ from app.storage.fsutil import open_exclusive, storage_error, temp_path, write_a
 # negligible, small enough that memory stays flat (measured by bench/decrypt_rss.py).
 _BLOCK = 1024 * 1024
 
+# Plaintext up to this size is never refused by DECRYPT_MAX_RATIO: a tiny encrypted
+# file of repetitive text (a header, a few rows) can expand more than 100 times
+# and is no threat to any disk.
+RATIO_FLOOR = 1024 * 1024
+
 # Seconds gpg may take to exit after its output has ended, or to import a key.
 _GPG_TIMEOUT = 60
 
@@ -65,6 +70,34 @@ class Decrypted:
     sha256: str
     size: int
     signer: str | None  # the primary-key fingerprint of the accepted signature, if one was required
+
+
+@dataclass(frozen=True)
+class PlaintextLimit:
+    """DECRYPT_MAX_RATIO and DECRYPT_MAX_SIZE: how much plaintext one file may make (0: no limit)."""
+
+    max_ratio: int = 0
+    max_size: int = 0
+
+    def bytes_for(self, encrypted_size: int) -> int | None:
+        """The most plaintext bytes allowed for a file of ``encrypted_size`` bytes; None: unbounded."""
+        limits = []
+        if self.max_ratio:
+            limits.append(max(encrypted_size * self.max_ratio, RATIO_FLOOR))
+        if self.max_size:
+            limits.append(self.max_size)
+        return min(limits) if limits else None
+
+    def describe(self, encrypted_size: int, written: int) -> str:
+        """Why ``written`` bytes of plaintext stopped the file: its ratio and the setting passed."""
+        limit = self.bytes_for(encrypted_size)
+        ratio = written / encrypted_size if encrypted_size else float("inf")
+        by_size = bool(self.max_size) and limit == self.max_size
+        setting = f"DECRYPT_MAX_SIZE={self.max_size}" if by_size else f"DECRYPT_MAX_RATIO={self.max_ratio}"
+        return (
+            f"its plaintext passed {limit} bytes ({setting}) from {encrypted_size} encrypted bytes,"
+            f" a ratio over {ratio:.0f}:1 (a decompression bomb, or raise {setting.split('=')[0]})"
+        )
 
 
 def output_name(name: str, suffixes: tuple[str, ...]) -> str | None:
@@ -158,6 +191,9 @@ _REASON_HINTS = {
     "NODATA": "not OpenPGP data",
 }
 
+# DecryptError's reason when the plaintext limit stopped gpg.
+TOO_LARGE = "PLAINTEXT_TOO_LARGE"
+
 
 def _describe(reason: str) -> str:
     hint = _REASON_HINTS.get(reason.split(" ", 1)[0])
@@ -192,11 +228,18 @@ class _Drain:
 class Keyring:
     """A private GNUPGHOME holding GPG_PRIVATE_KEY_FILE's keys, for one run."""
 
-    def __init__(self, home: Path, passphrase: str | None, require_signers: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        home: Path,
+        passphrase: str | None,
+        require_signers: tuple[str, ...],
+        limit: PlaintextLimit | None = None,
+    ) -> None:
         self.gpg = _program("gpg")
         self.home = home
         self._passphrase = passphrase
         self.require_signers = require_signers
+        self.limit = limit or PlaintextLimit()
 
     def command(self, status_fd: int, passphrase_fd: int | None, *args: str) -> list[str]:
         """gpg's argv: file descriptors and paths only, never a secret."""
@@ -291,12 +334,20 @@ class Keyring:
         return Decrypted(temp=tmp, final=final, sha256=digest, size=size, signer=signer)
 
     def _stream(self, source: Path, fd: int, tmp: Path) -> tuple[str, int, Status, int]:
+        encrypted = _size_of(source)
+        limit = self.limit.bytes_for(encrypted)
         proc, status_drain, stderr_drain = self._start(["--output", "-", "--decrypt", str(source)], subprocess.PIPE)
         digest = hashlib.sha256()
         size = 0
         try:
             out = _stream_fd(proc.stdout)
             while block := os.read(out, _BLOCK):
+                if limit is not None and size + len(block) > limit:
+                    # Not one byte past the limit is written; gpg is killed on the way out (finally).
+                    raise DecryptError(
+                        f"cannot decrypt {source.name}: {self.limit.describe(encrypted, size + len(block))}",
+                        TOO_LARGE,
+                    )
                 digest.update(block)
                 with _translate_storage("write", tmp):
                     write_all(fd, block)
@@ -314,6 +365,11 @@ class Keyring:
         status = Status.parse(status_drain.result())
         stderr_drain.result()
         return digest.hexdigest(), size, status, proc.returncode
+
+
+def _size_of(path: Path) -> int:
+    with _translate_storage("read", path):
+        return path.stat().st_size
 
 
 def _program(name: str) -> str:
@@ -380,7 +436,8 @@ def open_keyring(settings: Settings, parent: Path | None = None) -> Iterator[Key
                 f" ({_SUN_PATH - 1} bytes at most): set TMPDIR to a shorter directory"
             )
         home.chmod(0o700)
-        keyring = Keyring(home, settings.gpg_passphrase, settings.gpg_require_signer)
+        limit = PlaintextLimit(settings.decrypt_max_ratio, settings.decrypt_max_size)
+        keyring = Keyring(home, settings.gpg_passphrase, settings.gpg_require_signer, limit)
         keyring.import_keys(settings.gpg_private_key_file)
         yield keyring
     finally:
