@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -538,3 +540,47 @@ def test_a_decompression_bomb_fails_alone_with_its_ratio_and_the_feed_goes_on(
     let_through = run(**{**settings, "DECRYPT_MAX_RATIO": 0})
     assert let_through.code == 0, let_through.output
     assert (server.served / "20250101.IPI").stat().st_size == 64 * MiB
+
+
+# -- GnuPG homes after kill -9 --------------------------------------------------------------
+
+
+@pytest.fixture
+def short_tmpdir() -> Iterator[Path]:
+    """A TMPDIR short enough for gpg-agent's sockets, for the job's GnuPG homes."""
+    path = Path(tempfile.mkdtemp(prefix="g", dir="/tmp"))
+    yield path
+    for home in path.glob("sftp-ipi-gpg-*"):
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _agent_of(home: Path) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", f"gpg-agent --homedir {home}"], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+def test_a_run_killed_while_its_keyring_is_open_leaves_no_home_or_agent_after_the_next_run(
+    server: Server, relay: Relay, gpg_keys: Keys, short_tmpdir: Path
+) -> None:
+    server.put("20250101.IPI.gpg", gpg_keys.encrypt(b"first\n", gpg_keys.recipient), mtime=OLD)
+    server.put("20250102.IPI.gpg", gpg_keys.encrypt(os.urandom(8 * MiB), gpg_keys.recipient), mtime=OLD + 10)
+    settings = server.env(port=relay.port, SELECT_MODE="all", TMPDIR=short_tmpdir, **_decrypting(server, gpg_keys))
+    relay.rate = 1 * MiB  # the second download keeps the run, and its keyring, alive
+
+    proc = start_job(settings, server.tmp / "cwd")
+    assert wait_until(lambda: (server.served / "20250101.IPI").exists(), 30), "the first file was not published"
+    (home,) = short_tmpdir.glob("sftp-ipi-gpg-*")
+    assert _agent_of(home), "gpg started no agent: the check below would prove nothing"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert (home / "private-keys-v1.d").is_dir()  # the secret key, left by kill -9
+
+    relay.rate = None
+    result = run_job(settings, server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    assert f"removed the GnuPG home {home} left by an interrupted run, and stopped its gpg-agent" in result.stderr
+    assert list(short_tmpdir.iterdir()) == []
+    assert wait_until(lambda: _agent_of(home) == [], 10), "the killed run's gpg-agent still runs"
+    assert (server.served / "20250102.IPI").stat().st_size == 8 * MiB

@@ -16,10 +16,12 @@ as it is (``output_name`` returns None), not refused, since a feed may mix both.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import signal
+import stat
 import subprocess  # nosec B404
 import tempfile
 import threading
@@ -44,6 +46,10 @@ _BLOCK = 1024 * 1024
 # file of repetitive text (a header, a few rows) can expand more than 100 times
 # and is no threat to any disk.
 RATIO_FLOOR = 1024 * 1024
+
+# The umask gpg (and the gpg-agent it starts) runs with: the home is 0700, and the
+# files in it are the owner's alone too, so a home copied or moved keeps them private.
+_PRIVATE_UMASK = 0o077
 
 # Seconds gpg may take to exit after its output has ended, or to import a key.
 _GPG_TIMEOUT = 60
@@ -284,6 +290,8 @@ class Keyring:
                 stderr=subprocess.PIPE,
                 pass_fds=pass_fds,
                 env=self._environment(),
+                # Whatever the job's umask: nothing gpg or its agent writes is for others.
+                umask=_PRIVATE_UMASK,
             )
         except OSError as exc:
             os.close(status_read)
@@ -414,20 +422,38 @@ _SUN_PATH = 108
 _LONGEST_SOCKET = "S.gpg-agent.browser"
 
 
+# GnuPG homes are made as HOME_PREFIX + random under TMPDIR; each holds a lock file,
+# locked (flock) by the run that uses it. The kernel drops the lock when that run
+# dies, even by kill -9, while gpg-agent lives on: a home whose lock can be taken
+# is abandoned, and the next run's sweep stops its agent and removes it.
+HOME_PREFIX = "sftp-ipi-gpg-"
+_LOCK_NAME = ".sftp-ipi.lock"
+
+# A home without a lock file is one being made this instant, or one left by a version
+# before the lock: only the latter is this old (no run keeps a home this long unlocked).
+_UNLOCKED_HOME_SECONDS = 3600
+
+
 @contextlib.contextmanager
 def open_keyring(settings: Settings, parent: Path | None = None) -> Iterator[Keyring]:
     """A Keyring for this run, in a fresh 0700 directory under ``parent`` (default: TMPDIR).
 
     The directory, the keys in it and the gpg-agent gpg starts there are removed
-    on exit. Its path must stay short: the agent's socket lives in it (108 bytes).
+    on exit; a run killed before that leaves them to ``sweep_stale_homes``. Its
+    path must stay short: the agent's socket lives in it (108 bytes).
     """
     if settings.gpg_private_key_file is None:
         raise ConfigError("DECRYPT=gpg: set GPG_PRIVATE_KEY_FILE")
     try:
-        home = Path(tempfile.mkdtemp(prefix="sftp-ipi-gpg-", dir=parent))
+        # mkdtemp makes it 0700 at once: the secret key never sits in a directory others can read.
+        home = Path(tempfile.mkdtemp(prefix=HOME_PREFIX, dir=parent))
     except OSError as exc:
         raise storage_error("create a GnuPG home in", parent or Path(tempfile.gettempdir()), exc) from None
+    lock = -1
     try:
+        with _translate_storage("lock", home / _LOCK_NAME):
+            lock = os.open(home / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         longest = home / _LONGEST_SOCKET
         if len(os.fsencode(longest)) >= _SUN_PATH:
             # gpg would only say it cannot reach its agent, and the key import would seem to fail.
@@ -442,13 +468,65 @@ def open_keyring(settings: Settings, parent: Path | None = None) -> Iterator[Key
         yield keyring
     finally:
         _remove_home(home)
+        if lock >= 0:
+            os.close(lock)
+
+
+def sweep_stale_homes(parent: Path | None = None) -> list[Path]:
+    """Stop the agents of, and remove, the GnuPG homes under ``parent`` (default: TMPDIR)
+    that killed runs of this job left; returns them.
+
+    Only directories named HOME_PREFIX..., owned by this user, whose lock no live run
+    holds: a home in use by another run (another feed sharing TMPDIR) is left alone.
+    """
+    parent = parent or Path(tempfile.gettempdir())
+    try:
+        candidates = [p for p in parent.iterdir() if p.name.startswith(HOME_PREFIX)]
+    except OSError:
+        return []  # no TMPDIR to sweep: open_keyring names the problem if it matters
+    removed = []
+    for home in candidates:
+        try:
+            st = home.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        with _abandoned(home, st) as stale:
+            if stale:
+                _remove_home(home)
+                removed.append(home)
+    return removed
+
+
+@contextlib.contextmanager
+def _abandoned(home: Path, st: os.stat_result) -> Iterator[bool]:
+    """Whether no run holds ``home``; the lock is held while the caller removes it."""
+    try:
+        fd = os.open(home / _LOCK_NAME, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield time.time() - st.st_mtime > _UNLOCKED_HOME_SECONDS
+        return
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False  # a live run's home
+        else:
+            yield True
+    finally:
+        os.close(fd)
 
 
 def _remove_home(home: Path) -> None:
     # gpg started an agent for the home; stop it before its keys are deleted under it.
     with contextlib.suppress(OSError, subprocess.SubprocessError, ConfigError):
         subprocess.run(  # nosec B603
-            [_program("gpgconf"), "--homedir", str(home), "--kill", "gpg-agent"],
+            # all: gpg-agent, and keyboxd or dirmngr where this gpg starts them too.
+            [_program("gpgconf"), "--homedir", str(home), "--kill", "all"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
