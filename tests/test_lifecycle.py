@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from hostile_sftp import NoPosixRenameServer, hostile_env
 from relay import Relay
 from test_decrypt import Keys, make_keys
 from test_operations import Webhook
+from test_resilience import kill_campaign_seed
 
 from app.config import load_settings
 from app.lifecycle import still_needed
@@ -584,3 +586,45 @@ def test_a_run_killed_while_its_keyring_is_open_leaves_no_home_or_agent_after_th
     assert list(short_tmpdir.iterdir()) == []
     assert wait_until(lambda: _agent_of(home) == [], 10), "the killed run's gpg-agent still runs"
     assert (server.served / "20250102.IPI").stat().st_size == 8 * MiB
+
+
+def test_kill_9_campaign_with_decryption_and_a_bomb_delivers_each_file_once_and_leaves_no_home(
+    server: Server, relay: Relay, gpg_keys: Keys, short_tmpdir: Path
+) -> None:
+    """Runs killed at random while files download, decrypt and publish (one of them a
+    decompression bomb stopped at DECRYPT_MAX_RATIO), then one clean run: every genuine
+    file is published once as its plaintext, the bomb never, and no GnuPG home,
+    agent or temp file is left."""
+    seed, rng = kill_campaign_seed()
+    plain = {f"202504{day:02d}.IPI": rng.randbytes(rng.randint(1 * MiB, 3 * MiB)) for day in range(1, 5)}
+    for name, data in plain.items():
+        server.put(f"{name}.gpg", gpg_keys.encrypt(data, gpg_keys.recipient))
+    bomb = gpg_keys.encrypt(bytes(32 * MiB), gpg_keys.recipient)
+    server.put("20250403.IPI.bomb.gpg", bomb)
+    relay.rate = 2 * MiB
+    settings = server.env(port=relay.port, SELECT_MODE="all", TMPDIR=short_tmpdir, **_decrypting(server, gpg_keys))
+    kills = runs = 0
+    while kills < 8 and runs < 30:
+        runs += 1
+        proc = start_job(settings, server.tmp / "cwd")
+        time.sleep(rng.uniform(0.1, 1.5))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=60)
+    assert kills >= 5, f"seed {seed}: only {kills} runs were killed"
+
+    relay.rate = None
+    final = run_job(settings, server.tmp / "cwd")
+
+    assert final.code == 1, f"seed {seed}: {final.output}"
+    assert "cannot decrypt 20250403.IPI.bomb.gpg: its plaintext passed" in final.stderr, f"seed {seed}"
+    for name, data in plain.items():
+        assert file_sha256(server.served / name) == sha256(data), f"seed {seed}: {name} in SERVER_DIR"
+    assert not (server.served / "20250403.IPI.bomb").exists(), f"seed {seed}"
+    names = [entry.name for entry in read_ledger(server.ledger).entries]
+    assert sorted(names) == sorted(f"{name}.gpg" for name in plain), f"seed {seed}: ledger {names}"
+    stray = [p.name for d in (server.local, server.served) for p in d.iterdir() if p.name.startswith(".")]
+    assert stray == [], f"seed {seed}: stray files {stray}"
+    assert list(short_tmpdir.iterdir()) == [], f"seed {seed}: GnuPG homes left"
+    assert subprocess.run(["pgrep", "-f", f"gpg-agent --homedir {short_tmpdir}"], check=False).returncode != 0
