@@ -353,6 +353,17 @@ class Settings(_StateLayout):
         "Name endings (case-insensitive, comma-separated) of the files DECRYPT=gpg decrypts.",
         example=".gpg,.pgp,.asc",
     )
+    decrypt_max_ratio: int = _setting(
+        100,
+        "Most bytes of plaintext per byte of an encrypted file (compressed OpenPGP data can expand a"
+        " thousandfold: a decompression bomb); gpg is stopped past it and the file fails. Plaintext up to"
+        " 1 MiB is always allowed; 0: no ratio limit.",
+    )
+    decrypt_max_size: int = _setting(
+        0,
+        "Most bytes of plaintext of one decrypted file, e.g. 512M, 10G (K, M, G are 1024, 1024^2, 1024^3);"
+        " gpg is stopped past it and the file fails; 0: no limit but DECRYPT_MAX_RATIO.",
+    )
     bandwidth_limit: int | None = _setting(
         None,
         "Most bytes per second the downloads may use on average, e.g. 500K, 10M, 1G (K, M, G are 1024,"
@@ -680,6 +691,13 @@ def _byte_rate(name: str, raw: str) -> int:
     return value
 
 
+def _byte_size(name: str, raw: str) -> int:
+    match = _RATE.fullmatch(raw.strip().upper())
+    if not match:
+        raise ConfigError(f"{name}={raw!r} is not a size such as 512M, 10G or a number of bytes (0: no limit)")
+    return int(float(match.group(1)) * _RATE_UNITS[match.group(2)])
+
+
 def _jump_host(name: str, raw: str) -> str:
     parse_jump(name, raw)
     return raw.strip()
@@ -777,6 +795,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "gpg_passphrase_file": _path,
     "gpg_require_signer": _pgp_fingerprints,
     "decrypt_suffixes": _suffixes,
+    "decrypt_max_ratio": _int(0, 1_000_000),
+    "decrypt_max_size": _byte_size,
     "bandwidth_limit": _byte_rate,
     "remote_after": _choice(REMOTE_AFTER_ACTIONS),
     "remote_archive_dir": _remote_dir,

@@ -177,7 +177,13 @@ class Job:
             if not self.dry_run:
                 snap = self._repair_record(snap)
             plan = self.planner.plan(
-                snap.entries, snap.ordered, snap.record, snap.last_key, snap.ledger.names, self.summary.failed
+                snap.entries,
+                snap.ordered,
+                snap.record,
+                snap.last_key,
+                snap.ledger.names,
+                self.summary.failed,
+                snap.ledger.publishers,
             )
             self.summary.backlog = self.planner.backlog
             if self.dry_run:

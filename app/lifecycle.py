@@ -39,7 +39,7 @@ from app.server.proof import find_checksum_sources, is_companion, render
 from app.server.remote import Connection
 from app.server.remote_after import Outcome, act
 from app.server.transfer import TransferResult
-from app.storage.decrypt import Keyring, open_keyring, output_name
+from app.storage.decrypt import Keyring, open_keyring, output_name, sweep_stale_homes
 from app.storage.fsutil import storage_error
 from app.storage.names import invalid_name_reason
 from app.storage.state import Ledger, LedgerEntry, RemoteAfterNote, append_ledger
@@ -107,6 +107,10 @@ class Lifecycle:
         self._told_plain = False
 
     def __enter__(self) -> Lifecycle:
+        # Whatever DECRYPT is now: a run killed while it decrypted left its GnuPG home
+        # (with the imported secret key) and a running gpg-agent behind.
+        for home in sweep_stale_homes():
+            logger.info("removed the GnuPG home {} left by an interrupted run, and stopped its gpg-agent", home)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

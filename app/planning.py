@@ -19,6 +19,7 @@ from typing import TextIO
 
 from loguru import logger
 
+from app.claims import conflicts, published_name
 from app.config import Settings
 from app.errors import ConfigError
 from app.reporting.report import HeldFile, iso
@@ -107,16 +108,21 @@ class Planner:
         record: str | None,
         last_key: OrderKey | None,
         completed: frozenset[str],
-        failed: Mapping[str, str],
+        failed: dict[str, str],
+        publishers: Mapping[str, tuple[str, ...]] | None = None,
     ) -> Plan:
         """This attempt's plan, with the observations brought up to date and everything
-        not delivered named; files that failed for good earlier in the run are left out."""
+        not delivered named; files that failed for good earlier in the run are left out.
+
+        A due file whose published name is taken (``publishers``: the ledger's, see
+        app/claims.py) fails for good here: it is added to ``failed`` and never fetched."""
         now = time.time()
         previous = self._read_observations()
         observations = observe(previous, ordered, last_key, completed, now)
         if not self.dry_run and observations != previous:
             write_observations(observations_path(self.settings), observations)
         plan = make_plan(ordered, self.criteria, last_key, completed, now, observations, self._ready(entries))
+        self._refuse_taken_names(plan, publishers or {}, failed)
         if failed:
             due = tuple(e for e in plan.due if e.name not in failed)
             plan = Plan(due, plan.skipped, plan.unmatched, plan.skipped_by_reason)
@@ -126,6 +132,17 @@ class Planner:
         if self.dry_run and self.out is not None:
             _print(plan, record, self.settings.file_pattern, self.out)
         return plan
+
+    def _refuse_taken_names(
+        self, plan: Plan, publishers: Mapping[str, tuple[str, ...]], failed: dict[str, str]
+    ) -> None:
+        # Before the failed files are left out: one that failed earlier in the run still
+        # holds its published name against a later one.
+        publish_as = functools.partial(published_name, settings=self.settings)
+        for name, why in conflicts(plan.due, publishers, publish_as).items():
+            if name not in failed:
+                failed[name] = why
+                logger.bind(file=shown(name)).error("{}: {}", shown(name), why)
 
     def _ready(self, entries: list[RemoteEntry]) -> Callable[[str], bool] | None:
         """Whether a file's READY_MARKER is listed; None when no marker is asked for."""

@@ -7,7 +7,9 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,6 +322,70 @@ def test_a_stop_request_ends_decryption_and_removes_the_plaintext(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("sftp-ipi-gpg-")] == []
 
 
+# -- decompression bombs ------------------------------------------------------
+
+
+def _bomb(keys: Keys, plaintext_size: int) -> bytes:
+    """Zeros, which gpg compresses (ZLIB by default) a thousandfold before encrypting them."""
+    return keys.encrypt(bytes(plaintext_size), keys.recipient)
+
+
+def test_a_decompression_bomb_is_stopped_at_the_ratio_limit_and_nothing_of_it_kept(
+    keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(tmp_path, GPG_PRIVATE_KEY_FILE=str(keys.recipient_secret))
+    ciphertext = _bomb(keys, 64 * 1024 * 1024)
+    assert len(ciphertext) * 500 < 64 * 1024 * 1024, "gpg did not compress: the test would prove nothing"
+    largest = 0
+    real_write_all = decrypt_module.write_all
+
+    def measuring(fd: int, data: bytes) -> None:
+        nonlocal largest
+        real_write_all(fd, data)
+        largest = max(largest, os.fstat(fd).st_size)
+
+    monkeypatch.setattr(decrypt_module, "write_all", measuring)
+
+    error = _refused(settings, tmp_path, ciphertext)
+
+    assert settings.decrypt_max_ratio == 100 and settings.decrypt_max_size == 0
+    assert error.reason == "PLAINTEXT_TOO_LARGE"
+    assert f"from {len(ciphertext)} encrypted bytes, a ratio over" in str(error)
+    assert "DECRYPT_MAX_RATIO=100" in str(error)
+    # Stopped as soon as the limit was passed: never more than the limit on disk.
+    limit = max(100 * len(ciphertext), decrypt_module.RATIO_FLOOR)
+    assert 0 < largest <= limit
+
+
+def test_decrypt_max_size_bounds_the_plaintext_whatever_the_ratio(keys: Keys, tmp_path: Path) -> None:
+    settings = _settings(
+        tmp_path, GPG_PRIVATE_KEY_FILE=str(keys.recipient_secret), DECRYPT_MAX_RATIO="0", DECRYPT_MAX_SIZE="2M"
+    )
+    assert settings.decrypt_max_size == 2 * 1024 * 1024
+
+    error = _refused(settings, tmp_path, keys.encrypt(os.urandom(3 * 1024 * 1024), keys.recipient))
+
+    assert error.reason == "PLAINTEXT_TOO_LARGE"
+    assert "passed 2097152 bytes (DECRYPT_MAX_SIZE=2097152)" in str(error)
+
+
+def test_small_files_and_files_within_the_limits_decrypt(keys: Keys, tmp_path: Path) -> None:
+    # 1 MiB of zeros is far beyond 100:1, but under the floor that is always allowed.
+    settings = _settings(tmp_path, GPG_PRIVATE_KEY_FILE=str(keys.recipient_secret), DECRYPT_MAX_SIZE="4M")
+    small = _decrypt(settings, tmp_path, "a.IPI.gpg", _bomb(keys, 1024 * 1024))
+    assert small.size == 1024 * 1024
+    data = os.urandom(3 * 1024 * 1024)
+    assert _decrypt(settings, tmp_path, "b.IPI.gpg", keys.encrypt(data, keys.recipient)).temp.read_bytes() == data
+
+
+def test_plaintext_limit_settings_are_checked(tmp_path: Path, keys: Keys) -> None:
+    key = str(keys.recipient_secret)
+    with pytest.raises(ConfigError, match="DECRYPT_MAX_SIZE='lots' is not a size"):
+        _settings(tmp_path, GPG_PRIVATE_KEY_FILE=key, DECRYPT_MAX_SIZE="lots")
+    with pytest.raises(ConfigError, match="DECRYPT_MAX_RATIO"):
+        _settings(tmp_path, GPG_PRIVATE_KEY_FILE=key, DECRYPT_MAX_RATIO="-1")
+
+
 # -- passphrases --------------------------------------------------------------
 
 
@@ -411,6 +477,94 @@ def test_gnupg_home_is_private_and_removed_after_the_run(keys: Keys, tmp_path: P
 
     assert not home.exists()
     assert _agents(home) == []
+
+
+def test_gnupg_home_is_never_readable_by_others_whatever_the_umask(keys: Keys, tmp_path: Path) -> None:
+    settings = _settings(tmp_path, GPG_PRIVATE_KEY_FILE=str(keys.recipient_secret))
+    old = os.umask(0)
+    try:
+        with open_keyring(settings, parent=short_dir(tmp_path)) as keyring:
+            keyring.decrypt(_local_file(tmp_path, keys), tmp_path / "local" / "a.IPI").temp.unlink()
+            opened = [keyring.home, *keyring.home.rglob("*")]
+            modes = {str(p.relative_to(keyring.home)): p.lstat().st_mode & 0o777 for p in opened}
+    finally:
+        os.umask(old)
+
+    assert modes["."] == 0o700
+    assert any(name.startswith("private-keys-v1.d/") for name in modes), modes  # the secret key is in there
+    assert {name: mode for name, mode in modes.items() if mode & 0o077} == {}
+
+
+def _local_file(tmp_path: Path, keys: Keys) -> Path:
+    local = tmp_path / "local"
+    local.mkdir(exist_ok=True)
+    source = local / "a.IPI.gpg"
+    source.write_bytes(keys.encrypt(b"rows\n", keys.recipient))
+    return source
+
+
+_HOLD_A_KEYRING = """
+import sys, time
+from pathlib import Path
+from app.config import load_settings
+from app.storage.decrypt import open_keyring
+settings = load_settings({"SFTP_HOST": "h", "SFTP_USER": "u", "SFTP_PASS": "p", "DECRYPT": "gpg",
+    "LOCAL_DIR": sys.argv[2] + "/l", "SERVER_DIR": sys.argv[2] + "/s", "LOG_FILE": sys.argv[2] + "/j.log",
+    "LAST_FILE_RECORD": sys.argv[2] + "/st/r", "GPG_PRIVATE_KEY_FILE": sys.argv[3]})
+with open_keyring(settings, parent=Path(sys.argv[1])) as keyring:
+    print(keyring.home, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_runs_gnupg_home_and_agent_are_swept_and_a_live_ones_left_alone(keys: Keys, tmp_path: Path) -> None:
+    parent = short_dir(tmp_path)
+    settings = _settings(tmp_path, GPG_PRIVATE_KEY_FILE=str(keys.recipient_secret))
+    killed = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_A_KEYRING, str(parent), str(tmp_path), str(keys.recipient_secret)],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert killed.stdout is not None
+    stale = Path(killed.stdout.readline().strip())
+    assert _agents(stale), "gpg started no agent: the check below would prove nothing"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert (stale / "private-keys-v1.d").is_dir()  # what kill -9 leaves: the key and its agent
+
+    with open_keyring(settings, parent=parent) as live:
+        swept = decrypt_module.sweep_stale_homes(parent)
+
+        assert swept == [stale]
+        assert not stale.exists()
+        assert _wait_for_no_agent(stale)
+        assert live.home.is_dir() and _agents(live.home), "a live run's home and agent are left alone"
+        assert decrypt_module.sweep_stale_homes(parent) == []
+
+
+def _wait_for_no_agent(home: Path) -> bool:
+    deadline = time.monotonic() + 10
+    while _agents(home) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _agents(home)
+
+
+def test_the_sweep_leaves_what_is_not_an_abandoned_home_of_this_job_alone(tmp_path: Path) -> None:
+    parent = short_dir(tmp_path)
+    young = parent / (decrypt_module.HOME_PREFIX + "beingmade")
+    young.mkdir(mode=0o700)  # mkdtemp done, its lock not yet taken
+    other = parent / "sftp-ipi-other"
+    other.mkdir()
+    (parent / (decrypt_module.HOME_PREFIX + "afile")).write_text("not a directory")
+    old = parent / (decrypt_module.HOME_PREFIX + "oldversion")
+    old.mkdir(mode=0o700)
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+
+    assert decrypt_module.sweep_stale_homes(parent) == [old]
+    assert sorted(p.name for p in parent.iterdir()) == sorted(
+        [young.name, other.name, decrypt_module.HOME_PREFIX + "afile"]
+    )
 
 
 def _agents(home: Path) -> list[str]:

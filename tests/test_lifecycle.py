@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from hostile_sftp import NoPosixRenameServer, hostile_env
 from relay import Relay
 from test_decrypt import Keys, make_keys
 from test_operations import Webhook
+from test_resilience import kill_campaign_seed
 
 from app.config import load_settings
 from app.lifecycle import still_needed
@@ -448,3 +452,179 @@ print(children)
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# -- one published name, two remote files ---------------------------------------------------
+
+
+def test_two_remote_files_under_one_published_name_never_replace_each_other(
+    server: Server, run: Runner, gpg_keys: Keys
+) -> None:
+    """``X`` and ``X.gpg`` both publish as ``X``: the second fails, named with both, and
+    is neither published over the first nor deleted on the server, in this run or the next."""
+    server.put("20250101.IPI", b"the plain delivery\n", mtime=OLD)
+    server.put("20250101.IPI.gpg", gpg_keys.encrypt(b"the encrypted one\n", gpg_keys.recipient), mtime=OLD + 10)
+    settings = _decrypting(server, gpg_keys, SELECT_MODE="all", REMOTE_AFTER="delete")
+
+    result = run(**settings)
+
+    assert result.code == 1, result.output
+    conflict = [line for line in result.stderr.splitlines() if "would be published as '20250101.IPI'" in line]
+    assert conflict and "20250101.IPI.gpg" in conflict[0] and "'20250101.IPI' due before it" in conflict[0]
+    assert (server.served / "20250101.IPI").read_bytes() == b"the plain delivery\n"
+    assert (server.local / "20250101.IPI").read_bytes() == b"the plain delivery\n"
+    assert remote_names(server.remote) == ["20250101.IPI.gpg"]
+    assert [e.name for e in read_ledger(server.ledger).entries] == ["20250101.IPI"]
+    assert "20250101.IPI.gpg" in report_of(server)["failed"]
+
+    # The next run finds the name taken in the ledger: the source still stays.
+    again = run(**settings)
+
+    assert again.code == 1, again.output
+    assert "holds the delivery of '20250101.IPI' (in the ledger)" in again.stderr
+    assert (server.served / "20250101.IPI").read_bytes() == b"the plain delivery\n"
+    assert remote_names(server.remote) == ["20250101.IPI.gpg"]
+    assert [e.name for e in read_ledger(server.ledger).entries] == ["20250101.IPI"]
+    assert run("audit").code == 0
+
+
+def test_audit_reports_two_ledger_entries_for_one_published_name(server: Server, run: Runner, gpg_keys: Keys) -> None:
+    plaintext = b"rows\n"
+    server.put("20250101.IPI.gpg", gpg_keys.encrypt(plaintext, gpg_keys.recipient))
+    assert run(**_decrypting(server, gpg_keys)).code == 0
+    # What a run before the published-name check recorded for a plain file of the same name.
+    (encrypted,) = ledger_lines(server.ledger)
+    plain = {k: v for k, v in encrypted.items() if k not in ("published_as", "plaintext_size", "plaintext_sha256")}
+    plain.update(name="20250101.IPI", size=len(plaintext), sha256=sha256(plaintext))
+    with server.ledger.open("a") as fh:
+        fh.write(json.dumps(plain, sort_keys=True) + "\n")
+
+    audit = run("audit", "--json")
+
+    assert audit.code == 1, audit.output
+    findings = json.loads(audit.stdout)["findings"]
+    assert [(f["problem"], f["name"]) for f in findings] == [("conflict", "20250101.IPI")]
+    assert "'20250101.IPI.gpg', '20250101.IPI'" in findings[0]["detail"]
+
+
+# -- decompression bombs --------------------------------------------------------------------
+
+
+def test_a_decompression_bomb_fails_alone_with_its_ratio_and_the_feed_goes_on(
+    server: Server, run: Runner, gpg_keys: Keys
+) -> None:
+    bomb = gpg_keys.encrypt(bytes(64 * MiB), gpg_keys.recipient)  # gpg compresses the zeros ~1000:1
+    server.put("20250101.IPI.gpg", bomb, mtime=OLD)
+    server.put("20250102.IPI.gpg", gpg_keys.encrypt(b"next day\n", gpg_keys.recipient), mtime=OLD + 10)
+    textfile = server.tmp / "metrics.prom"
+    settings = _decrypting(server, gpg_keys, SELECT_MODE="all", REMOTE_AFTER="delete", METRICS_TEXTFILE=textfile)
+
+    result = run(**settings)
+
+    assert result.code == 1, result.output
+    assert f"cannot decrypt 20250101.IPI.gpg: its plaintext passed {100 * len(bomb)} bytes" in result.stderr
+    assert "a ratio over" in result.stderr and "DECRYPT_MAX_RATIO=100" in result.stderr
+    assert "Traceback" not in result.output and "No space left" not in result.output
+    assert remote_names(server.served) == ["20250102.IPI"]
+    assert remote_names(server.local) == ["20250101.IPI.gpg", "20250102.IPI", "20250102.IPI.gpg"]
+    assert remote_names(server.remote) == ["20250101.IPI.gpg"]  # never deleted: never delivered
+    assert [e.name for e in read_ledger(server.ledger).entries] == ["20250102.IPI.gpg"]
+    assert report_of(server)["decrypt_failed"] == {"20250101.IPI.gpg": "PLAINTEXT_TOO_LARGE"}
+    assert metric(textfile, "sftp_ipi_decrypt_failures_total") == 1
+
+    # Every later run fails the same file the same way, from the copy in LOCAL_DIR, and
+    # leaves nothing behind; a larger limit lets a genuine file through.
+    again = run(**settings)
+    assert again.code == 1, again.output
+    assert "20250101.IPI.gpg: already complete in LOCAL_DIR, not downloading it again" in again.stderr
+    assert "its plaintext passed" in again.stderr
+    assert remote_names(server.served) == ["20250102.IPI"]
+    let_through = run(**{**settings, "DECRYPT_MAX_RATIO": 0})
+    assert let_through.code == 0, let_through.output
+    assert (server.served / "20250101.IPI").stat().st_size == 64 * MiB
+
+
+# -- GnuPG homes after kill -9 --------------------------------------------------------------
+
+
+@pytest.fixture
+def short_tmpdir() -> Iterator[Path]:
+    """A TMPDIR short enough for gpg-agent's sockets, for the job's GnuPG homes."""
+    path = Path(tempfile.mkdtemp(prefix="g", dir="/tmp"))
+    yield path
+    for home in path.glob("sftp-ipi-gpg-*"):
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _agent_of(home: Path) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", f"gpg-agent --homedir {home}"], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+def test_a_run_killed_while_its_keyring_is_open_leaves_no_home_or_agent_after_the_next_run(
+    server: Server, relay: Relay, gpg_keys: Keys, short_tmpdir: Path
+) -> None:
+    server.put("20250101.IPI.gpg", gpg_keys.encrypt(b"first\n", gpg_keys.recipient), mtime=OLD)
+    server.put("20250102.IPI.gpg", gpg_keys.encrypt(os.urandom(8 * MiB), gpg_keys.recipient), mtime=OLD + 10)
+    settings = server.env(port=relay.port, SELECT_MODE="all", TMPDIR=short_tmpdir, **_decrypting(server, gpg_keys))
+    relay.rate = 1 * MiB  # the second download keeps the run, and its keyring, alive
+
+    proc = start_job(settings, server.tmp / "cwd")
+    assert wait_until(lambda: (server.served / "20250101.IPI").exists(), 30), "the first file was not published"
+    (home,) = short_tmpdir.glob("sftp-ipi-gpg-*")
+    assert _agent_of(home), "gpg started no agent: the check below would prove nothing"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert (home / "private-keys-v1.d").is_dir()  # the secret key, left by kill -9
+
+    relay.rate = None
+    result = run_job(settings, server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    assert f"removed the GnuPG home {home} left by an interrupted run, and stopped its gpg-agent" in result.stderr
+    assert list(short_tmpdir.iterdir()) == []
+    assert wait_until(lambda: _agent_of(home) == [], 10), "the killed run's gpg-agent still runs"
+    assert (server.served / "20250102.IPI").stat().st_size == 8 * MiB
+
+
+def test_kill_9_campaign_with_decryption_and_a_bomb_delivers_each_file_once_and_leaves_no_home(
+    server: Server, relay: Relay, gpg_keys: Keys, short_tmpdir: Path
+) -> None:
+    """Runs killed at random while files download, decrypt and publish (one of them a
+    decompression bomb stopped at DECRYPT_MAX_RATIO), then one clean run: every genuine
+    file is published once as its plaintext, the bomb never, and no GnuPG home,
+    agent or temp file is left."""
+    seed, rng = kill_campaign_seed()
+    plain = {f"202504{day:02d}.IPI": rng.randbytes(rng.randint(1 * MiB, 3 * MiB)) for day in range(1, 5)}
+    for name, data in plain.items():
+        server.put(f"{name}.gpg", gpg_keys.encrypt(data, gpg_keys.recipient))
+    bomb = gpg_keys.encrypt(bytes(32 * MiB), gpg_keys.recipient)
+    server.put("20250403.IPI.bomb.gpg", bomb)
+    relay.rate = 2 * MiB
+    settings = server.env(port=relay.port, SELECT_MODE="all", TMPDIR=short_tmpdir, **_decrypting(server, gpg_keys))
+    kills = runs = 0
+    while kills < 8 and runs < 30:
+        runs += 1
+        proc = start_job(settings, server.tmp / "cwd")
+        time.sleep(rng.uniform(0.1, 1.5))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=60)
+    assert kills >= 5, f"seed {seed}: only {kills} runs were killed"
+
+    relay.rate = None
+    final = run_job(settings, server.tmp / "cwd")
+
+    assert final.code == 1, f"seed {seed}: {final.output}"
+    assert "cannot decrypt 20250403.IPI.bomb.gpg: its plaintext passed" in final.stderr, f"seed {seed}"
+    for name, data in plain.items():
+        assert file_sha256(server.served / name) == sha256(data), f"seed {seed}: {name} in SERVER_DIR"
+    assert not (server.served / "20250403.IPI.bomb").exists(), f"seed {seed}"
+    names = [entry.name for entry in read_ledger(server.ledger).entries]
+    assert sorted(names) == sorted(f"{name}.gpg" for name in plain), f"seed {seed}: ledger {names}"
+    stray = [p.name for d in (server.local, server.served) for p in d.iterdir() if p.name.startswith(".")]
+    assert stray == [], f"seed {seed}: stray files {stray}"
+    assert list(short_tmpdir.iterdir()) == [], f"seed {seed}: GnuPG homes left"
+    assert subprocess.run(["pgrep", "-f", f"gpg-agent --homedir {short_tmpdir}"], check=False).returncode != 0

@@ -2,7 +2,8 @@
 
 Bit rot, a consumer that edited a published file, or a lost volume each show up
 as a file that is *missing*, *changed* (size or SHA-256 differs from the ledger)
-or *unknown* (in SERVER_DIR but not in the ledger). SERVER_DIR is checked in
+or *unknown* (in SERVER_DIR but not in the ledger); two remote files recorded
+under one published name are a *conflict*. SERVER_DIR is checked in
 full; LOCAL_DIR only for the delivered files it still keeps (partials and the
 job's temp files are never looked at).
 
@@ -36,7 +37,7 @@ EXIT_MISMATCH = 1
 
 @dataclass(frozen=True)
 class Finding:
-    problem: str  # missing, changed or unknown
+    problem: str  # missing, changed, unknown or conflict
     where: str  # SERVER_DIR or LOCAL_DIR
     name: str
     detail: str
@@ -80,6 +81,16 @@ class _Check:
 def delivered(ledger: Ledger) -> dict[str, LedgerEntry]:
     """Each delivered file's latest entry: a file fetched again is recorded again, and the last entry wins."""
     return {entry.name: entry for entry in ledger.entries}
+
+
+def _shared_names(ledger: Ledger) -> Iterator[Finding]:
+    """One published name recorded for two remote files: the later delivery replaced the
+    earlier one in SERVER_DIR, which the hash checks below, keyed by name, cannot see."""
+    for name, holders in ledger.publishers.items():
+        if len(holders) > 1:
+            names = ", ".join(map(repr, holders))
+            detail = f"published for {len(holders)} remote files: {names}; the last replaced the others"
+            yield Finding("conflict", "SERVER_DIR", name, detail)
 
 
 def size_problem(entry: LedgerEntry, mode: int, size: int) -> str | None:
@@ -128,7 +139,7 @@ def audit(settings: StateSettings) -> AuditResult:
         downloaded = delivered(ledger)
         expected = {published.name: published for published in map(as_published, downloaded.values())}
         pending = {note.name for note in ledger.refetch_pending}
-        findings: list[Finding] = []
+        findings: list[Finding] = list(_shared_names(ledger))
         checks: list[_Check] = []
 
         seen: dict[str, tuple[int, int]] = {}  # name -> (device, inode)

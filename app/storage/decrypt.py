@@ -16,10 +16,12 @@ as it is (``output_name`` returns None), not refused, since a feed may mix both.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import signal
+import stat
 import subprocess  # nosec B404
 import tempfile
 import threading
@@ -39,6 +41,15 @@ from app.storage.fsutil import open_exclusive, storage_error, temp_path, write_a
 # Read size from gpg's stdout: large enough that the per-block Python cost is
 # negligible, small enough that memory stays flat (measured by bench/decrypt_rss.py).
 _BLOCK = 1024 * 1024
+
+# Plaintext up to this size is never refused by DECRYPT_MAX_RATIO: a tiny encrypted
+# file of repetitive text (a header, a few rows) can expand more than 100 times
+# and is no threat to any disk.
+RATIO_FLOOR = 1024 * 1024
+
+# The umask gpg (and the gpg-agent it starts) runs with: the home is 0700, and the
+# files in it are the owner's alone too, so a home copied or moved keeps them private.
+_PRIVATE_UMASK = 0o077
 
 # Seconds gpg may take to exit after its output has ended, or to import a key.
 _GPG_TIMEOUT = 60
@@ -65,6 +76,34 @@ class Decrypted:
     sha256: str
     size: int
     signer: str | None  # the primary-key fingerprint of the accepted signature, if one was required
+
+
+@dataclass(frozen=True)
+class PlaintextLimit:
+    """DECRYPT_MAX_RATIO and DECRYPT_MAX_SIZE: how much plaintext one file may make (0: no limit)."""
+
+    max_ratio: int = 0
+    max_size: int = 0
+
+    def bytes_for(self, encrypted_size: int) -> int | None:
+        """The most plaintext bytes allowed for a file of ``encrypted_size`` bytes; None: unbounded."""
+        limits = []
+        if self.max_ratio:
+            limits.append(max(encrypted_size * self.max_ratio, RATIO_FLOOR))
+        if self.max_size:
+            limits.append(self.max_size)
+        return min(limits) if limits else None
+
+    def describe(self, encrypted_size: int, written: int) -> str:
+        """Why ``written`` bytes of plaintext stopped the file: its ratio and the setting passed."""
+        limit = self.bytes_for(encrypted_size)
+        ratio = written / encrypted_size if encrypted_size else float("inf")
+        by_size = bool(self.max_size) and limit == self.max_size
+        setting = f"DECRYPT_MAX_SIZE={self.max_size}" if by_size else f"DECRYPT_MAX_RATIO={self.max_ratio}"
+        return (
+            f"its plaintext passed {limit} bytes ({setting}) from {encrypted_size} encrypted bytes,"
+            f" a ratio over {ratio:.0f}:1 (a decompression bomb, or raise {setting.split('=')[0]})"
+        )
 
 
 def output_name(name: str, suffixes: tuple[str, ...]) -> str | None:
@@ -158,6 +197,9 @@ _REASON_HINTS = {
     "NODATA": "not OpenPGP data",
 }
 
+# DecryptError's reason when the plaintext limit stopped gpg.
+TOO_LARGE = "PLAINTEXT_TOO_LARGE"
+
 
 def _describe(reason: str) -> str:
     hint = _REASON_HINTS.get(reason.split(" ", 1)[0])
@@ -192,11 +234,18 @@ class _Drain:
 class Keyring:
     """A private GNUPGHOME holding GPG_PRIVATE_KEY_FILE's keys, for one run."""
 
-    def __init__(self, home: Path, passphrase: str | None, require_signers: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        home: Path,
+        passphrase: str | None,
+        require_signers: tuple[str, ...],
+        limit: PlaintextLimit | None = None,
+    ) -> None:
         self.gpg = _program("gpg")
         self.home = home
         self._passphrase = passphrase
         self.require_signers = require_signers
+        self.limit = limit or PlaintextLimit()
 
     def command(self, status_fd: int, passphrase_fd: int | None, *args: str) -> list[str]:
         """gpg's argv: file descriptors and paths only, never a secret."""
@@ -241,6 +290,8 @@ class Keyring:
                 stderr=subprocess.PIPE,
                 pass_fds=pass_fds,
                 env=self._environment(),
+                # Whatever the job's umask: nothing gpg or its agent writes is for others.
+                umask=_PRIVATE_UMASK,
             )
         except OSError as exc:
             os.close(status_read)
@@ -291,12 +342,20 @@ class Keyring:
         return Decrypted(temp=tmp, final=final, sha256=digest, size=size, signer=signer)
 
     def _stream(self, source: Path, fd: int, tmp: Path) -> tuple[str, int, Status, int]:
+        encrypted = _size_of(source)
+        limit = self.limit.bytes_for(encrypted)
         proc, status_drain, stderr_drain = self._start(["--output", "-", "--decrypt", str(source)], subprocess.PIPE)
         digest = hashlib.sha256()
         size = 0
         try:
             out = _stream_fd(proc.stdout)
             while block := os.read(out, _BLOCK):
+                if limit is not None and size + len(block) > limit:
+                    # Not one byte past the limit is written; gpg is killed on the way out (finally).
+                    raise DecryptError(
+                        f"cannot decrypt {source.name}: {self.limit.describe(encrypted, size + len(block))}",
+                        TOO_LARGE,
+                    )
                 digest.update(block)
                 with _translate_storage("write", tmp):
                     write_all(fd, block)
@@ -314,6 +373,11 @@ class Keyring:
         status = Status.parse(status_drain.result())
         stderr_drain.result()
         return digest.hexdigest(), size, status, proc.returncode
+
+
+def _size_of(path: Path) -> int:
+    with _translate_storage("read", path):
+        return path.stat().st_size
 
 
 def _program(name: str) -> str:
@@ -358,20 +422,38 @@ _SUN_PATH = 108
 _LONGEST_SOCKET = "S.gpg-agent.browser"
 
 
+# GnuPG homes are made as HOME_PREFIX + random under TMPDIR; each holds a lock file,
+# locked (flock) by the run that uses it. The kernel drops the lock when that run
+# dies, even by kill -9, while gpg-agent lives on: a home whose lock can be taken
+# is abandoned, and the next run's sweep stops its agent and removes it.
+HOME_PREFIX = "sftp-ipi-gpg-"
+_LOCK_NAME = ".sftp-ipi.lock"
+
+# A home without a lock file is one being made this instant, or one left by a version
+# before the lock: only the latter is this old (no run keeps a home this long unlocked).
+_UNLOCKED_HOME_SECONDS = 3600
+
+
 @contextlib.contextmanager
 def open_keyring(settings: Settings, parent: Path | None = None) -> Iterator[Keyring]:
     """A Keyring for this run, in a fresh 0700 directory under ``parent`` (default: TMPDIR).
 
     The directory, the keys in it and the gpg-agent gpg starts there are removed
-    on exit. Its path must stay short: the agent's socket lives in it (108 bytes).
+    on exit; a run killed before that leaves them to ``sweep_stale_homes``. Its
+    path must stay short: the agent's socket lives in it (108 bytes).
     """
     if settings.gpg_private_key_file is None:
         raise ConfigError("DECRYPT=gpg: set GPG_PRIVATE_KEY_FILE")
     try:
-        home = Path(tempfile.mkdtemp(prefix="sftp-ipi-gpg-", dir=parent))
+        # mkdtemp makes it 0700 at once: the secret key never sits in a directory others can read.
+        home = Path(tempfile.mkdtemp(prefix=HOME_PREFIX, dir=parent))
     except OSError as exc:
         raise storage_error("create a GnuPG home in", parent or Path(tempfile.gettempdir()), exc) from None
+    lock = -1
     try:
+        with _translate_storage("lock", home / _LOCK_NAME):
+            lock = os.open(home / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         longest = home / _LONGEST_SOCKET
         if len(os.fsencode(longest)) >= _SUN_PATH:
             # gpg would only say it cannot reach its agent, and the key import would seem to fail.
@@ -380,18 +462,71 @@ def open_keyring(settings: Settings, parent: Path | None = None) -> Iterator[Key
                 f" ({_SUN_PATH - 1} bytes at most): set TMPDIR to a shorter directory"
             )
         home.chmod(0o700)
-        keyring = Keyring(home, settings.gpg_passphrase, settings.gpg_require_signer)
+        limit = PlaintextLimit(settings.decrypt_max_ratio, settings.decrypt_max_size)
+        keyring = Keyring(home, settings.gpg_passphrase, settings.gpg_require_signer, limit)
         keyring.import_keys(settings.gpg_private_key_file)
         yield keyring
     finally:
         _remove_home(home)
+        if lock >= 0:
+            os.close(lock)
+
+
+def sweep_stale_homes(parent: Path | None = None) -> list[Path]:
+    """Stop the agents of, and remove, the GnuPG homes under ``parent`` (default: TMPDIR)
+    that killed runs of this job left; returns them.
+
+    Only directories named HOME_PREFIX..., owned by this user, whose lock no live run
+    holds: a home in use by another run (another feed sharing TMPDIR) is left alone.
+    """
+    parent = parent or Path(tempfile.gettempdir())
+    try:
+        candidates = [p for p in parent.iterdir() if p.name.startswith(HOME_PREFIX)]
+    except OSError:
+        return []  # no TMPDIR to sweep: open_keyring names the problem if it matters
+    removed = []
+    for home in candidates:
+        try:
+            st = home.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        with _abandoned(home, st) as stale:
+            if stale:
+                _remove_home(home)
+                removed.append(home)
+    return removed
+
+
+@contextlib.contextmanager
+def _abandoned(home: Path, st: os.stat_result) -> Iterator[bool]:
+    """Whether no run holds ``home``; the lock is held while the caller removes it."""
+    try:
+        fd = os.open(home / _LOCK_NAME, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield time.time() - st.st_mtime > _UNLOCKED_HOME_SECONDS
+        return
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False  # a live run's home
+        else:
+            yield True
+    finally:
+        os.close(fd)
 
 
 def _remove_home(home: Path) -> None:
     # gpg started an agent for the home; stop it before its keys are deleted under it.
     with contextlib.suppress(OSError, subprocess.SubprocessError, ConfigError):
         subprocess.run(  # nosec B603
-            [_program("gpgconf"), "--homedir", str(home), "--kill", "gpg-agent"],
+            # all: gpg-agent, and keyboxd or dirmngr where this gpg starts them too.
+            [_program("gpgconf"), "--homedir", str(home), "--kill", "all"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

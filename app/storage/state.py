@@ -140,6 +140,19 @@ class Ledger:
         return frozenset(e.name for e in self.entries)
 
     @property
+    def publishers(self) -> dict[str, tuple[str, ...]]:
+        """Each name published to SERVER_DIR -> the remote names whose deliveries took it,
+        in ledger order. Two remote names under one published name (``X`` and ``X.gpg``
+        with DECRYPT=gpg) mean the second overwrote the first: the job refuses that
+        (app/claims.py), and ``audit`` reports a ledger that holds it anyway."""
+        found: dict[str, list[str]] = {}
+        for entry in self.entries:
+            holders = found.setdefault(as_published(entry).name, [])
+            if entry.name not in holders:
+                holders.append(entry.name)
+        return {name: tuple(holders) for name, holders in found.items()}
+
+    @property
     def mtimes(self) -> dict[str, int]:
         """Where each completed file stands under ORDER_BY=mtime: the mtime it had when
         it was fetched, but never later than when it was fetched. A date ahead of our
