@@ -292,11 +292,12 @@ def test_the_builder_makes_what_kubectl_kustomize_makes(tmp_path: Path, digest: 
         (secrets / "sftp_credential").write_text("credential")
         (secrets / "known_hosts").write_text("known hosts")
     if digest:
-        for kust in (kube / "kustomization.yaml", kube / "examples" / "two-feeds" / "kustomization.yaml"):
+        day2 = tmp_path / "deploy" / "kubernetes-day2" / "kustomization.yaml"
+        for kust in (kube / "kustomization.yaml", kube / "examples" / "two-feeds" / "kustomization.yaml", day2):
             pin = "    digest: sha256:" + "ab" * 32
             kust.write_text(re.sub(r"    # digest: .*", pin, kust.read_text()))
     for entry in validate_k8s.ENTRY_POINTS:
-        copied = kube / entry.relative_to(REPO / "deploy" / "kubernetes")
+        copied = tmp_path / entry.relative_to(REPO)
         out = subprocess.run(["kubectl", "kustomize", str(copied)], capture_output=True, text=True, check=True).stdout
         theirs = normalized([d for d in yaml.safe_load_all(out) if d])
         ours = normalized([d for _, d in validate_k8s.manifests(copied)])
@@ -326,3 +327,34 @@ def test_the_builder_refuses_what_it_does_not_implement(tmp_path: Path, kustomiz
 
     with pytest.raises(validate_k8s.KustomizeError, match=refused):
         validate_k8s.build(overlay)
+
+
+def test_the_shipped_configmap_bounds_the_local_claim_with_local_retention() -> None:
+    data = objects()["ConfigMap/sftp-ipi-config"]["data"]
+    assert data.get("LOCAL_RETENTION") == "7", "keep (the default) would fill the local claim with a second copy"
+    env = {k: v for k, v in parse_dockerfile().final.env().items() if k != "PATH"}
+    loaded = load_settings({**env, **data, "SFTP_KEY_FILE": "", "SFTP_PASS": "x", "SFTP_KNOWN_HOSTS": ""})
+    assert loaded.local_retention == 7
+
+
+DAY2 = REPO / "deploy" / "kubernetes-day2"
+
+
+def test_the_day2_pod_mounts_what_the_cronjobs_pod_mounts_and_waits_for_kubectl_exec() -> None:
+    # The builder's output, which test_the_builder_makes_what_kubectl_kustomize_makes compares with kubectl's.
+    built = {f"{d['kind']}/{d['metadata']['name']}": d for _, d in validate_k8s.manifests(DAY2)}
+    assert set(built) - {"Pod/sftp-ipi-day2"} == set(objects()), "the feed's objects, unchanged, and the pod"
+    pod = built["Pod/sftp-ipi-day2"]
+    assert pod["kind"] == "Pod" and pod["metadata"]["name"] == "sftp-ipi-day2"
+    template = built["CronJob/sftp-ipi"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["spec"]["volumes"] == template["volumes"], "the feed's claims, Secret and /tmp"
+    assert pod["spec"]["securityContext"] == template["securityContext"]
+    (theirs,) = template["containers"]
+    (ours,) = pod["spec"]["containers"]
+    for key in ("envFrom", "volumeMounts", "securityContext"):
+        assert ours[key] == theirs[key], key
+    assert ours["image"] == "registry.example.com/sftp-ipi:0.1.0"
+    assert ours["command"][0] == "python" and "sleep" in ours["command"][-1], "waits; kubectl exec runs commands"
+    readme = (DAY2 / "kustomization.yaml").read_text()
+    for command in ("status", "audit", "refetch"):
+        assert f"kubectl exec sftp-ipi-day2 -- python -m app {command}" in readme

@@ -37,8 +37,8 @@ from referencing import Registry, Resource
 REPO = Path(__file__).resolve().parent.parent
 KUBE = REPO / "deploy" / "kubernetes"
 SCHEMA_DIR = KUBE / "schemas" / "v1.33.0-local-strict"
-# What an operator runs `kubectl apply -k` on: one feed, and the two-feed example.
-ENTRY_POINTS = (KUBE, KUBE / "examples" / "two-feeds")
+# What an operator runs `kubectl apply -k` on: one feed, the two-feed example, the day-2 pod.
+ENTRY_POINTS = (KUBE, KUBE / "examples" / "two-feeds", REPO / "deploy" / "kubernetes-day2")
 
 SUPPORTED_FIELDS = {"apiVersion", "kind", "resources", "namePrefix", "namespace", "patches", "secretGenerator"}
 SUPPORTED_FIELDS |= {"images"}
@@ -204,6 +204,8 @@ def pod_specs(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield spec["jobTemplate"]["spec"]["template"]["spec"]
     elif obj.get("kind") == "Job":
         yield spec["template"]["spec"]
+    elif obj.get("kind") == "Pod":
+        yield spec
 
 
 def references(pod: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], str]]:
