@@ -138,7 +138,9 @@ def test_pushgateway_credentials_in_the_url_are_sent_as_basic_auth_never_logged(
     assert result.code == 0, result.output
     assert "metrics pushed" in result.stderr
     with urllib.request.urlopen(f"{pushgateway}/metrics", timeout=5) as response:
-        assert 'sftp_ipi_last_run_exit_code{feed="site-b",instance="site-b",job="sftp_ipi"} 0' in response.read().decode()
+        assert (
+            'sftp_ipi_last_run_exit_code{feed="site-b",instance="site-b",job="sftp_ipi"} 0' in response.read().decode()
+        )
     assert PUSH_PASSWORD not in everything(server, result.stdout, result.stderr)
 
 
