@@ -499,7 +499,8 @@ class _Scheduler:
         if kind == "end":
             if data:
                 raise RemoteFileError(f"the file is longer than its listed size of {f.size} bytes")
-            if status is None or status[0] != SFTP_EOF:
+            # An empty DATA reply carries no byte past the end either (see below).
+            if data is None and (status is None or status[0] != SFTP_EOF):
                 raise RemoteFileError(f"server refused a read: {status[1] if status else 'unexpected reply'}")
             f.end_confirmed = True
         elif not data:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TextIO
+from typing import Any, TextIO
 
 import paramiko
 from loguru import logger
@@ -37,6 +37,7 @@ from app.selection import (
     order,
     record_key,
 )
+from app.server import profile
 from app.server.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
 from app.server.transfer import MAX_MISMATCHES, TransferResult
 from app.storage.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_errors
@@ -59,6 +60,7 @@ class RunSummary:
     backlog: Backlog = field(default_factory=Backlog)
     lifecycle: LifecycleTally = field(default_factory=LifecycleTally)
     ssh: dict[str, str] | None = None  # the algorithms of the last SSH session with the server
+    server_profile: dict[str, Any] | None = None  # what the last session learned of the server
 
 
 @dataclass
@@ -193,6 +195,7 @@ class Job:
             self.lifecycle.after_commit(conn, self._snap.ledger, self._snap.entries)
         finally:
             failing = sys.exc_info()[1] is not None
+            self.summary.server_profile = profile.of(conn).to_json()
             conn.close()
             if self._unsynced_record is not None:
                 record, self._unsynced_record = self._unsynced_record, None
@@ -292,6 +295,11 @@ def build_report(
     previous = read_report(settings.report_path)
     mismatches = sum(t.mismatches >= MAX_MISMATCHES for t in summary.tallies.values())
     lifecycle = summary.lifecycle
+    if summary.server_profile is not None:
+        # Once per run: the report is built once.
+        logger.bind(server_profile=summary.server_profile).info(
+            "server profile: {}", profile.render(summary.server_profile)
+        )
     return RunReport(
         started_at=iso(started),
         finished_at=finished_at,
@@ -317,6 +325,7 @@ def build_report(
         decrypt_failures_total=so_far("decrypt_failures_total", len(lifecycle.decrypt_failed), previous),
         remote_after_failures_total=so_far("remote_after_failures_total", len(lifecycle.remote_after_failed), previous),
         ssh=summary.ssh,
+        server_profile=summary.server_profile,
     )
 
 

@@ -5,6 +5,7 @@ learns the reads in flight each copes with, keeps that for the run, and delivers
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,3 +146,35 @@ def test_short_replies_in_catch_up_are_followed_up_at_the_read_limit(
     assert_delivered(tmp_path, lying, files)
     total = sum(len(d) for d in files.values())
     assert lying.lies.reads <= 2 * (total / READ + len(files)), lying.lies.reads
+
+
+def test_the_run_report_and_status_show_the_server_profile(
+    lying: HostileSftpServer, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    # What the job adapted to goes into the run report (server_profile), the log once, and status.
+    lying.lies.max_outstanding_reads = 8
+    lying.lies.max_open_files = 1
+    files = serve(lying, 4, 1_000_000)  # 16 reads each, fetched one at a time
+    env = env_for(lying, tmp_path, keys)
+
+    result = run_job(env, tmp_path / "cwd")
+
+    assert result.code == 0, result.output
+    assert_delivered(tmp_path, lying, files)
+    report = json.loads((tmp_path / "jail" / "state" / "run_report.json").read_text())
+    profile = report["server_profile"]
+    assert profile["reads_in_flight"] == 4
+    assert profile["handles_allowed"] == "one at a time"
+    assert profile["read_limit"] and profile["read_limit"] > 0
+    assert profile["removes_after_read"] is False
+    assert profile["exec_available"] is None
+    assert profile["rename_semantics"].startswith("posix-rename")
+    assert "digests_offered" in profile
+    assert any("server answered at most 8 reads in flight; pipelining reduced to 4" in x for x in profile["learned"])
+    assert result.stderr.count("server profile:") == 1
+
+    status = run_job(env, tmp_path / "cwd", "status")
+
+    assert "server profile:" in status.stdout
+    assert "4 reads in flight" in status.stdout
+    assert "open files: one at a time" in status.stdout

@@ -83,6 +83,9 @@ class RunReport:
     remote_after_failures_total: int = 0
     # The algorithms of the run's last SSH session with the server: {kex, cipher, mac, host_key_type}.
     ssh: dict[str, str] | None = None
+    # What the job learned about the server (app/server/profile.py): read limit, reads in
+    # flight, open files allowed, digests, exec, rename semantics, removal after reading.
+    server_profile: dict[str, Any] | None = None
     version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -153,6 +156,7 @@ _REPORT_CHECKS: dict[str, Any] = {
     "decrypt_failures_total": lambda v: _count(v),
     "remote_after_failures_total": lambda v: _count(v),
     "ssh": lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
+    "server_profile": _optional(dict),
 }
 _REQUIRED = ("exit_code", "ok")
 

@@ -9,6 +9,7 @@ from typing import Any
 from app.config import StateSettings
 from app.planning import SKIPS_NAMED
 from app.reporting.report import read_report
+from app.server import profile
 from app.server.transfer import Paths, partial_name, read_partial_meta
 from app.storage.names import invalid_name_reason
 from app.storage.state import RefetchNote, read_ledger, read_record
@@ -111,6 +112,9 @@ def render(status: Status) -> str:
         ssh = run.get("ssh")
         if ssh:
             lines.append("last SSH session: " + ", ".join(f"{k} {v}" for k, v in ssh.items()))
+        server = run.get("server_profile")
+        if server:
+            lines.append("server profile: " + profile.render(server))
     for label, files in (("held back", status.held_back), ("late", status.late)):
         for held in files[:SKIPS_NAMED]:
             lines.append(f"{label}: {held['name']!r}: {held['reason']} (since {held.get('since') or 'unknown'})")
