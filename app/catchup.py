@@ -31,7 +31,7 @@ import hashlib
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -311,19 +311,21 @@ class _Scheduler:
                                 break
                             held += self._start(self.queue.popleft())
                         # Every request made since the last wait goes out before the next.
-                        self._pump()
-                        self.outbox.flush()
-                        if self.active:
-                            self._receive()
-                        else:
+                        with self._lesson_on_failure():
+                            self._pump()
+                            self.outbox.flush()
+                            if self.active:
+                                receive(self.sftp)
+                        if not self.active:
                             wait(self.finishing, interrupt.POLL_SECONDS, FIRST_COMPLETED)
                         for num in list(self.sink.got):
                             if not self._dispatch(num):
                                 return False
                         # The replies' follow-ups (reads, closes, stats) go out before
                         # recording, whose group commit may wait on fsyncs.
-                        self._pump()
-                        self.outbox.flush()
+                        with self._lesson_on_failure():
+                            self._pump()
+                            self.outbox.flush()
                         if not self._collect(only_done=True):
                             return False
                 finally:
@@ -336,11 +338,12 @@ class _Scheduler:
         self.progress.finish()
         return True
 
-    def _receive(self) -> None:
-        """Wait for replies; a server that stalls or hangs up with many reads in flight
-        lowers the reads in flight for the rest of the run (the job reconnects)."""
+    @contextlib.contextmanager
+    def _lesson_on_failure(self) -> Iterator[None]:
+        """Around sending and waiting: a server that stalls or hangs up with many reads in
+        flight lowers the reads in flight for the rest of the run (the job reconnects)."""
         try:
-            receive(self.sftp)
+            yield
         except (OSError, EOFError, SSHException) as exc:
             unanswered = sum(1 for n, p in self.pending.items() if p[1] in _READS and n not in self.sink.got)
             self.conn.reads.lower(STALLED if isinstance(exc, TimeoutError) else HUNG_UP, self.peak, unanswered)

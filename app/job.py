@@ -37,7 +37,7 @@ from app.selection import (
     order,
     record_key,
 )
-from app.server import profile
+from app.server import inflight, profile
 from app.server.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
 from app.server.transfer import MAX_MISMATCHES, TransferResult
 from app.storage.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_errors
@@ -132,6 +132,7 @@ class Job:
         while True:
             interrupt.check()
             mark = total_kept(self.summary.tallies)
+            lessons = inflight.lessons_learned()
             try:
                 return attempt()
             except TransientError as exc:
@@ -139,7 +140,8 @@ class Job:
                 interrupt.check()
                 # Bytes received and then thrown away (a small file restarts from 0)
                 # are no progress: only a partial that grew or a completed file is.
-                if total_kept(self.summary.tallies) > mark:
+                # So is a lower number of reads in flight learned from the server's failure.
+                if total_kept(self.summary.tallies) > mark or inflight.lessons_learned() > lessons:
                     policy.progressed()
                 delay = policy.next_delay()
                 if delay is None or self.dry_run:  # a dry run is a quick look: one attempt

@@ -31,17 +31,14 @@ def lying(tmp_path: Path, keys: dict[str, Path]) -> Iterator[HostileSftpServer]:
 
 
 def env_for(server: HostileSftpServer, tmp_path: Path, keys: dict[str, Path], **extra: object) -> dict[str, str]:
-    env = hostile_env(
-        server,
-        tmp_path,
-        keys["client"],
-        CHUNK_SIZE=READ,
-        IO_TIMEOUT=5,
-        RETRY_MAX_TRIES=6,
-        RETRY_BACKOFF_FACTOR=0.1,
-        VERIFY_SOURCE="off",
-        **extra,
-    )
+    settings: dict[str, object] = {
+        "CHUNK_SIZE": READ,
+        "IO_TIMEOUT": 5,
+        "RETRY_MAX_TRIES": 6,
+        "RETRY_BACKOFF_FACTOR": 0.1,
+        "VERIFY_SOURCE": "off",
+    }
+    env = hostile_env(server, tmp_path, keys["client"], **(settings | extra))
     env["LEDGER_FILE"] = str(tmp_path / "jail" / "state" / "ledger.jsonl")
     return env
 
@@ -178,3 +175,19 @@ def test_the_run_report_and_status_show_the_server_profile(
     assert "server profile:" in status.stdout
     assert "4 reads in flight" in status.stdout
     assert "open files: one at a time" in status.stdout
+
+
+def test_a_lesson_learned_counts_as_progress_for_the_retries(
+    lying: HostileSftpServer, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    # CrushFTP hangs up before answering anything: 64, 32 and 16 reads in flight each
+    # cost an attempt. Each lowered the reads in flight, so none is an attempt without
+    # progress, and two tries in a row without progress are still allowed at the end.
+    lying.lies.when_overloaded, lying.lies.max_outstanding_reads = "hangup", 8
+    files = serve(lying, 1, 5 * MiB)
+
+    result = run_job(env_for(lying, tmp_path, keys, RETRY_MAX_TRIES=2), tmp_path / "cwd")
+
+    assert result.code == 0, result.output
+    assert_delivered(tmp_path, lying, files)
+    assert result.stderr.count(REDUCED) >= 2

@@ -67,3 +67,9 @@ def for_server(server: tuple[str, int], depth: int) -> ReadsInFlight:
     if found is None:
         found = _BY_SERVER[server] = ReadsInFlight(depth)
     return found
+
+
+def lessons_learned() -> int:
+    """How many times this run lowered the reads in flight, for any server: a retry
+    after a lesson is a different attempt, which the retry policy counts as progress."""
+    return sum(len(r.lessons) for r in _BY_SERVER.values())

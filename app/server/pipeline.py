@@ -423,6 +423,7 @@ def _read(
             # in-order byte that arrived is written before the error goes up. Not
             # after a timeout, which may have left half a packet read.
             cut = exc
+            peak = max(peak, len(inflight))  # a send may have failed before the window was full
             if not isinstance(exc, TimeoutError):
                 with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                     route_received(sftp)
