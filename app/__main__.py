@@ -32,7 +32,7 @@ from app.config import (
     state_setting_names,
 )
 from app.errors import EXIT_LOCKED, EXIT_STORAGE, ConfigError, Interrupted, JobError, LockedError, describe
-from app.job import Job, build_report, summary_line
+from app.job import Job, build_report, log_server_profile, summary_line
 from app.reporting.logs import setup, setup_bootstrap
 from app.reporting.report import write_report
 from app.reporting.status import gather, render
@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.bind(_file_only=True).error("traceback of the internal error:\n{}", trace)
             code, error = 1, f"internal error: {exc.__class__.__name__}"
         if job is not None and settings is not None and not args.dry_run:
+            log_server_profile(job.summary)
             logger.info(summary_line(job.summary, code, time.monotonic() - started))
             _after_run(settings, job, code, error, started_at)
     return code

@@ -31,12 +31,12 @@ import hashlib
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from loguru import logger
-from paramiko import Message
+from paramiko import Message, SSHException
 from paramiko.sftp import SFTP_EOF, SFTP_NO_SUCH_FILE, SFTP_PERMISSION_DENIED
 
 from app import interrupt
@@ -47,6 +47,7 @@ from app.reporting.progress import Progress
 from app.selection import RemoteEntry
 from app.server import proof
 from app.server.bandwidth import throttle_for
+from app.server.inflight import ENDED_EARLY, HUNG_UP, STALLED
 from app.server.pipeline import (
     MAX_AHEAD,
     Outbox,
@@ -99,6 +100,10 @@ FINISHERS = 8
 # is taken for a server that allows one open file per session, and so is
 # PERMISSION_DENIED while other files are open (the file is then tried alone).
 _FILE_STATUSES = {SFTP_NO_SUCH_FILE: errno.ENOENT, SFTP_PERMISSION_DENIED: errno.EACCES}
+
+# The kinds of request that are READs, counted against the reads in flight; "again" is
+# a read that ended early under pipelining, asked again alone.
+_READS = frozenset({"read", "end", "again"})
 
 
 def fetch_due(
@@ -226,6 +231,7 @@ class _Small:
     position: int = 0  # bytes in ``chunks``
     ready: dict[int, bytes] = field(default_factory=dict)  # replies ahead of ``position``
     reads: int = 0  # READs in flight
+    todo: deque[tuple[str, int, int]] = field(default_factory=deque)  # READs not yet sent: (kind, offset, length)
     end_confirmed: bool = False
 
 
@@ -260,6 +266,14 @@ class _Scheduler:
         self.alone: dict[str, str] = {}
         self.size = settings.chunk_size
         self.probing = True
+        # READs in flight across files, within conn.reads.limit (PIPELINE_DEPTH, lowered by
+        # the server's failures under it); the most at once, for what a failure happened with.
+        self.reading = 0
+        self.peak = 0
+        # Reads that got end-of-file before the listed end while others were in flight:
+        # asked again one at a time, once nothing else is in flight.
+        self.again: deque[tuple[_Small, int, int]] = deque()
+        self.early = (0, 0)  # (reads in flight, reads ended early), told once one proves early
         # BANDWIDTH_LIMIT: the run's one bucket, shared with transfer.download.
         self.throttle = throttle_for(settings)
 
@@ -297,17 +311,21 @@ class _Scheduler:
                                 break
                             held += self._start(self.queue.popleft())
                         # Every request made since the last wait goes out before the next.
-                        self.outbox.flush()
-                        if self.active:
-                            receive(self.sftp)
-                        else:
+                        with self._lesson_on_failure():
+                            self._pump()
+                            self.outbox.flush()
+                            if self.active:
+                                receive(self.sftp)
+                        if not self.active:
                             wait(self.finishing, interrupt.POLL_SECONDS, FIRST_COMPLETED)
                         for num in list(self.sink.got):
                             if not self._dispatch(num):
                                 return False
                         # The replies' follow-ups (reads, closes, stats) go out before
                         # recording, whose group commit may wait on fsyncs.
-                        self.outbox.flush()
+                        with self._lesson_on_failure():
+                            self._pump()
+                            self.outbox.flush()
                         if not self._collect(only_done=True):
                             return False
                 finally:
@@ -319,6 +337,36 @@ class _Scheduler:
                 self._drop(f)
         self.progress.finish()
         return True
+
+    @contextlib.contextmanager
+    def _lesson_on_failure(self) -> Iterator[None]:
+        """Around sending and waiting: a server that stalls or hangs up with many reads in
+        flight lowers the reads in flight for the rest of the run (the job reconnects)."""
+        try:
+            yield
+        except (OSError, EOFError, SSHException) as exc:
+            unanswered = sum(1 for n, p in self.pending.items() if p[1] in _READS and n not in self.sink.got)
+            self.conn.reads.lower(STALLED if isinstance(exc, TimeoutError) else HUNG_UP, self.peak, unanswered)
+            raise
+
+    def _pump(self) -> None:
+        """Send queued READs of the files in flight, oldest file first, while fewer than
+        the server's reads in flight are out. A read to ask again goes out alone."""
+        while self.again and self.again[0][0] not in self.active:
+            self.again.popleft()
+        if self.again:
+            if not self.reading:
+                f, offset, length = self.again.popleft()
+                self._send(f, "again", offset, length)
+            return
+        limit = self.conn.reads.limit
+        for f in self.active:
+            while f.todo and self.reading < limit:
+                kind, offset, length = f.todo.popleft()
+                self._send(f, kind, offset, length)
+            if self.reading >= limit:
+                break
+        self.peak = max(self.peak, self.reading)
 
     def _collect(self, *, only_done: bool) -> bool:
         """Record the files whose finishing (fsync, rename, publish) is over, in plan
@@ -357,6 +405,8 @@ class _Scheduler:
         """Hand one reply to its file; False if a failure ends the batch."""
         t, msg = self.sink.got.pop(num)
         f, kind, offset, length = self.pending.pop(num)
+        if kind in _READS:
+            self.reading -= 1
         if f not in self.active:
             return True  # a late reply for a file that already failed
         before = f.position
@@ -409,6 +459,7 @@ class _Scheduler:
                 self.throttle(length)
             num = request_read(self.sftp, self.sink, f.handle, offset, length)
             f.reads += 1
+            self.reading += 1
         self.pending[num] = (f, kind, offset, length)
 
     def _step(self, f: _Small, kind: str, offset: int, length: int, t: int, msg: Message) -> None:
@@ -425,11 +476,12 @@ class _Scheduler:
                 # Refused while others were open, opened alone: a limit of the server's.
                 self._one_at_a_time(f, self.alone.pop(f.entry.name))
             f.tally.resume_offsets.append(0)
+            # Sent by _pump, within the reads in flight the server copes with.
             for start in range(0, f.size, self.size):
-                self._send(f, "read", start, min(self.size, f.size - start))
+                f.todo.append(("read", start, min(self.size, f.size - start)))
             # One byte past the listed end must come back as end-of-file, or the
             # file is longer than listed; sent with the reads, it costs no round trip.
-            self._send(f, "end", f.size, 1)
+            f.todo.append(("end", f.size, 1))
             return
         if kind == "stat":
             attrs = reply_attrs(t, msg)
@@ -450,16 +502,27 @@ class _Scheduler:
         if kind == "end":
             if data:
                 raise RemoteFileError(f"the file is longer than its listed size of {f.size} bytes")
-            if status is None or status[0] != SFTP_EOF:
+            # An empty DATA reply carries no byte past the end either (see below).
+            if data is None and (status is None or status[0] != SFTP_EOF):
                 raise RemoteFileError(f"server refused a read: {status[1] if status else 'unexpected reply'}")
             f.end_confirmed = True
         elif not data:
             # An EOF status, or an empty DATA reply (taken for the end by pipeline._read
             # too): asking again would get the same answer, forever.
             if data is not None or (status is not None and status[0] == SFTP_EOF):
+                if kind == "read" and self.peak > 1:
+                    # Perhaps a server that ends reads early under many in flight (AWS
+                    # Transfer): asked again alone before the file is judged short.
+                    self.again.append((f, offset, length))
+                    self.early = (self.peak, self.early[1] + 1)
+                    return
                 raise RemoteFileError(f"file ended at byte {offset}, before its listed size of {f.size}")
             raise RemoteFileError(f"server refused a read: {status[1] if status else 'unexpected reply'}")
         else:
+            if kind == "again" and self.early[1]:
+                # Data where the burst got end-of-file: the server ended those reads early.
+                self.conn.reads.lower(ENDED_EARLY, *self.early)
+                self.early, self.peak = (0, 0), 0
             self._take(f, offset, length, data)
         if f.position == f.size and f.end_confirmed and not f.reads and f.handle is not None:
             # The close needs no reply; the second stat goes with it.
@@ -512,11 +575,15 @@ class _Scheduler:
             # The first reply tells the server's read limit (see pipeline.read_range).
             self.size, self.probing = min(self.size, len(data)), False
         rest = offset + len(data)
+        follow: list[tuple[str, int, int]] = []
         while rest < offset + length:
-            # A short reply (a server read limit): ask for the rest in pieces it serves whole.
-            piece = min(len(data), offset + length - rest)
-            self._send(f, "read", rest, piece)
+            # A short reply: the rest in pieces of the server's read limit (as pipeline._read
+            # asks), not of this reply, which may be far shorter (1 byte: a READ per byte).
+            piece = min(self.size, offset + length - rest)
+            follow.append(("read", rest, piece))
             rest += piece
+        # Ahead of the file's other reads, so the write position does not wait behind them.
+        f.todo.extendleft(reversed(follow))
         f.ready[offset] = data
         while f.position in f.ready:
             chunk = f.ready.pop(f.position)

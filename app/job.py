@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TextIO
+from typing import Any, TextIO
 
 import paramiko
 from loguru import logger
@@ -47,6 +47,7 @@ from app.selection import (
     order,
     record_key,
 )
+from app.server import inflight, profile
 from app.server.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
 from app.server.transfer import MAX_MISMATCHES, TransferResult
 from app.storage.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_errors
@@ -69,6 +70,7 @@ class RunSummary:
     backlog: Backlog = field(default_factory=Backlog)
     lifecycle: LifecycleTally = field(default_factory=LifecycleTally)
     ssh: dict[str, str] | None = None  # the algorithms of the last SSH session with the server
+    server_profile: dict[str, Any] | None = None  # what the last session learned of the server
 
 
 @dataclass
@@ -140,6 +142,7 @@ class Job:
         while True:
             interrupt.check()
             mark = total_kept(self.summary.tallies)
+            lessons = inflight.lessons_learned()
             try:
                 return attempt()
             except TransientError as exc:
@@ -147,7 +150,8 @@ class Job:
                 interrupt.check()
                 # Bytes received and then thrown away (a small file restarts from 0)
                 # are no progress: only a partial that grew or a completed file is.
-                if total_kept(self.summary.tallies) > mark:
+                # So is a lower number of reads in flight learned from the server's failure.
+                if total_kept(self.summary.tallies) > mark or inflight.lessons_learned() > lessons:
                     policy.progressed()
                 delay = policy.next_delay()
                 if delay is None or self.dry_run:  # a dry run is a quick look: one attempt
@@ -209,6 +213,7 @@ class Job:
             self.lifecycle.after_commit(conn, self._snap.ledger, self._snap.entries)
         finally:
             failing = sys.exc_info()[1] is not None
+            self.summary.server_profile = profile.of(conn).to_json()
             conn.close()
             if self._unsynced_record is not None:
                 record, self._unsynced_record = self._unsynced_record, None
@@ -341,7 +346,16 @@ def build_report(
         failed_files_total=so_far("failed_files_total", len(summary.failed), previous),
         retries_total=so_far("retries_total", len(summary.retries), previous),
         counters_since=counters_since(iso(started), previous),
+        server_profile=summary.server_profile,
     )
+
+
+def log_server_profile(summary: RunSummary) -> None:
+    """Say once per run, before its summary line, what the job learned about the server."""
+    if summary.server_profile is not None:
+        logger.bind(server_profile=summary.server_profile).info(
+            "server profile: {}", profile.render(summary.server_profile)
+        )
 
 
 def summary_line(summary: RunSummary, exit_code: int, seconds: float) -> str:

@@ -82,6 +82,19 @@ class Lies:
     # Rename targets (base names; b"*": every one) refused with PERMISSION_DENIED though
     # free, as servers with rules of their own do (NoPosixRenameServer only).
     rename_refused: set[bytes] = field(default_factory=set)
+    # Servers that fail under pipelined reads. Each READ is answered after read_hold
+    # seconds (a server with latency, so that READs are outstanding at once); one that
+    # arrives while max_outstanding_reads are outstanding is, by when_overloaded:
+    # "stall": never answered (Serv-U; with 2, a server answering the first two of a burst),
+    # "hangup": the connection is closed (CrushFTP), "eof": answered end-of-file (AWS Transfer).
+    read_hold: float = 0
+    max_outstanding_reads: int = 0
+    when_overloaded: str = "stall"
+    overloaded: int = 0  # filled by the server: READs it failed that way
+    reads: int = 0  # filled by the server: READs received
+    # The first READ of each opened file is served at most this many bytes (a short reply
+    # well below the read limit, as at a server's buffer boundary).
+    short_first_read: int = 0
 
 
 def _attrs(size: int, overrides: dict[str, int | None] | None = None) -> asyncssh.SFTPAttrs:
@@ -103,6 +116,12 @@ async def _process_packet(self: asyncssh.sftp.SFTPServerHandler, pkttype: int, p
     heard = getattr(self._server, "heard", None)
     if heard is not None:
         heard()
+    lies_ = getattr(self._server, "lies", None)
+    if pkttype == asyncssh.sftp.FXP_READ and lies_ is not None:
+        lies_.reads += 1
+        if lies_.read_hold:
+            _hold_read(self, lies_, pkttype, pktid, packet)
+            return
     if pkttype == asyncssh.sftp.FXP_READ and getattr(self._server, "empty_data", False):
         self.send_packet(asyncssh.sftp.FXP_DATA, pktid, UInt32(pktid), String(b""))
         return
@@ -128,6 +147,35 @@ async def _process_packet(self: asyncssh.sftp.SFTPServerHandler, pkttype: int, p
             return
         packet._idx = start  # type: ignore[attr-defined]
     await _original_process_packet(self, pkttype, pktid, packet)
+
+
+def _hold_read(handler: asyncssh.sftp.SFTPServerHandler, lies: Lies, pkttype: int, pktid: int, packet: object) -> None:
+    """Answer a READ after lies.read_hold seconds, beside the next requests; fail it as
+    lies.when_overloaded says when max_outstanding_reads are already outstanding."""
+    held: int = getattr(handler, "_hostile_held", 0)
+    if lies.max_outstanding_reads and held >= lies.max_outstanding_reads:
+        lies.overloaded += 1
+        if lies.when_overloaded == "hangup":
+            handler._server.channel.get_connection().close()
+        elif lies.when_overloaded == "eof":
+            status = UInt32(asyncssh.sftp.FX_EOF) + String(b"") + String(b"")
+            handler.send_packet(asyncssh.sftp.FXP_STATUS, pktid, UInt32(pktid), status)
+        return
+    handler._hostile_held = held + 1
+
+    async def later() -> None:
+        try:
+            await asyncio.sleep(lies.read_hold)
+            await _original_process_packet(handler, pkttype, pktid, packet)
+        finally:
+            handler._hostile_held -= 1
+
+    task = asyncio.get_running_loop().create_task(later())
+    _HELD.add(task)
+    task.add_done_callback(_HELD.discard)
+
+
+_HELD: set[asyncio.Task[None]] = set()  # held READs, referenced until answered
 
 
 def _check_file(handler: asyncssh.sftp.SFTPServerHandler, lies: Lies, request: bytes, packet: object) -> bytes | None:
@@ -197,6 +245,7 @@ def _server_class(lies: Lies) -> type[asyncssh.SFTPServer]:
             super().__init__(chan)
             self.lies = lies
             self.opened: set[bytes] = set()  # files this session has opened (read_once)
+            self.short_served: set[bytes] = set()  # files whose first READ was served short
             self.served: dict[bytes, list[tuple[int, int]]] = {}  # byte ranges read, per file (read_once)
             self._idle: asyncio.TimerHandle | None = None
             if lies.idle_drop_seconds:
@@ -247,6 +296,9 @@ def _server_class(lies: Lies) -> type[asyncssh.SFTPServer]:
             data = lies.files[file_obj]  # type: ignore[index]
             if lies.short_reads:
                 size = min(size, lies.short_reads)
+            if lies.short_first_read and file_obj not in self.short_served:
+                self.short_served.add(file_obj)  # type: ignore[arg-type]
+                size = min(size, lies.short_first_read)
             chunk = data[offset : offset + size]
             if lies.read_once and chunk:
                 served = self.served.setdefault(file_obj, [])  # type: ignore[arg-type]

@@ -97,6 +97,9 @@ class RunReport:
     failed_files_total: int = 0
     retries_total: int = 0
     counters_since: str | None = None
+    # What the job learned about the server (app/server/profile.py): read limit, reads in
+    # flight, open files allowed, digests, exec, rename semantics, removal after reading.
+    server_profile: dict[str, Any] | None = None
     version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -175,6 +178,7 @@ _REPORT_CHECKS: dict[str, Any] = {
     "failed_files_total": lambda v: _count(v),
     "retries_total": lambda v: _count(v),
     "counters_since": _optional_time,
+    "server_profile": _optional(dict),
 }
 _REQUIRED = ("exit_code", "ok")
 

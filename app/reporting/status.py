@@ -9,6 +9,7 @@ from typing import Any
 from app.config import StateSettings
 from app.planning import SKIPS_NAMED
 from app.reporting.report import read_report
+from app.server import profile
 from app.server.transfer import Paths, partial_name, read_partial_meta
 from app.storage.names import invalid_name_reason
 from app.storage.state import RefetchNote, read_ledger, read_record, run_in_progress
@@ -132,6 +133,9 @@ def render(status: Status) -> str:
             first = ", ".join(status.due_names[:SKIPS_NAMED])
             more = ", ..." if status.due_remaining > min(len(status.due_names), SKIPS_NAMED) else ""
             lines.append(f"{status.due_remaining} more due (left for later runs: {first}{more})")
+        server = run.get("server_profile")
+        if server:
+            lines.append("server profile: " + profile.render(server))
     for label, files in (("held back", status.held_back), ("late", status.late)):
         for held in files[:SKIPS_NAMED]:
             lines.append(f"{label}: {held['name']!r}: {held['reason']} (since {held.get('since') or 'unknown'})")

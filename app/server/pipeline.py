@@ -47,6 +47,10 @@ from paramiko.sftp import (
 )
 
 from app.errors import RemoteFileError, ServerSetupError
+from app.server.inflight import ENDED_EARLY, HUNG_UP, STALLED
+
+# Hears of a server failing under pipelining: (what, reads in flight, of them not answered) -> new limit.
+Trouble = Callable[[str, int, int], int]
 
 # Data requested but not yet written never exceeds this, whatever CHUNK_SIZE and
 # PIPELINE_DEPTH say, so memory stays bounded and independent of file size.
@@ -268,6 +272,7 @@ def read_range(
     check_end: bool = False,
     probe: bool = True,
     throttle: Callable[[int], None] | None = None,
+    trouble: Trouble | None = None,
 ) -> Iterator[bytes]:
     """Yield the bytes of ``[start, end)`` in order; with ``end=None``, up to the end of the file.
 
@@ -288,9 +293,23 @@ def read_range(
 
     ``throttle`` (BANDWIDTH_LIMIT, app/server/bandwidth.py) hears the length of each read
     request before it is sent, and may wait.
+
+    ``trouble`` (app/server/inflight.py: ``ReadsInFlight.lower``) hears of a server that
+    failed under pipelining: a stall or hang-up with many reads in flight (then the
+    error goes up, and the caller reconnects), or end-of-file answered early. Such an
+    end-of-file is asked again from its offset one request at a time before the file
+    is judged short; the rest is read with the lower number of reads in flight.
     """
     for _, chunk in _read(
-        sftp, handle, [(start, end)], request_size, depth, check_end=check_end, probe=probe, throttle=throttle
+        sftp,
+        handle,
+        [(start, end)],
+        request_size,
+        depth,
+        check_end=check_end,
+        probe=probe,
+        throttle=throttle,
+        trouble=trouble,
     ):
         yield chunk
 
@@ -304,6 +323,7 @@ def read_ranges(
     *,
     probe: bool = True,
     throttle: Callable[[int], None] | None = None,
+    trouble: Trouble | None = None,
 ) -> dict[int, bytes]:
     """The bytes of several ``[start, end)`` ranges, all requested in one pipelined
     batch (one round trip for a handful of small ranges); keyed by start."""
@@ -316,7 +336,7 @@ def read_ranges(
             raise ValueError(f"overlapping ranges at {range_start} and {following[0]}")
     owner = 0
     for offset, chunk in _read(
-        sftp, handle, ordered, request_size, depth, check_end=False, probe=probe, throttle=throttle
+        sftp, handle, ordered, request_size, depth, check_end=False, probe=probe, throttle=throttle, trouble=trouble
     ):
         while owner + 1 < len(ordered) and offset >= ordered[owner + 1][0]:
             owner += 1
@@ -334,6 +354,7 @@ def _read(
     check_end: bool,
     probe: bool,
     throttle: Callable[[int], None] | None = None,
+    trouble: Trouble | None = None,
 ) -> Iterator[tuple[int, bytes]]:
     """The pipelined reader behind read_range and read_ranges: yields ``(offset,
     chunk)`` in file order over sorted, disjoint ranges; only the last may be
@@ -352,6 +373,12 @@ def _read(
     last_end = ranges[-1][1]
     end_probe: int | None = None  # request number of the read at the last range's end
     end_confirmed = not check_end or open_ended
+    peak = 0  # the most reads in flight at once: what a failure under pipelining happened with
+    # Reads a pipelined burst got end-of-file for before the listed end: asked again one
+    # at a time (request numbers in ``alone``) before the file is judged short.
+    again: list[tuple[int, int]] = []
+    alone: set[int] = set()
+    early = (0, 0)  # (window, reads ended early) of the burst, told to ``trouble`` once one proves early
 
     def send(offset: int, length: int) -> int:
         nonlocal outstanding
@@ -372,7 +399,11 @@ def _read(
         window = 1 if probing else depth
         ahead = min(depth * size, MAX_AHEAD)
         try:
-            while to_send and len(inflight) < window and outstanding < ahead:
+            if again and not inflight:
+                # One at a time, once the burst is over.
+                offset, length = again.pop(0)
+                alone.add(send(offset, length))
+            while not again and to_send and len(inflight) < window and outstanding < ahead:
                 next_offset, range_end = to_send[0]
                 stop = range_end if range_end is not None else eof
                 if stop is not None and next_offset >= stop:
@@ -381,9 +412,9 @@ def _read(
                 length = size if stop is None else min(size, stop - next_offset)
                 send(next_offset, length)
                 to_send[0] = (next_offset + length, range_end)
-            if check_end and end_probe is None and not to_send and last_end is not None:
+            if check_end and end_probe is None and not to_send and not again and last_end is not None:
                 end_probe = send(last_end, 1)
-
+            peak = max(peak, len(inflight))
             if inflight:
                 sftp._read_response()
         except (OSError, EOFError, paramiko.SSHException) as exc:
@@ -392,6 +423,7 @@ def _read(
             # in-order byte that arrived is written before the error goes up. Not
             # after a timeout, which may have left half a packet read.
             cut = exc
+            peak = max(peak, len(inflight))  # a send may have failed before the window was full
             if not isinstance(exc, TimeoutError):
                 with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                     route_received(sftp)
@@ -410,11 +442,22 @@ def _read(
             outstanding -= length - len(data or b"")
             if not data:
                 if not open_ended or offset < ranges[-1][0]:
+                    if num not in alone and peak > 1:
+                        # Perhaps a server that ends reads early under many in flight (AWS Transfer).
+                        again.append((offset, length))
+                        again.sort()
+                        early = (peak, early[1] + 1)
+                        continue
                     raise RemoteFileError(f"file ended at byte {offset}, before its listed size of {last_end}")
                 eof = offset if eof is None else min(eof, offset)
                 continue
             if len(data) > length:
                 raise RemoteFileError(f"server sent {len(data)} bytes for a read of {length}")
+            if num in alone and early[1]:
+                # Data where the burst got end-of-file: the server ended those reads early.
+                if trouble is not None:
+                    depth = min(depth, trouble(ENDED_EARLY, *early))
+                early, peak = (0, 0), 0
             if len(data) < length and cut is None:
                 if probing:
                     size = len(data)
@@ -442,6 +485,8 @@ def _read(
             yield position, chunk
             position += len(chunk)
         if cut is not None:
+            if trouble is not None:
+                trouble(HUNG_UP if not isinstance(cut, TimeoutError) else STALLED, peak, len(inflight))
             raise cut
 
 

@@ -32,6 +32,8 @@ from app.errors import AuthError, ConfigError, HostKeyError, RemoteFileError, Re
 from app.selection import RemoteEntry
 from app.server import crypto_policy, host_certs, known_hosts, netpath
 from app.server.crypto_policy import Negotiated
+from app.server.inflight import ReadsInFlight
+from app.server.inflight import for_server as reads_for_server
 from app.server.pipeline import ReadLimit, announced, digests_offered, list_directory, open_sftp
 
 # The host-key algorithms that can verify a known_hosts entry of each key type.
@@ -100,7 +102,7 @@ def remote_errors(action: str, *, conn: Connection | None = None) -> Iterator[No
         # A limit of channels (AWS Transfer allows 10 per connection) or a policy: a new connection may get one.
         raise TransientError(f"{action}: the server refused to open a channel: {channel_refusal(exc)}") from None
     except (paramiko.SSHException, EOFError) as exc:
-        raise TransientError(f"{action}: {_short(exc)}") from None
+        raise TransientError(f"{action}: {_dropped(exc)}") from None
     except paramiko.SFTPError as exc:
         # paramiko's own complaints about the reply stream ("Expected handle", "Garbage packet
         # received" mid-session): the session is out of step, a new one may not be.
@@ -128,6 +130,15 @@ def channel_refusal(exc: paramiko.ChannelException) -> str:
     """A refused channel open in the server's own words: its reason text and code."""
     text = str(exc.text or "").strip()[:200]
     return f"{text!r} (reason code {exc.code})" if text else f"reason code {exc.code}"
+
+
+def _dropped(exc: BaseException) -> str:
+    """paramiko's words, completed where they end without a reason: its "Server connection
+    dropped: " carries the text of an EOFError, which is empty when the server hung up."""
+    text = _short(exc)
+    if isinstance(exc, EOFError) or text.endswith(":") or text == exc.__class__.__name__:
+        return f"{text.rstrip(':')}: the server closed the connection"
+    return text
 
 
 def _short(exc: BaseException) -> str:
@@ -364,6 +375,8 @@ class Connection:
     exec_channels_opened: int = 0  # exec channels this connection opened (servers limit them: AWS allows 10)
     digest_unparseable: str = ""  # why a check-file reply could not be read, if one could not
     rename_refusals: dict[str, str] = field(default_factory=dict)  # archive target -> the server's words
+    # READs kept in flight: PIPELINE_DEPTH, lowered by the server's failures under it, for the whole run.
+    reads: ReadsInFlight = field(default_factory=lambda: ReadsInFlight(1))
 
     @property
     def extensions(self) -> dict[str, bytes]:
@@ -680,6 +693,7 @@ def _open_session(
         jump=jump,
         negotiated=negotiated,
         server=(settings.sftp_host, settings.sftp_port),
+        reads=reads_for_server((settings.sftp_host, settings.sftp_port), settings.pipeline_depth),
     )
 
 

@@ -368,7 +368,14 @@ def _prefix_matches(
     ):
         size, probe = request_size(conn, settings)
         theirs = read_ranges(
-            conn.sftp, handle, ranges, size, settings.pipeline_depth, probe=probe, throttle=throttle_for(settings)
+            conn.sftp,
+            handle,
+            ranges,
+            size,
+            conn.reads.limit,
+            probe=probe,
+            throttle=throttle_for(settings),
+            trouble=conn.reads.lower,
         )
     try:
         with open(paths.part, "rb") as fh:
@@ -611,10 +618,11 @@ def _fill(
                 offset,
                 entry.size,
                 size,
-                settings.pipeline_depth,
+                conn.reads.limit,
                 check_end=True,
                 probe=probe,
                 throttle=throttle_for(settings),
+                trouble=conn.reads.lower,
             ):
                 interrupt.check()
                 try:
