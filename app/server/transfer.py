@@ -492,8 +492,7 @@ def _download(
         elif isinstance(exc, proof.ProofMismatchError):
             _discard_partial(paths)
             tally.kept, tally.prefix = 0, None
-        else:
-            assert blocks is not None  # a partial's blocks are kept beside it
+        elif blocks is not None:  # always, for a partial: its blocks are kept beside it
             _save_blocks(paths, entry, fd, blocks)
             tally.remember_prefix(paths.part, tally.kept, digest, blocks)
         raise
