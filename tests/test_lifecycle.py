@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from hostile_sftp import NoPosixRenameServer, hostile_env
 from relay import Relay
 from test_decrypt import Keys, make_keys
 from test_operations import Webhook
-from test_resilience import kill_campaign_seed
+from test_resilience import kill_at_random, kill_campaign_seed
 
 from app.config import load_settings
 from app.lifecycle import still_needed
@@ -603,15 +602,7 @@ def test_kill_9_campaign_with_decryption_and_a_bomb_delivers_each_file_once_and_
     server.put("20250403.IPI.bomb.gpg", bomb)
     relay.rate = 2 * MiB
     settings = server.env(port=relay.port, SELECT_MODE="all", TMPDIR=short_tmpdir, **_decrypting(server, gpg_keys))
-    kills = runs = 0
-    while kills < 8 and runs < 30:
-        runs += 1
-        proc = start_job(settings, server.tmp / "cwd")
-        time.sleep(rng.uniform(0.1, 1.5))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.communicate(timeout=60)
+    kills = kill_at_random(settings, server.tmp / "cwd", rng, kills=8, runs=30)
     assert kills >= 5, f"seed {seed}: only {kills} runs were killed"
 
     relay.rate = None

@@ -205,6 +205,21 @@ def test_remote_file_vanishing_before_download_fails_alone_in_all_mode(server: S
     assert server.record.read_text().strip() == "20250401.IPI"
 
 
+def kill_at_random(settings: dict[str, str], cwd: Path, rng: random.Random, *, kills: int, runs: int) -> int:
+    """Start the job up to ``runs`` times, SIGKILL each run still going after a random
+    moment, until ``kills`` were killed; how many were."""
+    killed = started = 0
+    while killed < kills and started < runs:
+        started += 1
+        proc = start_job(settings, cwd)
+        time.sleep(rng.uniform(0.1, 1.5))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.communicate(timeout=60)
+    return killed
+
+
 def kill_campaign_seed() -> tuple[int, random.Random]:
     """The campaign's seed (KILL_SEED reproduces a run) and its random source."""
     seed = int(os.environ.get("KILL_SEED", random.randrange(1 << 30)))
@@ -221,15 +236,7 @@ def kill_campaign(
         server.put(name, data)
     relay.rate = 2 * MiB  # slow enough that kills land mid-file, mid-publish and mid-record
     settings = server.env(port=relay.port, SELECT_MODE="all", **env)
-    kills = runs = 0
-    while kills < 12 and runs < 40:
-        runs += 1
-        proc = start_job(settings, server.tmp / "cwd")
-        time.sleep(rng.uniform(0.1, 1.5))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.communicate(timeout=60)
+    kills = kill_at_random(settings, server.tmp / "cwd", rng, kills=12, runs=40)
     assert kills >= min_kills, f"seed {seed}: only {kills} runs were killed"
 
     relay.rate = None
