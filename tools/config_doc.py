@@ -40,7 +40,7 @@ def _row(doc: SettingDoc) -> str:
     if doc.required:
         notes.append("**Required.**")
     if doc.secret:
-        notes.append("Secret: never logged or shown.")
+        notes.append("Secret: never logged; `sftp-ipi config` masks it.")
     meaning = " ".join([_escape(doc.doc), *notes])
     return f"| `{doc.env}` | {default} | {meaning} |"
 
