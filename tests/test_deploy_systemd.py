@@ -192,6 +192,19 @@ def test_the_per_feed_cron_recipe_passes_the_cron_check(tmp_path: Path) -> None:
         feed = Path(env_file).stem
         assert line.split(None, 6)[6].startswith(exec_start.replace("%i", feed)), line
 
+    # The feed's env file shown beside it holds valid settings, its own state and its feed name.
+    env_block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    values = dict(
+        line.split("#")[0].strip().split("=", 1) for line in env_block.splitlines() if re.match(r"^[A-Z_]+=", line)
+    )
+    secret = tmp_path / "password"
+    secret.write_text("pw\n")
+    settings = load_settings({**values, "SFTP_USER": "ipi", "SFTP_PASS_FILE": str(secret)})
+    feed = values["METRICS_INSTANCE"]
+    assert f"/etc/sftp-ipi/{feed}.env" in env_files
+    for path in (settings.local_dir, settings.last_file_record, settings.log_file, settings.server_dir):
+        assert feed in Path(path).parts, path
+
 
 def test_the_template_unit_keeps_the_single_units_sandbox_and_bounds() -> None:
     """sftp-ipi@.service differs from sftp-ipi.service only in its per-feed paths."""
