@@ -194,3 +194,38 @@ def test_the_configuration_reference_is_generated_from_the_settings() -> None:
     assert text == render(text), "run `make config-doc` (or `make env-example`) and commit the result"
     for doc in setting_docs():
         assert f"| `{doc.env}` |" in text
+
+
+def _commands_cited(text: str) -> list[str]:
+    """The job's command lines a page shows: `sftp-ipi ...` in prose, and the job's path in code blocks."""
+    cited = [code for code in _code_spans(text) if code.startswith("sftp-ipi ")]
+    for line in (line.strip() for line in _fenced(text)):
+        if "/opt/sftp-ipi/bin/sftp-ipi" in line:
+            cited.append("sftp-ipi" + line.rsplit("/opt/sftp-ipi/bin/sftp-ipi", 1)[1])
+        elif line.startswith("sftp-ipi "):
+            cited.append(line)
+    # The shell's part ends the job's arguments: a comment, a redirection, a pipe.
+    return [re.split(r"\s(?:#|2>|\||;|&&)", command)[0] for command in cited]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+def test_every_command_line_the_page_shows_is_one_the_job_accepts(
+    page: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.__main__ import parse_args
+
+    refused = []
+    for command in _commands_cited(page.read_text()):
+        if re.search(r"[\[\]<>]|\b[A-Z]{4,}\b(?!=)", command.replace("NAME", "x.IPI")):
+            continue  # a synopsis (`[run]`, `COMMAND`), not a command line
+        try:
+            parse_args(command.split()[1:])
+        except SystemExit as stop:
+            if stop.code:
+                refused.append(command)
+    capsys.readouterr()
+    assert refused == [], f"{page.name} shows command lines the job refuses: {refused}"
+
+
+def test_the_readme_shows_command_lines() -> None:
+    assert len(_commands_cited(README.read_text())) > 5, "this test's pattern is wrong"
