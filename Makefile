@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # Parallel test workers: one per core is what the 2-core CI machine handles best.
 PYTEST_WORKERS ?= auto
 
-.PHONY: help venv sshd test-deps lint-deps systemd-cli test lint demo bench clean env-example lock compose-cli compose-config compose-keys container-test
+.PHONY: help venv sshd test-deps lint-deps systemd-cli test lint demo bench clean env-example config-doc lock compose-cli compose-config compose-keys container-test
 
 # Hash-pinned dependency locks used by the container build; `make lock` refreshes them.
 UV_VERSION ?= 0.13.9
@@ -82,7 +82,7 @@ lint: venv lint-deps
 	$(PY) -m ruff format --check app tests tools
 	$(PY) -m mypy
 	$(PY) -m mypy tools/validate_k8s.py tools/audit_deps.py tools/verify_schedules.py tools/prometheus_rule.py \
-		tools/grafana_dashboard.py
+		tools/grafana_dashboard.py tools/config_doc.py
 	$(PY) -m bandit --quiet --configfile pyproject.toml --recursive app
 	PY=$(PY) bash tools/check_rules.sh
 	$(HADOLINT) --failure-threshold error $(DOCKERFILES)
@@ -124,8 +124,12 @@ bench: venv sshd
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
-env-example: venv
+# .env.example and docs/configuration.md's reference, both from app/config.py's Settings.
+env-example: venv config-doc
 	$(PY) tools/env_example.py > .env.example
+
+config-doc: venv
+	$(PY) tools/config_doc.py
 
 lock: venv
 	$(PY) -m pip install --quiet 'uv==$(UV_VERSION)'

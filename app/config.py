@@ -243,7 +243,7 @@ class Settings(_StateLayout):
     resume_verify_bytes: int = _setting(
         MiB,
         "Bytes before the resume point re-read from the server and compared before resuming (with the first"
-        " block and sampled blocks of the kept prefix; see the README).",
+        " block and sampled blocks of the kept prefix; see docs/design.md).",
     )
     local_retention: int | None = _setting(
         None,

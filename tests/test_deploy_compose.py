@@ -71,7 +71,9 @@ def test_test_server_image_is_pinned_to_a_tag_and_can_be_pinned_by_digest() -> N
     assert match, "SFTP_TEST_IMAGE overrides it (a digest, or the container test's stand-in)"
     name, _, tag = match.group(1).rpartition(":")
     assert name == "docker.io/atmoz/sftp" and tag not in ("", "latest")
-    assert re.search(r"atmoz/sftp:" + tag + r"@sha256:", (REPO / "README.md").read_text()), "README shows a digest pin"
+    assert re.search(r"atmoz/sftp:" + tag + r"@sha256:", (REPO / "docs" / "deployment.md").read_text()), (
+        "docs/deployment.md shows a digest pin"
+    )
 
 
 def test_downloader_is_built_from_the_dockerfile_and_mounts_the_image_volumes() -> None:

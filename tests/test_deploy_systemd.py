@@ -165,12 +165,45 @@ def test_cron_check_catches_a_bad_line(tmp_path: Path, line: str, reported: str)
     assert any(reported in p for p in problems), problems
 
 
-def test_readme_shows_the_cron_line_and_the_unit_files() -> None:
-    readme = (REPO / "README.md").read_text()
+def test_the_deployment_page_shows_the_cron_line_and_the_unit_files() -> None:
+    page = (REPO / "docs" / "deployment.md").read_text()
     ((_, line),) = verify_schedules.cron_entries()
-    assert line in readme
+    assert line in page
     for unit in verify_schedules.unit_files():
-        assert f"deploy/systemd/{unit.name}" in readme
+        assert f"deploy/systemd/{unit.name}" in page
+
+
+def test_the_per_feed_cron_recipe_passes_the_cron_check(tmp_path: Path) -> None:
+    """docs/deployment.md's one-line-per-feed recipe is a valid cron.d file running the job per env file."""
+    page = (REPO / "docs" / "deployment.md").read_text()
+    section = page.split("### Many feeds with cron\n", 1)[1].split("\n### ", 1)[0]
+    lines = [line for line in section.splitlines() if re.match(r"^[*0-9]", line) and "sftp-ipi --env-file" in line]
+    assert len(lines) >= 2, "one line per feed"
+    env_files = [re.search(r"--env-file (\S+)", line).group(1) for line in lines]  # type: ignore[union-attr]
+    assert len(set(env_files)) == len(lines), "each feed has its own env file"
+    assert "flock" not in "".join(lines), "the job holds its own lock"
+    cron = tmp_path / "sftp-ipi"
+    cron.write_text("SHELL=/bin/sh\nPATH=/usr/bin:/bin\n" + "\n".join(lines) + "\n")
+    # Each line runs what the template unit runs for its feed, not the single unit's env file.
+    problems = [p for p in verify_schedules.verify_cron(cron) if "differs from sftp-ipi.service" not in p]
+    assert problems == []
+    (exec_start,) = verify_schedules.unit_values(REPO / "deploy" / "systemd" / "sftp-ipi@.service", "ExecStart")
+    for line, env_file in zip(lines, env_files, strict=True):
+        feed = Path(env_file).stem
+        assert line.split(None, 6)[6].startswith(exec_start.replace("%i", feed)), line
+
+    # The feed's env file shown beside it holds valid settings, its own state and its feed name.
+    env_block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    values = dict(
+        line.split("#")[0].strip().split("=", 1) for line in env_block.splitlines() if re.match(r"^[A-Z_]+=", line)
+    )
+    secret = tmp_path / "password"
+    secret.write_text("pw\n")
+    settings = load_settings({**values, "SFTP_USER": "ipi", "SFTP_PASS_FILE": str(secret)})
+    feed = values["METRICS_INSTANCE"]
+    assert f"/etc/sftp-ipi/{feed}.env" in env_files
+    for path in (settings.local_dir, settings.last_file_record, settings.log_file, settings.server_dir):
+        assert feed in Path(path).parts, path
 
 
 def test_the_template_unit_keeps_the_single_units_sandbox_and_bounds() -> None:

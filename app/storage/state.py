@@ -293,7 +293,7 @@ def read_ledger(path: Path) -> Ledger:
                 damaged += 1
                 continue
             raise ConfigError(
-                f"ledger {path}:{number}: {exc}; repair or remove that line (see README, state files)"
+                f"ledger {path}:{number}: {exc}; repair or remove that line (see docs/operations.md, State files)"
             ) from None
     entries, pending = _apply_refetches(_apply_remote_after(items))
     return Ledger(entries=entries, damaged_lines=damaged, refetch_pending=pending)
