@@ -4,6 +4,7 @@ and the failure streaks that name a stuck file with the command that skips it.""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import time
@@ -364,3 +365,28 @@ def test_streaks_from_a_damaged_report_are_dropped_one_by_one() -> None:
     value = {B: good.to_json(), C: {"runs": "three"}, "": good.to_json(), A: {**good.to_json(), "runs": True}}
     assert streaks_from_json(value) == {B: good}
     assert streaks_from_json(["not", "a", "dict"]) == {}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving state files to a service account needs root")
+def test_skip_run_as_root_leaves_the_ledger_to_the_service_user(unprivileged_server: Server) -> None:
+    import pwd
+
+    server = unprivileged_server
+    server.put(B, b"b" * 5000).chmod(0o000)
+    assert job(server).code == 1  # the first file of the feed fails: no ledger yet
+    assert not server.ledger.exists()
+    service = pwd.getpwnam("nobody")
+    os.chown(server.record.parent, service.pw_uid, service.pw_gid)
+
+    assert job(server, "skip", B, "--reason", "unreadable").code == 0
+    created = server.ledger.stat()
+    assert (created.st_uid, created.st_gid) == (service.pw_uid, service.pw_gid), "created for the service user"
+
+    server.put(C, b"c" * 10).chmod(0o000)
+    assert job(server).code == 1
+    os.chown(server.ledger, service.pw_uid, service.pw_gid)
+    server.ledger.chmod(0o640)
+    assert job(server, "skip", C, "--reason", "unreadable").code == 0
+    kept = server.ledger.stat()
+    assert (kept.st_uid, kept.st_gid, kept.st_mode & 0o777) == (service.pw_uid, service.pw_gid, 0o640)
+    assert set(read_ledger(server.ledger).skipped) == {B, C}
