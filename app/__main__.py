@@ -125,7 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "status": "report from local state only, without connecting (exit 0 if the last run succeeded, 1 otherwise)",
         "audit": "re-hash SERVER_DIR (and LOCAL_DIR's copies) against the ledger; report missing, changed and"
         " unknown files (exit 0 if all match, 1 otherwise, 2 if the ledger is damaged)",
-        "refetch": "make delivered files due again: the next run fetches each once and records it again",
+        "refetch": "make delivered (or skipped) files due again: the next run fetches each once and records it",
         "skip": "pass files that cannot be delivered (e.g. unreadable on the server): the next run takes each"
         " for done without fetching it, and status, the run report and audit name it as skipped",
         "config": "print every effective setting and where it came from (default, env file:line, environment);"
@@ -142,7 +142,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
         _add_options(sub, command)
         if command == "refetch":
-            sub.add_argument("names", nargs="+", metavar="NAME", help="a delivered file's name, as in the ledger")
+            sub.add_argument(
+                "names", nargs="+", metavar="NAME", help="a delivered or skipped file's name, as in the ledger"
+            )
         if command == "skip":
             sub.add_argument("names", nargs="+", metavar="NAME", help="a remote file's name, as the last run listed it")
             sub.add_argument(

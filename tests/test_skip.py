@@ -133,6 +133,29 @@ def test_under_select_mode_all_a_skipped_file_lets_the_record_move_past_it(unpri
     assert [f["name"] for f in report(server)["files"]] == [], "nothing fetched again, the skipped file never"
 
 
+def test_a_skipped_file_fixed_on_the_server_is_fetched_after_all_with_refetch(unprivileged_server: Server) -> None:
+    server = unprivileged_server
+    files = unreadable_b(server)
+    assert job(server, "skip", B, "--reason", "unreadable").code == 0
+    assert job(server).code == 0
+    assert server.record.read_text() == f"{C}\n"
+    (server.remote / B).chmod(0o644)  # the partner fixed it
+
+    undo = job(server, "refetch", B)
+
+    assert undo.code == 0, undo.output
+    assert f"refetch: {B} (skipped" in undo.stdout
+    assert server.record.read_text() == f"{A}\n"
+    assert read_ledger(server.ledger).skipped == {}
+    again = job(server)
+    assert again.code == 0, again.output
+    assert file_sha256(server.served / B) == sha256(files[B])
+    assert server.record.read_text() == f"{C}\n"
+    assert read_ledger(server.ledger).names == {A, B, C}
+    assert report(server)["skipped"] == []
+    assert job(server, "audit").code == 0
+
+
 def test_skip_uses_user_when_not_run_with_sudo() -> None:
     assert operator({"USER": "bob"}) == "bob"
     assert operator({"USER": "root", "SUDO_USER": "alice"}) == "alice"
@@ -294,6 +317,15 @@ def test_a_later_delivery_or_refetch_of_the_name_ends_its_skip(tmp_path: Path) -
     append_ledger(path, entry(B), RefetchNote(C, "2025-03-01T00:00:00+00:00", "ops@host"))
     ledger = read_ledger(path)
     assert ledger.skipped == {} and ledger.names == {B}
+
+
+def test_refetch_plan_takes_a_skipped_file_and_rewinds_the_record_before_it() -> None:
+    from app.storage.refetch import plan_refetch
+
+    ledger = Ledger(entries=(entry(A), entry(C)), skips=(note(B),))
+    refetch = plan_refetch([B], ledger, C, "name-date")
+    assert [n.name for n in refetch.unskipped] == [B] and refetch.files == ()
+    assert refetch.record_after == A
 
 
 def test_skip_checks_cover_every_field_of_the_note() -> None:
