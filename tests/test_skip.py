@@ -422,3 +422,15 @@ def test_skip_run_as_root_leaves_the_ledger_to_the_service_user(unprivileged_ser
     kept = server.ledger.stat()
     assert (kept.st_uid, kept.st_gid, kept.st_mode & 0o777) == (service.pw_uid, service.pw_gid, 0o640)
     assert set(read_ledger(server.ledger).skipped) == {B, C}
+
+
+def test_a_skipped_file_without_a_place_in_the_order_is_no_longer_held_back() -> None:
+    from app.selection import Criteria, RemoteEntry, SkipReason, make_plan
+
+    criteria = Criteria("*IPI*", "name-date", "next", 0)
+    listing = [RemoteEntry("README_IPI.txt", 10, 1), RemoteEntry(A, 10, 1)]
+    before = make_plan(listing, criteria, None, frozenset(), 100.0)
+    assert {s.name: s.reason for s in before.skipped}["README_IPI.txt"] is SkipReason.NO_DATE
+    after = make_plan(listing, criteria, None, frozenset({"README_IPI.txt"}), 100.0)
+    assert {s.name: s.reason for s in after.skipped}["README_IPI.txt"] is SkipReason.COMPLETED
+    assert [e.name for e in after.due] == [A]
