@@ -1,5 +1,5 @@
-"""Command line: ``python -m app`` (or ``sftp-ipi``) runs the job once; ``status``, ``audit``
-and ``refetch`` work on the local state only."""
+"""Command line: ``python -m app`` (or ``sftp-ipi``) runs the job once; ``status``, ``audit``,
+``refetch`` and ``skip`` work on the local state only."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from app.config import (
     state_setting_names,
 )
 from app.errors import EXIT_LOCKED, EXIT_STORAGE, ConfigError, Interrupted, JobError, LockedError, describe
-from app.job import Job, build_report, log_server_profile, summary_line
+from app.job import Job, build_report, log_server_profile, log_stuck, summary_line
 from app.reporting.logs import setup, setup_bootstrap
 from app.reporting.report import write_report
 from app.reporting.status import gather, render
@@ -40,6 +40,7 @@ from app.storage.audit import audit
 from app.storage.audit import render as render_audit
 from app.storage.fsutil import ensure_dir
 from app.storage.refetch import refetch
+from app.storage.skip import skip
 from app.storage.state import RunLock
 
 T = TypeVar("T")
@@ -66,13 +67,15 @@ def _help_epilog() -> str:
 
 
 # Commands that read local state only: they need no connection settings and never connect.
-STATE_COMMANDS = ("status", "audit", "refetch")
+STATE_COMMANDS = ("status", "audit", "refetch", "skip")
+# Commands that change the state they name (and leave their trace in LOG_FILE).
+_CHANGING_COMMANDS = ("refetch", "skip")
 _JSON_COMMANDS = ("status", "audit", "config")
 _DRY_RUN_COMMANDS = ("run", "refetch")
 
 
 def _state_epilog(command: str) -> str:
-    changes = "changes nothing" if command != "refetch" else "changes only the state it names"
+    changes = "changes only the state it names" if command in _CHANGING_COMMANDS else "changes nothing"
     text = (
         f"reads only these settings (environment variables, also read from ./.env): {', '.join(state_setting_names())};"
         f" never connects, {changes}. Every setting: sftp-ipi --help."
@@ -110,7 +113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="sftp-ipi",
         description="Pull the next IPI file(s) from an SFTP server: resumable, verified, published atomically.",
-        usage="%(prog)s [run|status|audit|refetch|config] [options]",
+        usage="%(prog)s [run|status|audit|refetch|skip|config] [options]",
         epilog=_help_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -122,7 +125,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "status": "report from local state only, without connecting (exit 0 if the last run succeeded, 1 otherwise)",
         "audit": "re-hash SERVER_DIR (and LOCAL_DIR's copies) against the ledger; report missing, changed and"
         " unknown files (exit 0 if all match, 1 otherwise, 2 if the ledger is damaged)",
-        "refetch": "make delivered files due again: the next run fetches each once and records it again",
+        "refetch": "make delivered (or skipped) files due again: the next run fetches each once and records it",
+        "skip": "pass files that cannot be delivered (e.g. unreadable on the server): the next run takes each"
+        " for done without fetching it, and status, the run report and audit name it as skipped",
         "config": "print every effective setting and where it came from (default, env file:line, environment);"
         " secrets masked; exit 2 if one is invalid",
     }
@@ -137,7 +142,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
         _add_options(sub, command)
         if command == "refetch":
-            sub.add_argument("names", nargs="+", metavar="NAME", help="a delivered file's name, as in the ledger")
+            sub.add_argument(
+                "names", nargs="+", metavar="NAME", help="a delivered or skipped file's name, as in the ledger"
+            )
+        if command == "skip":
+            sub.add_argument("names", nargs="+", metavar="NAME", help="a remote file's name, as the last run listed it")
+            sub.add_argument(
+                "--reason", required=True, metavar="TEXT", help="why it is skipped; recorded in the ledger"
+            )
     args = parser.parse_args(argv)
     args.command = args.command or "run"
     if args.json and args.command not in _JSON_COMMANDS:
@@ -191,8 +203,8 @@ def _config(args: argparse.Namespace) -> int:
 def _state_command(args: argparse.Namespace) -> int:
     settings = _load(args, load_state_settings)
     os.umask(settings.umask)
-    changes = args.command == "refetch" and not args.dry_run
-    # Only a refetch changes state, so only it leaves its trace in LOG_FILE.
+    changes = args.command in _CHANGING_COMMANDS and not args.dry_run
+    # Only refetch and skip change state, so only they leave their trace in LOG_FILE.
     setup(settings.log_level, settings.log_format, settings.log_file if changes else None, ())
     if args.env_file is None and not Path(".env").is_file() and not set(state_setting_names()) & set(os.environ):
         logger.warning(
@@ -204,6 +216,8 @@ def _state_command(args: argparse.Namespace) -> int:
         return _status(settings, args.json)
     if args.command == "audit":
         return _audit(settings, args.json)
+    if args.command == "skip":
+        return skip(settings, args.names, args.reason, out=sys.stdout)
     return refetch(settings, args.names, dry_run=args.dry_run, out=sys.stdout)
 
 
@@ -220,6 +234,8 @@ def _after_run(settings: Settings, job: Job, code: int, error: str | None, start
     report = _step("run report not built", lambda: build_report(settings, job.summary, code, error, started, _now()))
     if report is None:
         return
+    if code != EXIT_LOCKED:
+        log_stuck(report)
     if interrupt.requested() is not None and settings.notify_timeout > STOP_GRACE:
         # A stopped run still reports and alerts, but within the grace a supervisor
         # allows after SIGTERM (systemd's TimeoutStopSec, Kubernetes' grace period),

@@ -106,6 +106,11 @@ class _StateLayout:
             return self.report_file
         return self.last_file_record.parent / "run_report.json"
 
+    @property
+    def observations_path(self) -> Path:
+        """What the job saw of each listed, undelivered file (app/planning.py): the last listing's names."""
+        return self.last_file_record.parent / "seen_files.json"
+
 
 @dataclass(frozen=True)
 class Settings(_StateLayout):
@@ -250,6 +255,11 @@ class Settings(_StateLayout):
         "LOCAL_DIR copies of published files: keep; delete-after-publish; or a number of days after"
         " publication. Only files recorded in the ledger and present in SERVER_DIR are deleted.",
         example="keep",
+    )
+    stuck_after_runs: int = _setting(
+        3,
+        "A due file that failed the same way on this many runs in a row is named as stuck (log, run report,"
+        " sftp_ipi_stuck_files) with the `sftp-ipi skip` command that passes it; 0: never.",
     )
     retry_max_tries: int = _setting(7, "Attempts in a row without progress before the run gives up.")
     retry_max_time: int = _setting(1800, "Seconds without progress before the run gives up retrying.")
@@ -765,6 +775,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "keepalive_interval": _int(0, 86400),
     "resume_verify_bytes": _int(0, 64 * MiB),
     "local_retention": _retention,
+    "stuck_after_runs": _int(0, 1000),
     "retry_max_tries": _int(1, 1000),
     "retry_max_time": _int(0),
     "retry_backoff_factor": _float(0.0),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import sys
 import time
@@ -29,6 +30,8 @@ from app.planning import Backlog, Planner
 from app.reporting.report import (
     RetryRecord,
     RunReport,
+    SkippedFile,
+    StuckFile,
     counters_since,
     iso,
     last_success,
@@ -53,6 +56,7 @@ from app.server.transfer import MAX_MISMATCHES, TransferResult
 from app.storage.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_errors
 from app.storage.retention import apply_retention
 from app.storage.state import Ledger, LedgerEntry, append_ledger, read_ledger, read_record, write_record
+from app.streaks import next_streaks, skip_command, streaks_from_json, stuck
 from app.tally import FileTally, file_reports, total_kept
 
 # Files published within this many seconds share one fsync of SERVER_DIR and of
@@ -71,6 +75,9 @@ class RunSummary:
     lifecycle: LifecycleTally = field(default_factory=LifecycleTally)
     ssh: dict[str, str] | None = None  # the algorithms of the last SSH session with the server
     server_profile: dict[str, Any] | None = None  # what the last session learned of the server
+    # Whether the run got as far as a plan: only then does a file that did not fail
+    # this run end its failure streak (app/streaks.py).
+    planned: bool = False
 
 
 @dataclass
@@ -185,11 +192,13 @@ class Job:
                 snap.ordered,
                 snap.record,
                 snap.last_key,
-                snap.ledger.names,
+                # Skipped files (``sftp-ipi skip``) are passed like delivered ones.
+                snap.ledger.passed,
                 self.summary.failed,
                 snap.ledger.publishers,
             )
             self.summary.backlog = self.planner.backlog
+            self.summary.planned = True
             if self.dry_run:
                 return EXIT_OK
             self._snap = snap
@@ -247,7 +256,7 @@ class Job:
     def _repair_record(self, snap: _Snapshot) -> _Snapshot:
         """A run killed between the ledger append and the record write left the
         record behind the ledger: move it forward now."""
-        return self._advance(snap, snap.ledger.names, repaired=True)
+        return self._advance(snap, snap.ledger.passed, repaired=True)
 
     def _advance(self, snap: _Snapshot, completed: frozenset[str], *, repaired: bool = False) -> _Snapshot:
         new = advance_record(snap.ordered, self.criteria, snap.last_key, snap.record, completed)
@@ -288,10 +297,10 @@ class Job:
         with translate_os_errors("sync SERVER_DIR", self.s.server_dir):
             fsync_dir(self.s.server_dir)
         append_ledger(self.s.ledger_path, *self._uncommitted)
-        ledger = Ledger((*snap.ledger.entries, *self._uncommitted), snap.ledger.damaged_lines)
+        ledger = dataclasses.replace(snap.ledger, entries=(*snap.ledger.entries, *self._uncommitted))
         self._uncommitted = []
         snap = _Snapshot(snap.entries, snap.ordered, ledger, snap.record, snap.last_key)
-        return self._advance(snap, ledger.names)
+        return self._advance(snap, ledger.passed)
 
 
 def build_report(
@@ -305,12 +314,16 @@ def build_report(
     """The run report, from the run's own results and the ledger."""
     files = file_reports(summary.tallies, summary.fetched, summary.recorded)
     try:
-        entries = read_ledger(settings.ledger_path).entries
+        ledger = read_ledger(settings.ledger_path)
     except JobError:
-        entries = ()
+        ledger = Ledger(entries=())
+    entries = ledger.entries
     newest = entries[-1] if entries else None
     finished_at = iso(finished)
     previous = read_report(settings.report_path)
+    streaks = next_streaks(
+        streaks_from_json((previous or {}).get("failure_streaks")), summary.failed, summary.planned, finished_at
+    )
     mismatches = sum(t.mismatches >= MAX_MISMATCHES for t in summary.tallies.values())
     lifecycle = summary.lifecycle
     return RunReport(
@@ -347,7 +360,28 @@ def build_report(
         retries_total=so_far("retries_total", len(summary.retries), previous),
         counters_since=counters_since(iso(started), previous),
         server_profile=summary.server_profile,
+        failure_streaks={name: streak.to_json() for name, streak in streaks.items()},
+        stuck=[
+            StuckFile(s.name, s.runs, s.since, s.last_error, skip_command(s))
+            for s in stuck(streaks, settings.stuck_after_runs)
+        ],
+        skipped=[SkippedFile(n.name, n.reason, n.by, n.at) for n in ledger.skips],
     )
+
+
+def log_stuck(report: RunReport) -> None:
+    """Name each stuck file with the command that passes it: the way out of a feed that
+    one unreadable file has stopped."""
+    for file in report.stuck:
+        logger.bind(file=file.name, stuck_runs=file.runs).warning(
+            "{}: stuck: failed the same way on {} runs in a row (since {}): {}; if it cannot be fixed on the"
+            " server, pass it with: {}",
+            file.name,
+            file.runs,
+            file.since,
+            file.error,
+            file.command,
+        )
 
 
 def log_server_profile(summary: RunSummary) -> None:

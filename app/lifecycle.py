@@ -180,7 +180,8 @@ class Lifecycle:
             return
         listed = {e.name for e in listing}
         due = due_actions(ledger)
-        needed = still_needed(listed, ledger.names, self.s) if due else {}
+        # A skipped file (``sftp-ipi skip``) is never fetched, so it keeps no marker on the server.
+        needed = still_needed(listed, ledger.passed, self.s) if due else {}
         notes: list[RemoteAfterNote] = []
         try:
             for entry in due:

@@ -68,7 +68,7 @@ def criteria_of(settings: Settings) -> Criteria:
 
 
 def observations_path(settings: Settings) -> Path:
-    return settings.last_file_record.parent / "seen_files.json"
+    return settings.observations_path
 
 
 @dataclass(frozen=True)

@@ -313,7 +313,9 @@ def make_plan(
     """
     ordered = _ordered(entries, criteria)
     seen = observations or {}
-    skipped = list(ordered.skipped)
+    # A name the job holds for done (delivered, or passed by ``sftp-ipi skip``) is
+    # not held back for want of a place in the order: nothing about it is waiting.
+    skipped = [Skip(s.name, SkipReason.COMPLETED) if s.name in completed else s for s in ordered.skipped]
     hold_back = criteria.mode in ("next", "all")
     due: list[RemoteEntry] = []
     held = False

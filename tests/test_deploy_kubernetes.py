@@ -356,5 +356,5 @@ def test_the_day2_pod_mounts_what_the_cronjobs_pod_mounts_and_waits_for_kubectl_
     assert ours["image"] == "registry.example.com/sftp-ipi:0.1.0"
     assert ours["command"][0] == "python" and "sleep" in ours["command"][-1], "waits; kubectl exec runs commands"
     readme = (DAY2 / "kustomization.yaml").read_text()
-    for command in ("status", "audit", "refetch"):
+    for command in ("status", "audit", "refetch", "skip"):
         assert f"kubectl exec sftp-ipi-day2 -- python -m app {command}" in readme

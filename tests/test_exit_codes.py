@@ -315,7 +315,7 @@ def test_missing_required_setting_with_a_dot_env_gives_no_such_hint(tmp_path: Pa
     assert "no ./.env" not in result.output
 
 
-@pytest.mark.parametrize("command", ["status", "audit", "refetch"])
+@pytest.mark.parametrize("command", ["status", "audit", "refetch", "skip"])
 def test_each_state_command_has_its_own_short_help(tmp_path: Path, command: str) -> None:
     result = run_job({}, tmp_path, command, "--help")
     assert result.code == 0, result.output
@@ -332,7 +332,14 @@ def test_run_help_lists_every_setting(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "culprit"), [(("--json",), "--json"), (("status", "--dry-run"), "--dry-run"), (("refetch",), "NAME")]
+    ("args", "culprit"),
+    [
+        (("--json",), "--json"),
+        (("status", "--dry-run"), "--dry-run"),
+        (("refetch",), "NAME"),
+        (("skip", "20250101.IPI"), "--reason"),
+        (("skip", "--dry-run", "20250101.IPI", "--reason", "x"), "--dry-run"),
+    ],
 )
 def test_options_out_of_place_exit_2_naming_them(tmp_path: Path, args: tuple[str, ...], culprit: str) -> None:
     result = run_job({}, tmp_path, *args)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -205,18 +206,32 @@ def test_remote_file_vanishing_before_download_fails_alone_in_all_mode(server: S
     assert server.record.read_text().strip() == "20250401.IPI"
 
 
-def kill_at_random(settings: dict[str, str], cwd: Path, rng: random.Random, *, kills: int, runs: int) -> int:
-    """Start the job up to ``runs`` times, SIGKILL each run still going after a random
-    moment, until ``kills`` were killed; how many were."""
+def kill_at_random(
+    settings: dict[str, str],
+    cwd: Path,
+    rng: random.Random,
+    *,
+    kills: int,
+    runs: int,
+    args: Sequence[str] = (),
+    within: tuple[float, float] = (0.1, 1.5),
+    after: Callable[[bool], None] | None = None,
+) -> int:
+    """Start the job (``sftp-ipi ARGS``) up to ``runs`` times, SIGKILL each run still
+    going after a random moment ``within`` seconds, until ``kills`` were killed; how
+    many were. ``after(killed)`` checks (and may reset) the state after each run."""
     killed = started = 0
     while killed < kills and started < runs:
         started += 1
-        proc = start_job(settings, cwd)
-        time.sleep(rng.uniform(0.1, 1.5))
-        if proc.poll() is None:
+        proc = start_job(settings, cwd, *args)
+        time.sleep(rng.uniform(*within))
+        was_killed = proc.poll() is None
+        if was_killed:
             proc.send_signal(signal.SIGKILL)
             killed += 1
         proc.communicate(timeout=60)
+        if after is not None:
+            after(was_killed)
     return killed
 
 

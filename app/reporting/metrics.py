@@ -138,6 +138,12 @@ def build_registry(report: RunReport, now: float | None = None, feed: Feed | Non
         report.due_stalled_runs,
     )
     gauge("late_files", "Files that arrived behind the last completed file and were not fetched.", len(report.late))
+    gauge(
+        "stuck_files",
+        "Due files that failed the same way on STUCK_AFTER_RUNS runs or more in a row (the log and the run"
+        " report give the `sftp-ipi skip` command for each; 0 if none).",
+        len(report.stuck),
+    )
     # By method only (check-file-handle, checksum-file, command, size+mtime): the
     # algorithm or checksum file's name would make a series per partner file name.
     verified = Gauge(

@@ -52,6 +52,27 @@ class HeldFile:
 
 
 @dataclass(frozen=True)
+class StuckFile:
+    """A due file that failed the same way on STUCK_AFTER_RUNS runs or more in a row."""
+
+    name: str
+    runs: int
+    since: str  # when the first failed run of the streak finished
+    error: str  # the latest failure
+    command: str  # the ``sftp-ipi skip`` command that passes it
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file passed by ``sftp-ipi skip``, never delivered."""
+
+    name: str
+    reason: str
+    by: str
+    at: str
+
+
+@dataclass(frozen=True)
 class RunReport:
     started_at: str
     finished_at: str
@@ -100,6 +121,13 @@ class RunReport:
     # What the job learned about the server (app/server/profile.py): read limit, reads in
     # flight, open files allowed, digests, exec, rename semantics, removal after reading.
     server_profile: dict[str, Any] | None = None
+    # Per-file failure streaks (app/streaks.py), carried over to the next run's report:
+    # name -> {reason_class, runs, since, last_error}.
+    failure_streaks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The files among them stuck for STUCK_AFTER_RUNS runs or more, and the files
+    # passed by ``sftp-ipi skip`` (from the ledger).
+    stuck: list[StuckFile] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
     version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -179,6 +207,9 @@ _REPORT_CHECKS: dict[str, Any] = {
     "retries_total": lambda v: _count(v),
     "counters_since": _optional_time,
     "server_profile": _optional(dict),
+    "failure_streaks": _optional(dict),
+    "stuck": lambda v: isinstance(v, list) and all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in v),
+    "skipped": lambda v: isinstance(v, list) and all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in v),
 }
 _REQUIRED = ("exit_code", "ok")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from app.reporting.report import read_report
 from app.server import profile
 from app.server.transfer import Paths, partial_name, read_partial_meta
 from app.storage.names import invalid_name_reason
-from app.storage.state import RefetchNote, read_ledger, read_record, run_in_progress
+from app.storage.state import RefetchNote, SkipNote, read_ledger, read_record, run_in_progress
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Status:
     partials: list[Partial]
     refetch_pending: list[RefetchNote]
     run_in_progress: int | None = None  # the PID holding the run lock (0: not written yet); None: no run
+    skipped: list[SkipNote] = field(default_factory=list)  # passed by ``sftp-ipi skip``, never delivered
 
     @property
     def held_back(self) -> list[dict[str, Any]]:
@@ -57,6 +58,11 @@ class Status:
         return list((self.last_run or {}).get("due_names") or [])
 
     @property
+    def stuck(self) -> list[dict[str, Any]]:
+        """Files the last run found stuck (failed the same way STUCK_AFTER_RUNS runs in a row)."""
+        return list((self.last_run or {}).get("stuck") or [])
+
+    @property
     def healthy(self) -> bool:
         return bool(self.last_run and self.last_run.get("ok"))
 
@@ -68,6 +74,7 @@ class Status:
         data["late"] = self.late
         data["due_remaining"] = self.due_remaining
         data["due_names"] = self.due_names
+        data["stuck"] = self.stuck
         return data
 
 
@@ -103,6 +110,7 @@ def gather(settings: StateSettings) -> Status:
         partials=_partials(settings.local_dir),
         refetch_pending=list(ledger.refetch_pending),
         run_in_progress=run_in_progress(settings.lock_path),
+        skipped=list(ledger.skips),
     )
 
 
@@ -146,4 +154,11 @@ def render(status: Status) -> str:
         lines.append(f"in progress: {part.name}: {part.bytes}{of}")
     for note in status.refetch_pending:
         lines.append(f"due again: {note.name} (refetch asked {note.requested_at} by {note.requested_by})")
+    for stuck in status.stuck:
+        lines.append(
+            f"stuck: {stuck.get('name')!r}: failed the same way on {stuck.get('runs')} runs in a row"
+            f" (since {stuck.get('since')}): {stuck.get('error')}; to pass it: {stuck.get('command')}"
+        )
+    for skip in status.skipped:
+        lines.append(f"skipped: {skip.name!r}: {skip.reason} (by {skip.by} at {skip.at}; never delivered)")
     return "\n".join(lines)

@@ -29,7 +29,15 @@ from app.errors import EXIT_CONFIG, EXIT_OK
 from app.reporting.progress import Progress
 from app.server.transfer import hash_file
 from app.storage.fsutil import is_temp_name, storage_error
-from app.storage.state import LOCK_WAIT_SECONDS, Ledger, LedgerEntry, as_published, read_ledger, run_lock_waiting
+from app.storage.state import (
+    LOCK_WAIT_SECONDS,
+    Ledger,
+    LedgerEntry,
+    SkipNote,
+    as_published,
+    read_ledger,
+    run_lock_waiting,
+)
 
 # The exit code when any file does not match: the job's "did not do its job".
 EXIT_MISMATCH = 1
@@ -51,6 +59,8 @@ class AuditResult:
     findings: tuple[Finding, ...]
     refetch_pending: tuple[str, ...]
     damaged_ledger_lines: int
+    # Files passed by ``sftp-ipi skip``: never delivered, so neither missing nor expected.
+    skipped: tuple[SkipNote, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -139,6 +149,8 @@ def audit(settings: StateSettings) -> AuditResult:
         downloaded = delivered(ledger)
         expected = {published.name: published for published in map(as_published, downloaded.values())}
         pending = {note.name for note in ledger.refetch_pending}
+        # A copy of a skipped file put in SERVER_DIR by hand is the operator's own, not unknown.
+        passed = set(ledger.skipped)
         findings: list[Finding] = list(_shared_names(ledger))
         checks: list[_Check] = []
 
@@ -146,7 +158,7 @@ def audit(settings: StateSettings) -> AuditResult:
         for name, st in _listing(settings.server_dir):
             entry = expected.get(name)
             if entry is None:
-                if name not in pending:
+                if name not in pending and name not in passed:
                     findings.append(Finding("unknown", "SERVER_DIR", name, "not in the ledger"))
                 continue
             seen[name] = (st.st_dev, st.st_ino)
@@ -184,6 +196,7 @@ def audit(settings: StateSettings) -> AuditResult:
         findings=tuple(findings),
         refetch_pending=tuple(sorted(pending)),
         damaged_ledger_lines=ledger.damaged_lines,
+        skipped=ledger.skips,
     )
 
 
@@ -218,5 +231,9 @@ def render(result: AuditResult) -> str:
         )
     lines.extend(f"{f.problem}: {f.where}/{f.name}: {f.detail}" for f in result.findings)
     lines.extend(f"refetch pending: {name}: fetched again by the next run" for name in result.refetch_pending)
+    lines.extend(
+        f"skipped: {note.name}: {note.reason} (by {note.by} at {note.at}; never delivered, not expected)"
+        for note in result.skipped
+    )
     lines.append(f"{len(result.findings)} problem(s)" if result.findings else "all files match the ledger")
     return "\n".join(lines)

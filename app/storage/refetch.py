@@ -16,6 +16,9 @@ the ledger's completed set; the record moves forward over them as before. The
 published copy in SERVER_DIR stays readable until the new one replaces it
 atomically.
 
+A file passed by ``sftp-ipi skip`` is refetched the same way, without a LOCAL_DIR
+copy to remove: the refetch note ends its skip, and the next run fetches it.
+
 The order of the writes makes a crash at any point harmless: until the ledger
 line is written, the next run's record repair moves the record forward again,
 as if nothing had been asked.
@@ -31,7 +34,7 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from loguru import logger
 
@@ -46,6 +49,7 @@ from app.storage.state import (
     Ledger,
     LedgerEntry,
     RefetchNote,
+    SkipNote,
     append_ledger,
     read_ledger,
     read_record,
@@ -60,12 +64,23 @@ class RefetchPlan:
     already_due: tuple[RefetchNote, ...]  # asked for before, not fetched yet
     record_before: str | None
     record_after: str | None
+    unskipped: tuple[SkipNote, ...] = ()  # skipped files to fetch after all
+
+
+class _Placed(Protocol):
+    """What places a file in the order: a ledger entry's or a skip note's name and mtime."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def mtime(self) -> int | None: ...
 
 
 # -- pure -------------------------------------------------------------------------------
 
 
-def _key(entry: LedgerEntry, order_by: str) -> OrderKey:
+def _key(entry: _Placed, order_by: str) -> OrderKey:
     key = order_key(entry.name, entry.mtime, order_by)
     if key is None:
         raise ConfigError(f"{entry.name}: ORDER_BY={order_by} cannot place it (no YYYYMMDD date in the name)")
@@ -74,7 +89,7 @@ def _key(entry: LedgerEntry, order_by: str) -> OrderKey:
 
 def rewound_record(
     record: str | None,
-    files: Sequence[LedgerEntry],
+    files: Sequence[_Placed],
     remaining: Iterable[LedgerEntry],
     order_by: str,
     ledger_mtimes: Mapping[str, int],
@@ -103,18 +118,22 @@ def plan_refetch(names: Sequence[str], ledger: Ledger, record: str | None, order
     """What refetching ``names`` changes; a ConfigError naming every name the ledger does not know."""
     latest = {entry.name: entry for entry in ledger.entries}
     pending = {note.name: note for note in ledger.refetch_pending}
+    skipped = ledger.skipped
     wanted = list(dict.fromkeys(names))
-    unknown = [name for name in wanted if name not in latest and name not in pending]
+    unknown = [name for name in wanted if name not in latest and name not in pending and name not in skipped]
     if unknown:
         raise ConfigError(f"not in the ledger, so never delivered: {', '.join(unknown)}; nothing changed")
     files = tuple(latest[name] for name in wanted if name in latest)
-    already = tuple(pending[name] for name in wanted if name in pending)
+    # A skipped file may also have a refetch note before its skip: the skip is what holds it.
+    unskipped = tuple(skipped[name] for name in wanted if name in skipped and name not in latest)
+    already = tuple(pending[name] for name in wanted if name in pending and name not in skipped)
     after = record
-    if files:
-        targets = {entry.name for entry in files}
-        remaining = (entry for entry in ledger.entries if entry.name not in targets)
-        after = rewound_record(record, files, remaining, order_by, ledger.mtimes)
-    return RefetchPlan(files=files, already_due=already, record_before=record, record_after=after)
+    targets: tuple[_Placed, ...] = (*files, *unskipped)
+    if targets:
+        taken = {target.name for target in targets}
+        remaining = (entry for entry in ledger.entries if entry.name not in taken)
+        after = rewound_record(record, targets, remaining, order_by, ledger.mtimes)
+    return RefetchPlan(files=files, already_due=already, record_before=record, record_after=after, unskipped=unskipped)
 
 
 # -- I/O --------------------------------------------------------------------------------
@@ -161,12 +180,19 @@ def refetch(settings: StateSettings, names: Sequence[str], *, dry_run: bool, out
     with lock:
         ledger = read_ledger(settings.ledger_path)
         plan = plan_refetch(names, ledger, read_record(settings.last_file_record), settings.order_by)
-        copies = _local_copies(settings.local_dir, (entry.name for entry in plan.files))
+        targets: list[_Placed] = [*plan.files, *plan.unskipped]
+        copies = _local_copies(settings.local_dir, (target.name for target in targets))
         would = "would " if dry_run else ""
         for note in plan.already_due:
             print(f"already due: {note.name} (refetch asked {note.requested_at} by {note.requested_by})", file=out)
         for entry in plan.files:
             print(f"{would}refetch: {entry.name} (delivered {entry.completed_at}, sha256 {entry.sha256})", file=out)
+        for skipped in plan.unskipped:
+            print(
+                f"{would}refetch: {skipped.name} (skipped {skipped.at} by {skipped.by}: {skipped.reason};"
+                " fetched after all)",
+                file=out,
+            )
         for path in copies:
             print(f"{would}remove LOCAL_DIR copy: {path}", file=out)
         moved = plan.record_after != plan.record_before
@@ -175,18 +201,18 @@ def refetch(settings: StateSettings, names: Sequence[str], *, dry_run: bool, out
                 f"{would}move LAST_FILE_RECORD: {plan.record_before or 'none'} -> {plan.record_after or 'none'}",
                 file=out,
             )
-        if dry_run or not plan.files:
+        if dry_run or not targets:
             return EXIT_OK
 
         by, at = requester(), iso(dt.datetime.now(dt.UTC))
         _remove(copies)
         if moved:
             _write_record(settings.last_file_record, plan.record_after)
-        append_ledger(settings.ledger_path, *(RefetchNote(e.name, at, by) for e in plan.files))
+        append_ledger(settings.ledger_path, *(RefetchNote(e.name, at, by) for e in targets))
         # LOG_FILE keeps who asked for what; the console already has it above.
         log = logger.bind(_file_only=True, requested_by=by)
-        for entry in plan.files:
-            log.info("refetch of {} requested by {}: due again at the next run", entry.name, by)
+        for target in targets:
+            log.info("refetch of {} requested by {}: due again at the next run", target.name, by)
         if moved:
             log.info("LAST_FILE_RECORD moved from {} to {} for the refetch", plan.record_before, plan.record_after)
     return EXIT_OK

@@ -129,15 +129,50 @@ class RemoteAfterNote:
 
 
 @dataclass(frozen=True)
+class SkipNote:
+    """A ledger line passing a file that is never delivered (``sftp-ipi skip``): a file
+    the server cannot serve would otherwise stop SELECT_MODE=next for good.
+
+    The job takes the file for done when it plans and moves LAST_FILE_RECORD, but it is
+    not delivered: it is not among ``Ledger.names``, and ``audit`` expects no copy of it.
+    A later entry or refetch note for the same name ends the skip.
+    """
+
+    name: str
+    reason: str
+    at: str
+    by: str  # SUDO_USER over USER: the person, not the account sudo ran the command as
+    host: str
+    # As the last listing saw it; the mtime places the file under ORDER_BY=mtime
+    # should LAST_FILE_RECORD come to name it. None where unknown.
+    size: int | None = None
+    mtime: int | None = None
+    event: str = "skipped"  # what tells this line from a LedgerEntry's
+
+
+@dataclass(frozen=True)
 class Ledger:
     entries: tuple[LedgerEntry, ...]
     damaged_lines: int = 0
     # Refetch requests not yet followed by a new entry for their file.
     refetch_pending: tuple[RefetchNote, ...] = ()
+    # Files passed by ``sftp-ipi skip`` and not delivered or refetched since, in ledger order.
+    skips: tuple[SkipNote, ...] = ()
 
     @property
     def names(self) -> frozenset[str]:
+        """The delivered files."""
         return frozenset(e.name for e in self.entries)
+
+    @property
+    def skipped(self) -> dict[str, SkipNote]:
+        """Each skipped file's name -> its note: passed, never delivered."""
+        return {note.name: note for note in self.skips}
+
+    @property
+    def passed(self) -> frozenset[str]:
+        """What planning and the watermark take for done: the delivered and the skipped files."""
+        return self.names | frozenset(note.name for note in self.skips)
 
     @property
     def publishers(self) -> dict[str, tuple[str, ...]]:
@@ -158,7 +193,13 @@ class Ledger:
         it was fetched, but never later than when it was fetched. A date ahead of our
         clock (a server clock ahead, a file dated 2100) would otherwise leave every file
         that arrives after it behind the watermark, as late, never delivered."""
-        return {e.name: min(e.mtime, _epoch(e.completed_at)) for e in self.entries if e.mtime is not None}
+        found = {e.name: min(e.mtime, _epoch(e.completed_at)) for e in self.entries if e.mtime is not None}
+        # A skipped file can become LAST_FILE_RECORD, and must keep a place after it is
+        # gone from the server; by the same rule, never later than when it was skipped.
+        for note in self.skips:
+            if note.mtime is not None and note.name not in found:
+                found[note.name] = min(note.mtime, _epoch(note.at))
+        return found
 
 
 def _epoch(timestamp: str) -> int:
@@ -221,6 +262,18 @@ REMOTE_AFTER_CHECKS: dict[str, tuple[Any, str]] = {
 }
 
 
+# One check per SkipNote field.
+SKIP_CHECKS: dict[str, tuple[Any, str]] = {
+    "name": LEDGER_CHECKS["name"],
+    "reason": (lambda v: isinstance(v, str) and bool(v.strip()), "a reason"),
+    "at": (is_timestamp, "an ISO 8601 time"),
+    "by": (lambda v: isinstance(v, str), "a string"),
+    "host": (lambda v: isinstance(v, str), "a string"),
+    "size": (lambda v: v is None or _is_int(v), "a whole number >= 0 or null"),
+    "mtime": (lambda v: v is None or _is_int(v), "a whole number >= 0 or null"),
+}
+SKIP_OPTIONAL = frozenset({"size", "mtime"})
+
 # One check per RefetchNote field.
 REFETCH_CHECKS: dict[str, tuple[Any, str]] = {
     "name": LEDGER_CHECKS["name"],
@@ -243,7 +296,7 @@ def _checked(
     return {key: data[key] for key in checks if key in data}
 
 
-_Item = LedgerEntry | RefetchNote | RemoteAfterNote
+_Item = LedgerEntry | RefetchNote | RemoteAfterNote | SkipNote
 
 
 def _ledger_item(line: bytes) -> _Item:
@@ -258,6 +311,8 @@ def _ledger_item(line: bytes) -> _Item:
         return RefetchNote(**_checked(data, REFETCH_CHECKS))
     if data.get("event") == "remote_after":
         return RemoteAfterNote(**_checked(data, REMOTE_AFTER_CHECKS))
+    if data.get("event") == "skipped":
+        return SkipNote(**_checked(data, SKIP_CHECKS, SKIP_OPTIONAL))
     return LedgerEntry(**_checked(data, LEDGER_CHECKS, LEDGER_OPTIONAL))
 
 
@@ -295,8 +350,21 @@ def read_ledger(path: Path) -> Ledger:
             raise ConfigError(
                 f"ledger {path}:{number}: {exc}; repair or remove that line (see docs/operations.md, State files)"
             ) from None
+    skips = _skips_in_force(items)
     entries, pending = _apply_refetches(_apply_remote_after(items))
-    return Ledger(entries=entries, damaged_lines=damaged, refetch_pending=pending)
+    return Ledger(entries=entries, damaged_lines=damaged, refetch_pending=pending, skips=skips)
+
+
+def _skips_in_force(items: list[_Item]) -> tuple[SkipNote, ...]:
+    """Each name's latest skip note, unless a delivery or a refetch note of that name came after it."""
+    latest: dict[str, SkipNote] = {}
+    for item in items:
+        if isinstance(item, SkipNote):
+            latest.pop(item.name, None)  # ledger order: the latest note last
+            latest[item.name] = item
+        elif isinstance(item, (LedgerEntry, RefetchNote)):
+            latest.pop(item.name, None)
+    return tuple(latest.values())
 
 
 def _apply_remote_after(items: list[_Item]) -> list[LedgerEntry | RefetchNote]:
@@ -311,6 +379,8 @@ def _apply_remote_after(items: list[_Item]) -> list[LedgerEntry | RefetchNote]:
                 latest[item.name] = at, replace(entry, remote_after=item.remote_after)
                 out[at] = latest[item.name][1]
             continue
+        if isinstance(item, SkipNote):
+            continue  # read by _skips_in_force
         if isinstance(item, LedgerEntry):
             latest[item.name] = len(out), item
         out.append(item)
