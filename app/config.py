@@ -259,7 +259,7 @@ class Settings(_StateLayout):
     stuck_after_runs: int = _setting(
         3,
         "A due file that failed the same way on this many runs in a row is named as stuck (log, run report,"
-        " sftp_ipi_stuck_files) with the `sftp-ipi skip` command that passes it; 0: never.",
+        " sftp_ipi_stuck_files) with the command that passes it (`sftp-ipi skip NAME --reason TEXT`); 0: never.",
     )
     retry_max_tries: int = _setting(7, "Attempts in a row without progress before the run gives up.")
     retry_max_time: int = _setting(1800, "Seconds without progress before the run gives up retrying.")
