@@ -22,6 +22,7 @@ from loguru import logger
 from app.claims import conflicts, published_name
 from app.config import Settings
 from app.errors import ConfigError
+from app.names import shown
 from app.reporting.report import HeldFile, iso
 from app.selection import (
     HOLDING,
@@ -37,7 +38,6 @@ from app.selection import (
     observe,
 )
 from app.server.proof import awaited_marker, is_companion, is_ready
-from app.storage.names import shown
 from app.storage.state import read_observations, write_observations
 
 # Skipped files named one by one in the log, per reason, before they are counted.

@@ -42,6 +42,7 @@ from loguru import logger
 from app import interrupt
 from app.config import Settings
 from app.errors import RemoteFileError, RemoteMissingError
+from app.names import invalid_name_reason
 from app.reporting.progress import Progress
 from app.selection import RemoteEntry
 from app.server import proof
@@ -58,7 +59,6 @@ from app.storage.fsutil import (
     storage_error,
     write_all,
 )
-from app.storage.names import invalid_name_reason
 from app.tally import FileTally
 
 # fsync the partial every so often, so that after a power cut at most this much
