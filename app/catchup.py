@@ -43,7 +43,7 @@ from app import interrupt
 from app.config import Settings
 from app.errors import RemoteFileError
 from app.lifecycle import Lifecycle
-from app.reporting.progress import Progress
+from app.progress import Progress
 from app.selection import RemoteEntry
 from app.server import proof
 from app.server.bandwidth import throttle_for
