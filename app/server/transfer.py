@@ -33,7 +33,7 @@ import random
 import secrets
 import stat
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from loguru import logger
 from app import interrupt
 from app.config import Settings
 from app.errors import RemoteFileError, RemoteMissingError
+from app.hashing import hash_file
 from app.names import invalid_name_reason
 from app.progress import Progress
 from app.selection import RemoteEntry
@@ -67,8 +68,6 @@ CHECKPOINT_BYTES = 64 * 1024 * 1024
 # Files up to this size are fetched whole into a temp file, without resume
 # state: fetching one again costs less than keeping that state for it.
 WHOLE_FILE_MAX = 1024 * 1024
-# Block size for hashing local files; large enough for sequential reads.
-HASH_BLOCK = 1024 * 1024
 # Before resuming, the kept prefix is compared with the server's bytes: its first
 # block, one block at an unpredictable place in each of SAMPLE_STRATA equal
 # slices of it, and the last RESUME_VERIFY_BYTES. One block per slice means any
@@ -123,25 +122,6 @@ class Paths:
             part=local_dir / f"{base}{cls.PART_SUFFIX}",
             meta=local_dir / f"{base}{cls.META_SUFFIX}",
         )
-
-
-def hash_file(path: Path, limit: int | None = None, on_block: Callable[[int], None] | None = None) -> hashlib._Hash:
-    """SHA-256 of ``path`` (its first ``limit`` bytes), read in blocks; ``on_block``
-    hears each block's length, for a progress display."""
-    digest = hashlib.sha256()
-    remaining = limit
-    with open(path, "rb") as fh:
-        while remaining is None or remaining > 0:
-            interrupt.check()
-            block = fh.read(HASH_BLOCK if remaining is None else min(HASH_BLOCK, remaining))
-            if not block:
-                break
-            digest.update(block)
-            if on_block is not None:
-                on_block(len(block))
-            if remaining is not None:
-                remaining -= len(block)
-    return digest
 
 
 def complete_local(paths: Paths, entry: RemoteEntry) -> bool:
