@@ -44,6 +44,7 @@ from app.config import Settings
 from app.errors import RemoteFileError
 from app.lifecycle import Lifecycle
 from app.progress import Progress
+from app.results import TransferResult
 from app.selection import RemoteEntry
 from app.server import proof
 from app.server.bandwidth import throttle_for
@@ -66,7 +67,6 @@ from app.server.remote import Connection, remote_errors, remote_path
 from app.server.transfer import (
     WHOLE_FILE_MAX,
     Paths,
-    TransferResult,
     changed_reason,
     complete_local,
     download,

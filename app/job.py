@@ -37,6 +37,7 @@ from app.reporting.report import (
     so_far,
     stalled_runs,
 )
+from app.results import TransferResult
 from app.retry import RetryPolicy
 from app.selection import (
     Ordered,
@@ -49,7 +50,7 @@ from app.selection import (
 )
 from app.server import inflight, profile
 from app.server.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
-from app.server.transfer import MAX_MISMATCHES, TransferResult
+from app.server.transfer import MAX_MISMATCHES
 from app.storage.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_errors
 from app.storage.retention import apply_retention
 from app.storage.state import Ledger, LedgerEntry, append_ledger, read_ledger, read_record, write_record

@@ -35,11 +35,11 @@ from app import interrupt
 from app.config import READY_MARKER_CHECKSUM, Settings
 from app.errors import DecryptError, JobError, RemoteFileError
 from app.names import invalid_name_reason
+from app.results import TransferResult
 from app.selection import RemoteEntry
 from app.server.proof import find_checksum_sources, is_companion, render
 from app.server.remote import Connection
 from app.server.remote_after import Outcome, act
-from app.server.transfer import TransferResult
 from app.storage.decrypt import Keyring, open_keyring, output_name, sweep_stale_homes
 from app.storage.fsutil import storage_error
 from app.storage.state import Ledger, LedgerEntry, RemoteAfterNote, append_ledger

@@ -45,6 +45,7 @@ from app.errors import RemoteFileError, RemoteMissingError
 from app.hashing import hash_file
 from app.names import invalid_name_reason
 from app.progress import Progress
+from app.results import TransferResult
 from app.selection import RemoteEntry
 from app.server import proof
 from app.server.bandwidth import request_cap, throttle_for
@@ -84,20 +85,6 @@ MAX_MISMATCHES = 2
 # minutes ago, so reconnecting only re-reads this much before the resume point, to
 # catch a rewrite there; the full sample is for partials the run found.
 RECHECK_BYTES = SAMPLE_BLOCK
-
-
-@dataclass(frozen=True)
-class TransferResult:
-    """What one file's download produced; the ledger, summary and report read it."""
-
-    name: str
-    size: int  # bytes received and verified
-    mtime: int | None  # as the server claimed it; None if it sent none
-    sha256: str
-    bytes_transferred: int
-    seconds: float
-    resumed_from: int
-    verified_by: str | None = None  # how the file was proven against the server (app/server/proof.py)
 
 
 @dataclass(frozen=True)
