@@ -66,7 +66,6 @@ from app.server.pipeline import (
 from app.server.remote import Connection, remote_errors, remote_path
 from app.server.transfer import (
     WHOLE_FILE_MAX,
-    Paths,
     changed_reason,
     complete_local,
     download,
@@ -77,6 +76,7 @@ from app.server.transfer import (
     start_whole,
 )
 from app.storage.fsutil import storage_error, write_all
+from app.storage.partial import Paths
 from app.storage.publish import publish
 from app.storage.state import LedgerEntry
 from app.tally import FileTally

@@ -20,7 +20,7 @@ from app.errors import ConfigError, LockedError
 from app.names import invalid_name_reason
 from app.reporting.report import FileReport, HeldFile, RetryRecord, RunReport, last_success, read_report, write_report
 from app.selection import Observation
-from app.server.transfer import Paths, read_partial_meta
+from app.storage.partial import Paths, read_partial_meta
 from app.storage.state import (
     LEDGER_CHECKS,
     LEDGER_OPTIONAL,

@@ -39,8 +39,8 @@ from app.config import StateSettings
 from app.errors import EXIT_OK, ConfigError
 from app.reporting.report import iso
 from app.selection import OrderKey, UnplaceableRecordError, order_key, record_key
-from app.server.transfer import Paths
 from app.storage.fsutil import atomic_write, storage_error
+from app.storage.partial import Paths
 from app.storage.state import (
     LOCK_WAIT_SECONDS,
     Ledger,
