@@ -30,7 +30,6 @@ from app.reporting.report import (
     RetryRecord,
     RunReport,
     counters_since,
-    iso,
     last_success,
     outcome,
     read_report,
@@ -55,6 +54,7 @@ from app.storage.fsutil import ensure_dir, fsync_dir, remove_stale_temps, transl
 from app.storage.retention import apply_retention
 from app.storage.state import Ledger, LedgerEntry, append_ledger, read_ledger, read_record, write_record
 from app.tally import FileTally, file_reports, total_kept
+from app.timestamps import iso
 
 # Files published within this many seconds share one fsync of SERVER_DIR and of
 # the ledger: with hundreds of small files due, fsyncs dominate the run.

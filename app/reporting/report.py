@@ -3,7 +3,6 @@ and alerts are all built from it (and from the ledger), never from log lines."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -123,10 +122,6 @@ def _plain(value: Any) -> Any:
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
-
-
-def iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat(timespec="seconds")
 
 
 def _optional(kind: type | tuple[type, ...]) -> Any:

@@ -37,7 +37,6 @@ from loguru import logger
 
 from app.config import StateSettings
 from app.errors import EXIT_OK, ConfigError
-from app.reporting.report import iso
 from app.selection import OrderKey, UnplaceableRecordError, order_key, record_key
 from app.storage.fsutil import atomic_write, storage_error
 from app.storage.partial import Paths
@@ -52,6 +51,7 @@ from app.storage.state import (
     run_lock_waiting,
     write_record,
 )
+from app.timestamps import iso
 
 
 @dataclass(frozen=True)
