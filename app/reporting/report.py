@@ -15,6 +15,9 @@ from app.storage.fsutil import atomic_write
 from app.storage.state import is_timestamp
 
 SCHEMA_VERSION = 1
+# Skipped files named one by one in the log, per reason, before they are counted;
+# status names as many held-back and due files before it counts the rest.
+SKIPS_NAMED = 20
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,7 @@ from typing import Any
 
 from app.config import StateSettings
 from app.names import invalid_name_reason
-from app.planning import SKIPS_NAMED
-from app.reporting.report import read_report
+from app.reporting.report import SKIPS_NAMED, read_report
 from app.server import profile
 from app.storage.partial import Paths, partial_name, read_partial_meta
 from app.storage.state import RefetchNote, read_ledger, read_record, run_in_progress
