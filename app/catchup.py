@@ -64,7 +64,12 @@ from app.server.pipeline import (
     request_stat,
 )
 from app.server.remote import Connection, remote_errors, remote_path
-from app.server.transfer import (
+from app.storage.fsutil import storage_error, write_all
+from app.storage.partial import Paths
+from app.storage.publish import publish
+from app.storage.state import LedgerEntry
+from app.tally import FileTally
+from app.transfer import (
     WHOLE_FILE_MAX,
     changed_reason,
     complete_local,
@@ -75,11 +80,6 @@ from app.server.transfer import (
     start_partial,
     start_whole,
 )
-from app.storage.fsutil import storage_error, write_all
-from app.storage.partial import Paths
-from app.storage.publish import publish
-from app.storage.state import LedgerEntry
-from app.tally import FileTally
 
 Record = Callable[[LedgerEntry, TransferResult], None]
 

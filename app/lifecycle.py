@@ -3,7 +3,7 @@ after recording.
 
 The order on disk makes every instant crash-safe:
 
-1. the download is verified in LOCAL_DIR (app/server/transfer.py);
+1. the download is verified in LOCAL_DIR (app/transfer.py);
 2. ``prepare``: with DECRYPT=gpg, the plaintext is decrypted into a hidden temp
    file in LOCAL_DIR and renamed to the name without the suffix; the encrypted
    file stays. A file that does not decrypt stops here: not published, not

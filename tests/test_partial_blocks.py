@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from relay import Relay
 
+from app import transfer
 from app.config import load_settings
 from app.selection import RemoteEntry
-from app.server import transfer
 from app.server.remote import HostKeyVerifier, connect, load_private_key
 from app.storage import blocks as blocks_module
 from app.storage.blocks import BLOCK_SIZE, BlockDigests, Recorded, check_prefix

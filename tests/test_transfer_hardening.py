@@ -18,13 +18,13 @@ from hostile_sftp import HostileSftpServer, hostile_env
 from relay import Relay
 from sshd import free_port
 
+from app import transfer
 from app.config import load_settings
 from app.selection import RemoteEntry
-from app.server import transfer
 from app.server.remote import HostKeyVerifier, connect, load_private_key
-from app.server.transfer import SAMPLE_BLOCK, SAMPLE_STRATA, sample_ranges
 from app.storage.partial import Paths
 from app.tally import FileTally
+from app.transfer import SAMPLE_BLOCK, SAMPLE_STRATA, sample_ranges
 
 MiB = 1024 * 1024
 
