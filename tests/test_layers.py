@@ -19,8 +19,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app"
 DESIGN = ROOT / "docs" / "design.md"
@@ -213,14 +211,9 @@ def _render(found: list[list[Import]]) -> str:
     return "\n".join("cycle: " + ", ".join(str(imp) for imp in cycle) for cycle in found)
 
 
-# Until the moves of issue 24 are done; removed by the last of them.
-_PENDING = pytest.mark.xfail(reason="issue 24: modules still to move", strict=False)
-
-
 # -- the checks --------------------------------------------------------------------
 
 
-@_PENDING
 def test_every_node_has_one_layer() -> None:
     nodes = {node_of(name) for name in modules()}
     declared = [member for _, members in LAYERS.values() for member in members]
@@ -229,19 +222,16 @@ def test_every_node_has_one_layer() -> None:
     assert len(declared) == len(set(declared)), "a node is in two layers"
 
 
-@_PENDING
 def test_no_import_cycle_between_modules() -> None:
     found = cycles((imp.source, imp.target, imp) for imp in imports(modules()))
     assert not found, "\n" + _render(found)
 
 
-@_PENDING
 def test_no_import_cycle_between_sub_packages_and_top_level_modules() -> None:
     found = cycles((node_of(imp.source), node_of(imp.target), imp) for imp in imports(modules()))
     assert not found, "\n" + _render(found)
 
 
-@_PENDING
 def test_every_import_follows_the_layers() -> None:
     wrong = violations(imports(modules()))
     assert not wrong, "imports against the layers (docs/design.md, Layers):\n" + "\n".join(wrong)
