@@ -289,3 +289,17 @@ def test_a_type_checking_import_counts(tmp_path: Path) -> None:
     assert _render(cycles((node_of(i.source), node_of(i.target), i) for i in found)) == (
         "cycle: pkg.sub.m:3 -> pkg.top, pkg.top:1 -> pkg.sub.m"
     )
+
+
+def test_readme_layout_table_names_every_module() -> None:
+    text = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| `app/(\w*)/?`[^|]*\|([^\n]*)\|$", text, flags=re.MULTILINE)
+    assert rows, "the README has no layout table: this test's pattern is wrong"
+    named = {
+        f"app.{package}.{m}" if package else f"app.{m}"
+        for package, what in rows
+        for m in re.findall(r"`([a-z_][a-z0-9_]*)`", what)
+    }
+    actual = {name for name, path in modules().items() if path.name != "__init__.py"}
+    assert sorted(actual - named) == [], "modules the README's layout table does not name"
+    assert sorted(named - actual) == [], "modules the README's layout table names that do not exist"
