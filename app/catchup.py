@@ -43,7 +43,8 @@ from app import interrupt
 from app.config import Settings
 from app.errors import RemoteFileError
 from app.lifecycle import Lifecycle
-from app.reporting.progress import Progress
+from app.progress import Progress
+from app.results import TransferResult
 from app.selection import RemoteEntry
 from app.server import proof
 from app.server.bandwidth import throttle_for
@@ -63,10 +64,13 @@ from app.server.pipeline import (
     request_stat,
 )
 from app.server.remote import Connection, remote_errors, remote_path
-from app.server.transfer import (
+from app.storage.fsutil import storage_error, write_all
+from app.storage.partial import Paths
+from app.storage.publish import publish
+from app.storage.state import LedgerEntry
+from app.tally import FileTally
+from app.transfer import (
     WHOLE_FILE_MAX,
-    Paths,
-    TransferResult,
     changed_reason,
     complete_local,
     download,
@@ -76,10 +80,6 @@ from app.server.transfer import (
     start_partial,
     start_whole,
 )
-from app.storage.fsutil import storage_error, write_all
-from app.storage.publish import publish
-from app.storage.state import LedgerEntry
-from app.tally import FileTally
 
 Record = Callable[[LedgerEntry, TransferResult], None]
 

@@ -21,7 +21,7 @@ from dotenv.parser import parse_stream
 
 from app.endpoints import parse_jump, parse_proxy
 from app.errors import ConfigError
-from app.reporting.urls import split_credentials
+from app.urls import split_credentials
 
 HOST_KEY_POLICIES = ("strict", "accept-new")
 SSH_ALGORITHMS = ("modern", "compat")

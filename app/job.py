@@ -33,13 +33,13 @@ from app.reporting.report import (
     SkippedFile,
     StuckFile,
     counters_since,
-    iso,
     last_success,
     outcome,
     read_report,
     so_far,
     stalled_runs,
 )
+from app.results import TransferResult
 from app.retry import RetryPolicy
 from app.selection import (
     Ordered,
@@ -52,12 +52,13 @@ from app.selection import (
 )
 from app.server import inflight, profile
 from app.server.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
-from app.server.transfer import MAX_MISMATCHES, TransferResult
 from app.storage.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_errors
 from app.storage.retention import apply_retention
 from app.storage.state import Ledger, LedgerEntry, append_ledger, read_ledger, read_record, write_record
 from app.streaks import next_streaks, skip_command, streaks_from_json, stuck
 from app.tally import FileTally, file_reports, total_kept
+from app.timestamps import iso
+from app.transfer import MAX_MISMATCHES
 
 # Files published within this many seconds share one fsync of SERVER_DIR and of
 # the ledger: with hundreds of small files due, fsyncs dominate the run.

@@ -3,7 +3,7 @@ after recording.
 
 The order on disk makes every instant crash-safe:
 
-1. the download is verified in LOCAL_DIR (app/server/transfer.py);
+1. the download is verified in LOCAL_DIR (app/transfer.py);
 2. ``prepare``: with DECRYPT=gpg, the plaintext is decrypted into a hidden temp
    file in LOCAL_DIR and renamed to the name without the suffix; the encrypted
    file stays. A file that does not decrypt stops here: not published, not
@@ -34,14 +34,14 @@ from loguru import logger
 from app import interrupt
 from app.config import READY_MARKER_CHECKSUM, Settings
 from app.errors import DecryptError, JobError, RemoteFileError
+from app.names import invalid_name_reason
+from app.results import TransferResult
 from app.selection import RemoteEntry
 from app.server.proof import find_checksum_sources, is_companion, render
 from app.server.remote import Connection
 from app.server.remote_after import Outcome, act
-from app.server.transfer import TransferResult
 from app.storage.decrypt import Keyring, open_keyring, output_name, sweep_stale_homes
 from app.storage.fsutil import storage_error
-from app.storage.names import invalid_name_reason
 from app.storage.state import Ledger, LedgerEntry, RemoteAfterNote, append_ledger
 
 

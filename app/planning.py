@@ -22,7 +22,8 @@ from loguru import logger
 from app.claims import conflicts, published_name
 from app.config import Settings
 from app.errors import ConfigError
-from app.reporting.report import HeldFile, iso
+from app.names import shown
+from app.reporting.report import SKIPS_NAMED, HeldFile
 from app.selection import (
     HOLDING,
     Criteria,
@@ -37,11 +38,9 @@ from app.selection import (
     observe,
 )
 from app.server.proof import awaited_marker, is_companion, is_ready
-from app.storage.names import shown
 from app.storage.state import read_observations, write_observations
+from app.timestamps import iso
 
-# Skipped files named one by one in the log, per reason, before they are counted.
-SKIPS_NAMED = 20
 # Files left for a later run named in the run report, before they are only counted:
 # enough to see which files wait, few enough that a 50,000-file catch-up keeps the
 # report small.

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from fnmatch import fnmatchcase
 
-from app.storage.names import invalid_name_reason
+from app.names import invalid_name_reason
 
 OrderKey = tuple[int, str]
 

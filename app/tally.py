@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.reporting.report import FileReport
+from app.results import TransferResult
 from app.storage.blocks import BlockDigests
 
-if TYPE_CHECKING:  # transfer imports this module
-    from app.server.transfer import TransferResult
+if TYPE_CHECKING:
     from app.storage.state import LedgerEntry
 
 

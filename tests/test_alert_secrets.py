@@ -22,7 +22,7 @@ from promstack import running_pushgateway
 from sshd import free_port
 
 from app.config import load_settings
-from app.reporting.urls import reason, safe_url, split_credentials
+from app.urls import reason, safe_url, split_credentials
 
 SMTP_PASSWORD = "Smtp-pa55-never-in-clear"
 PUSH_PASSWORD = "PushPw-123"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.storage.names import MAX_NAME_BYTES, invalid_name_reason, shown
+from app.names import MAX_NAME_BYTES, invalid_name_reason, shown
 
 
 @pytest.mark.parametrize(

@@ -18,12 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from relay import Relay
 
+from app import transfer
 from app.config import load_settings
 from app.selection import RemoteEntry
-from app.server import transfer
 from app.server.remote import HostKeyVerifier, connect, load_private_key
 from app.storage import blocks as blocks_module
 from app.storage.blocks import BLOCK_SIZE, BlockDigests, Recorded, check_prefix
+from app.storage.partial import Paths
 from app.tally import FileTally
 
 MiB = 1024 * 1024
@@ -108,7 +109,7 @@ def test_block_digests_are_recorded_after_each_checkpoint(server: Server, monkey
     recorded: list[Recorded] = []
     real = transfer.record_blocks
 
-    def spy(paths: transfer.Paths, entry: RemoteEntry, snapshot: Recorded) -> None:
+    def spy(paths: Paths, entry: RemoteEntry, snapshot: Recorded) -> None:
         recorded.append(snapshot)
         real(paths, entry, snapshot)
 

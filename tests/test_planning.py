@@ -12,8 +12,9 @@ from app.config import load_settings
 from app.job import RunSummary, summary_line
 from app.planning import Backlog, Planner, backlog_of
 from app.reporting.metrics import build_registry
-from app.reporting.report import HeldFile, RunReport, iso
+from app.reporting.report import HeldFile, RunReport
 from app.selection import Observation, Plan, RemoteEntry, Skip, SkipReason, order
+from app.timestamps import iso
 
 NOW = 1_750_000_000.0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from app.reporting.progress import STALLED_AFTER, Progress, bar_aware, bar_text
+from app.progress import STALLED_AFTER, Progress, bar_aware, bar_text
 
 
 class Terminal(io.StringIO):

@@ -9,7 +9,7 @@ from conftest import OLD, Runner, Server, run_job
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.storage.names import invalid_name_reason
+from app.names import invalid_name_reason
 from app.storage.state import read_record, write_record
 
 

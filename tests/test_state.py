@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.errors import ConfigError, LockedError
+from app.names import invalid_name_reason
 from app.reporting.report import FileReport, HeldFile, RetryRecord, RunReport, last_success, read_report, write_report
 from app.selection import Observation
-from app.server.transfer import Paths, read_partial_meta
-from app.storage.names import invalid_name_reason
+from app.storage.partial import Paths, read_partial_meta
 from app.storage.state import (
     LEDGER_CHECKS,
     LEDGER_OPTIONAL,

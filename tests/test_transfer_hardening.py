@@ -18,12 +18,13 @@ from hostile_sftp import HostileSftpServer, hostile_env
 from relay import Relay
 from sshd import free_port
 
+from app import transfer
 from app.config import load_settings
 from app.selection import RemoteEntry
-from app.server import transfer
 from app.server.remote import HostKeyVerifier, connect, load_private_key
-from app.server.transfer import SAMPLE_BLOCK, SAMPLE_STRATA, sample_ranges
+from app.storage.partial import Paths
 from app.tally import FileTally
+from app.transfer import SAMPLE_BLOCK, SAMPLE_STRATA, sample_ranges
 
 MiB = 1024 * 1024
 
@@ -184,7 +185,7 @@ def test_one_changed_byte_in_a_sampled_block_is_found(server: Server, where: str
     have = 6 * MiB
     path = server.put("20250428.IPI", data)
     settings = load_settings(server.env(RESUME_VERIFY_BYTES=MiB))
-    paths = transfer.Paths.for_name(settings.local_dir, "20250428.IPI")
+    paths = Paths.for_name(settings.local_dir, "20250428.IPI")
     settings.local_dir.mkdir(parents=True)
     paths.part.write_bytes(data[:have])
     middle = sample_ranges(have, MiB, random.Random(3))[SAMPLE_STRATA // 2]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from app.errors import LocalStorageError
-from app.reporting.progress import bar_aware
+from app.progress import bar_aware
 
 if TYPE_CHECKING:
     from loguru import Record

@@ -23,9 +23,9 @@ from prometheus_client.registry import Collector
 from app.config import Settings
 from app.errors import LocalStorageError
 from app.reporting.report import RunReport
-from app.reporting.urls import reason, safe_url, split_credentials
 from app.server.proof import METHODS
 from app.storage.fsutil import atomic_write
+from app.urls import reason, safe_url, split_credentials
 
 JOB = "sftp_ipi"
 

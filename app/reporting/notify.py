@@ -20,7 +20,7 @@ from loguru import logger
 from app.config import Settings
 from app.reporting.logs import redact
 from app.reporting.report import RunReport
-from app.reporting.urls import reason, safe_url, split_credentials
+from app.urls import reason, safe_url, split_credentials
 
 
 class NotificationError(Exception):

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from app.config import StateSettings
-from app.planning import SKIPS_NAMED
-from app.reporting.report import read_report
+from app.names import invalid_name_reason
+from app.reporting.report import SKIPS_NAMED, read_report
 from app.server import profile
-from app.server.transfer import Paths, partial_name, read_partial_meta
-from app.storage.names import invalid_name_reason
+from app.storage.partial import Paths, partial_name, read_partial_meta
 from app.storage.state import RefetchNote, SkipNote, read_ledger, read_record, run_in_progress
 
 

@@ -26,8 +26,8 @@ from typing import Any
 
 from app.config import StateSettings
 from app.errors import EXIT_CONFIG, EXIT_OK
-from app.reporting.progress import Progress
-from app.server.transfer import hash_file
+from app.hashing import hash_file
+from app.progress import Progress
 from app.storage.fsutil import is_temp_name, storage_error
 from app.storage.state import (
     LOCK_WAIT_SECONDS,

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from app.errors import ConfigError, LocalStorageError
-from app.storage.names import MAX_NAME_BYTES
+from app.names import MAX_NAME_BYTES
 
 # Temporary names are hidden and carry this marker, so a later run can recognise
 # and remove the leftovers of a killed one.

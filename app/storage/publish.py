@@ -25,7 +25,7 @@ from pathlib import Path
 
 from app import interrupt
 from app.errors import LocalStorageError
-from app.server.transfer import hash_file
+from app.hashing import hash_file
 from app.storage.fsutil import BackgroundFsync, create_temp, hold, storage_error, temp_path
 
 # Upper bound for one copy_file_range/sendfile call, so an interrupt is seen between calls.

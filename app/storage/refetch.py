@@ -40,10 +40,9 @@ from loguru import logger
 
 from app.config import StateSettings
 from app.errors import EXIT_OK, ConfigError
-from app.reporting.report import iso
 from app.selection import OrderKey, UnplaceableRecordError, order_key, record_key
-from app.server.transfer import Paths
 from app.storage.fsutil import atomic_write, storage_error
+from app.storage.partial import Paths
 from app.storage.state import (
     LOCK_WAIT_SECONDS,
     Ledger,
@@ -56,6 +55,7 @@ from app.storage.state import (
     run_lock_waiting,
     write_record,
 )
+from app.timestamps import iso
 
 
 @dataclass(frozen=True)

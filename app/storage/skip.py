@@ -33,8 +33,8 @@ from loguru import logger
 
 from app.config import StateSettings
 from app.errors import EXIT_OK, ConfigError
+from app.names import invalid_name_reason
 from app.selection import Observation
-from app.storage.names import invalid_name_reason
 from app.storage.state import (
     LOCK_WAIT_SECONDS,
     Ledger,

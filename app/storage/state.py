@@ -23,9 +23,9 @@ from typing import Any
 
 from app import interrupt
 from app.errors import ConfigError, LockedError
+from app.names import invalid_name_reason
 from app.selection import Observation
 from app.storage.fsutil import atomic_write, fsync_dir, storage_error
-from app.storage.names import invalid_name_reason
 
 # What Windows editors put at the start of a text file; never part of a name.
 _BOM = "\ufeff"

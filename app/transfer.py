@@ -33,8 +33,7 @@ import random
 import secrets
 import stat
 import time
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from loguru import logger
@@ -42,7 +41,9 @@ from loguru import logger
 from app import interrupt
 from app.config import Settings
 from app.errors import RemoteFileError, RemoteMissingError
-from app.reporting.progress import Progress
+from app.hashing import hash_file
+from app.progress import Progress
+from app.results import TransferResult
 from app.selection import RemoteEntry
 from app.server import proof
 from app.server.bandwidth import request_cap, throttle_for
@@ -53,12 +54,11 @@ from app.storage.fsutil import (
     BackgroundFsync,
     atomic_write,
     create_temp,
-    fitting_name,
     open_exclusive,
     storage_error,
     write_all,
 )
-from app.storage.names import invalid_name_reason
+from app.storage.partial import Paths, read_partial_meta
 from app.tally import FileTally
 
 # fsync the partial every so often, so that after a power cut at most this much
@@ -67,8 +67,6 @@ CHECKPOINT_BYTES = 64 * 1024 * 1024
 # Files up to this size are fetched whole into a temp file, without resume
 # state: fetching one again costs less than keeping that state for it.
 WHOLE_FILE_MAX = 1024 * 1024
-# Block size for hashing local files; large enough for sequential reads.
-HASH_BLOCK = 1024 * 1024
 # Before resuming, the kept prefix is compared with the server's bytes: its first
 # block, one block at an unpredictable place in each of SAMPLE_STRATA equal
 # slices of it, and the last RESUME_VERIFY_BYTES. One block per slice means any
@@ -87,63 +85,6 @@ MAX_MISMATCHES = 2
 RECHECK_BYTES = SAMPLE_BLOCK
 
 
-@dataclass(frozen=True)
-class TransferResult:
-    """What one file's download produced; the ledger, summary and report read it."""
-
-    name: str
-    size: int  # bytes received and verified
-    mtime: int | None  # as the server claimed it; None if it sent none
-    sha256: str
-    bytes_transferred: int
-    seconds: float
-    resumed_from: int
-    verified_by: str | None = None  # how the file was proven against the server (app/server/proof.py)
-
-
-@dataclass(frozen=True)
-class Paths:
-    final: Path
-    part: Path
-    meta: Path
-
-    PART_SUFFIX = ".part"
-    META_SUFFIX = ".part.json"
-
-    @classmethod
-    def for_name(cls, local_dir: Path, name: str) -> Paths:
-        # Planning already drops unsafe names; this keeps any other caller honest.
-        reason = invalid_name_reason(name)
-        if reason is not None:
-            raise RemoteFileError(f"refusing remote file name {name!r}: {reason}")
-        # Both derived names shorten together, so one is always found beside the other.
-        base = fitting_name(name, suffix=cls.META_SUFFIX).removesuffix(cls.META_SUFFIX)
-        return cls(
-            final=local_dir / name,
-            part=local_dir / f"{base}{cls.PART_SUFFIX}",
-            meta=local_dir / f"{base}{cls.META_SUFFIX}",
-        )
-
-
-def hash_file(path: Path, limit: int | None = None, on_block: Callable[[int], None] | None = None) -> hashlib._Hash:
-    """SHA-256 of ``path`` (its first ``limit`` bytes), read in blocks; ``on_block``
-    hears each block's length, for a progress display."""
-    digest = hashlib.sha256()
-    remaining = limit
-    with open(path, "rb") as fh:
-        while remaining is None or remaining > 0:
-            interrupt.check()
-            block = fh.read(HASH_BLOCK if remaining is None else min(HASH_BLOCK, remaining))
-            if not block:
-                break
-            digest.update(block)
-            if on_block is not None:
-                on_block(len(block))
-            if remaining is not None:
-                remaining -= len(block)
-    return digest
-
-
 def complete_local(paths: Paths, entry: RemoteEntry) -> bool:
     """True if LOCAL_DIR already holds this exact remote version, complete.
 
@@ -159,20 +100,6 @@ def complete_local(paths: Paths, entry: RemoteEntry) -> bool:
     except OSError as exc:
         raise storage_error("inspect", paths.final, exc) from None
     return stat.S_ISREG(st.st_mode) and st.st_size == entry.size and int(st.st_mtime) == entry.mtime
-
-
-def read_partial_meta(paths: Paths) -> tuple[int, int] | None:
-    """The remote (size, mtime) a partial was taken from, or None if unknown."""
-    try:
-        meta = json.loads(paths.meta.read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return None
-    values = (meta.get("size"), meta.get("mtime")) if isinstance(meta, dict) else (None, None)
-    # Anything but two whole numbers >= 0 (1e400, "12", true) is damage: unknown,
-    # so the partial starts again.
-    if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-        return values  # type: ignore[return-value]
-    return None
 
 
 def read_partial_blocks(paths: Paths) -> Recorded | None:
@@ -198,18 +125,6 @@ def record_blocks(paths: Paths, entry: RemoteEntry, recorded: Recorded) -> None:
         write_partial_meta(paths, entry, recorded)
     except Exception as exc:  # noqa: BLE001 - never fails a download; the next resume checks less
         logger.bind(file=entry.name).warning("{}: could not record the partial's block digests: {}", entry.name, exc)
-
-
-def partial_name(paths: Paths) -> str:
-    """The remote name a partial belongs to, as its metadata records it (a long
-    name's partial has a derived name); the partial's own name otherwise."""
-    try:
-        name = json.loads(paths.meta.read_bytes()).get("name")
-    except (OSError, ValueError, AttributeError, RecursionError):
-        name = None
-    # Damaged metadata may name anything: only a safe name whose partial this is counts.
-    safe = isinstance(name, str) and invalid_name_reason(name) is None
-    return name if safe and Paths.for_name(paths.final.parent, name).part == paths.part else paths.final.name
 
 
 def _discard_partial(paths: Paths) -> None:
