@@ -77,7 +77,8 @@ from app.server.transfer import (
     start_whole,
 )
 from app.storage.fsutil import storage_error, write_all
-from app.storage.publish import publish
+from app.storage.publish import can_clone, publish
+from app.storage.space import Room, needs
 from app.storage.state import LedgerEntry
 from app.tally import FileTally
 
@@ -134,6 +135,8 @@ def fetch_due(
         if small and not scheduler.run(small, keep_going):
             return
         small = []
+        # Measured afresh for each file fetched alone: the ones before it are on disk now.
+        make_room(Room.measured(settings.local_dir, settings.server_dir), settings, entry, lifecycle)
         tally = tallies.setdefault(entry.name, FileTally(entry.name))
         _announce(entry)
         try:
@@ -145,6 +148,33 @@ def fetch_due(
                 return
     if small:
         scheduler.run(small, keep_going)
+
+
+def make_room(room: Room, settings: Settings, entry: RemoteEntry, lifecycle: Lifecycle) -> None:
+    """Raise LocalStorageError (exit 5), before anything of ``entry`` is written, if it
+    cannot fit in LOCAL_DIR and SERVER_DIR (app/storage/space.py); a file listed
+    without a size is read to its end, and checked by the disk itself."""
+    if entry.size is None:
+        return
+    try:
+        paths = Paths.for_name(settings.local_dir, entry.name)
+    except RemoteFileError:
+        return  # refused, and reported, by the download
+    if complete_local(paths, entry):
+        kept = entry.size
+    else:
+        try:
+            kept = paths.part.lstat().st_size if entry.size > WHOLE_FILE_MAX else 0
+        except OSError:
+            kept = 0
+    method = settings.publish_method
+    shares = method == "hardlink" or (
+        method in ("reflink", "auto") and room.same_file_system and can_clone(settings.local_dir, settings.server_dir)
+    )
+    room.take(
+        entry.name,
+        needs(entry.size, min(kept, entry.size), decrypts=lifecycle.decrypts(entry.name), shares_blocks=shares),
+    )
 
 
 def _fetched_together(settings: Settings, entry: RemoteEntry) -> bool:
@@ -285,6 +315,9 @@ class _Scheduler:
         self.settled: set[int] = set()  # places after it that are
         self.results: dict[int, tuple[LedgerEntry, TransferResult]] = {}  # verified and published, by place
         self.keep_going = keep_going
+        # One measure for the batch: none of its files is on disk yet, so each is checked
+        # against what the ones started before it will take.
+        self.room = Room.measured(self.s.local_dir, self.s.server_dir)
         self.size, self.probing = request_size(self.conn, self.s)
         # The memory bound: bytes of admitted, unfinished files (each is fetched whole).
         budget = min(self.s.pipeline_depth * self.size, MAX_AHEAD)
@@ -429,6 +462,7 @@ class _Scheduler:
     def _start(self, entry: RemoteEntry) -> int:
         if entry.size is None:  # _fetched_together admits listed sizes only
             raise RemoteFileError(f"{entry.name}: no listed size, cannot be fetched together")
+        make_room(self.room, self.s, entry, self.lifecycle)
         _announce(entry)
         tally = self.tallies.setdefault(entry.name, FileTally(entry.name))
         tally.size = entry.size
