@@ -93,6 +93,34 @@ def test_compose_keys_repairs_ownership_of_everything_inside_the_volumes(tmp_pat
     assert (logs / "sftp_transfer.log").read_text() == "a line\n", "what was there is kept"
 
 
+@root_only
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv to run as another user")
+def test_compose_keys_without_root_names_what_another_user_left_and_fails(tmp_path: Path) -> None:
+    base = tmp_path / "clone"
+    (base / "tools").mkdir(parents=True)
+    shutil.copy(REPO / "tools" / "compose_keys.sh", base / "tools")
+    for path in [base, base / "tools", base / "tools" / "compose_keys.sh"]:
+        os.chown(path, 65534, 65534)
+    tmp_path.chmod(0o755)
+    logs = base / "volumes" / "state" / "logs"
+    logs.mkdir(parents=True)
+    for path in [base / "volumes", base / "volumes" / "state"]:
+        os.chown(path, 65534, 65534)
+    # logs stays root's: what a run as root leaves, and what nobody else can repair.
+
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", "tools/compose_keys.sh"],
+        cwd=base,
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "HOME": str(base)},
+    )
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "  volumes/state/logs" in proc.stderr
+    assert "sudo make compose-keys" in proc.stderr
+
+
 def test_audit_does_not_report_a_hidden_placeholder_in_server_dir(server: Server, run: Runner) -> None:
     server.put("20250101.IPI", os.urandom(3000))
     assert run().code == 0
