@@ -41,7 +41,7 @@ from paramiko.sftp import SFTP_EOF, SFTP_NO_SUCH_FILE, SFTP_PERMISSION_DENIED
 
 from app import interrupt
 from app.config import Settings
-from app.errors import RemoteFileError
+from app.errors import LocalStorageError, RemoteFileError
 from app.lifecycle import Lifecycle
 from app.reporting.progress import Progress
 from app.selection import RemoteEntry
@@ -308,16 +308,16 @@ class _Scheduler:
         self.throttle = throttle_for(settings)
 
     def run(self, entries: Sequence[RemoteEntry], keep_going: bool) -> bool:
-        """Fetch ``entries`` (all to be fetched together); False if a failure ends the batch."""
+        """Fetch ``entries`` (all to be fetched together); False if a failure ends the batch.
+        The files before the first that cannot fit in LOCAL_DIR and SERVER_DIR are
+        fetched; then its LocalStorageError (exit 5) is raised."""
+        entries, refusal = self._fitting(entries)
         self.queue = deque(entries)
         self.place = {e.name: n for n, e in enumerate(entries)}
         self.next_place = 0  # the first file in plan order not yet recorded or failed
         self.settled: set[int] = set()  # places after it that are
         self.results: dict[int, tuple[LedgerEntry, TransferResult]] = {}  # verified and published, by place
         self.keep_going = keep_going
-        # One measure for the batch: none of its files is on disk yet, so each is checked
-        # against what the ones started before it will take.
-        self.room = Room.measured(self.s.local_dir, self.s.server_dir)
         self.size, self.probing = request_size(self.conn, self.s)
         # The memory bound: bytes of admitted, unfinished files (each is fetched whole).
         budget = min(self.s.pipeline_depth * self.size, MAX_AHEAD)
@@ -369,7 +369,21 @@ class _Scheduler:
             for f in list(self.active):
                 self._drop(f)
         self.progress.finish()
+        if refusal is not None:
+            raise refusal
         return True
+
+    def _fitting(self, entries: Sequence[RemoteEntry]) -> tuple[Sequence[RemoteEntry], LocalStorageError | None]:
+        """The files of ``entries`` up to the first that cannot fit, and why it cannot. One
+        measure for the batch: none of its files is on disk yet, so each is checked
+        against what the ones before it will take."""
+        room = Room.measured(self.s.local_dir, self.s.server_dir)
+        for n, entry in enumerate(entries):
+            try:
+                make_room(room, self.s, entry, self.lifecycle)
+            except LocalStorageError as exc:
+                return entries[:n], exc
+        return entries, None
 
     @contextlib.contextmanager
     def _lesson_on_failure(self) -> Iterator[None]:
@@ -462,7 +476,6 @@ class _Scheduler:
     def _start(self, entry: RemoteEntry) -> int:
         if entry.size is None:  # _fetched_together admits listed sizes only
             raise RemoteFileError(f"{entry.name}: no listed size, cannot be fetched together")
-        make_room(self.room, self.s, entry, self.lifecycle)
         _announce(entry)
         tally = self.tallies.setdefault(entry.name, FileTally(entry.name))
         tally.size = entry.size

@@ -111,6 +111,28 @@ def test_local_dir_and_server_dir_on_one_file_system_are_counted_once_for_both_c
         assert file_sha256(volume / "server" / "20250428.IPI") == sha256(data)
 
 
+@root_only
+def test_in_a_catch_up_the_files_that_fit_are_delivered_and_the_first_that_cannot_fails_at_once(
+    server: Server,
+) -> None:
+    names = [f"2025010{n}.IPI" for n in range(1, 6)]
+    files = {name: os.urandom(512 * 1024) for name in names}
+    for name, data in files.items():
+        server.put(name, data)
+    with disk(server, 1792 * 1024) as volume:  # room for three of them, not four
+        local = volume / "local"
+
+        result = run_job(server.env(LOCAL_DIR=local, SELECT_MODE="all"), server.tmp / "cwd")
+
+        assert result.code == 5, result.output
+        assert f"20250104.IPI: needs {512 * 1024} bytes in LOCAL_DIR {local}" in result.stderr
+        assert sorted(p.name for p in server.served.iterdir()) == names[:3]
+        for name in names[:3]:
+            assert file_sha256(server.served / name) == sha256(files[name])
+        assert server.record.read_text().strip() == "20250103.IPI"
+        assert sorted(p.name for p in local.iterdir()) == names[:3], "nothing of the fourth was written"
+
+
 # -- pure -------------------------------------------------------------------------------
 
 
