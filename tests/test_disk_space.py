@@ -133,6 +133,24 @@ def test_in_a_catch_up_the_files_that_fit_are_delivered_and_the_first_that_canno
         assert sorted(p.name for p in local.iterdir()) == names[:3], "nothing of the fourth was written"
 
 
+@root_only
+def test_a_clone_takes_no_second_copy_so_a_file_that_fits_once_is_delivered(server: Server) -> None:
+    from test_publish import xfs_volume
+
+    data = os.urandom(64 * MiB)
+    server.put("20250428.IPI", data)
+    with xfs_volume(server.tmp) as volume:
+        env = server.env(LOCAL_DIR=volume / "local", SERVER_DIR=volume / "server", PUBLISH_METHOD="auto")
+        fill(volume, leave=100 * MiB)  # room for the download and its clone, not for a copy
+
+        result = run_job(env, server.tmp / "cwd")
+
+        assert result.code == 0, result.output
+        assert "(reflink)" in result.stderr
+        assert file_sha256(volume / "server" / "20250428.IPI") == sha256(data)
+        assert [p.name for p in (volume / "server").iterdir()] == ["20250428.IPI"], "no probe left behind"
+
+
 # -- pure -------------------------------------------------------------------------------
 
 

@@ -106,8 +106,10 @@ def _try_clone(source_dir: Path, target_dir: Path) -> bool:
     try:
         made.append(create_temp(source_dir / "clone-probe"))
         os.write(made[0][1], b"x")
+        # The temp is open for writing only; a clone reads its source.
+        made.append((made[0][0], os.open(made[0][0], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)))
         made.append(create_temp(target_dir / "clone-probe"))
-        return _clone(made[0][1], made[1][1])
+        return _clone(made[1][1], made[2][1])
     except OSError:
         return False
     finally:
