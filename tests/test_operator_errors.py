@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO, Result, Server, run_job
 from relay import Relay
 from sshd import keygen
+from test_network_paths import Jump, jump, jump_env  # noqa: F401 - jump: the jump-host fixture
 
 from app import errors
 
@@ -139,6 +140,22 @@ def test_a_password_the_server_does_not_take_names_it_and_the_only_method_offere
     )
     assert line.rstrip().endswith("the server accepts: publickey"), line
     assert secret not in result.output
+
+
+def test_a_jump_host_refusing_its_own_key_names_that_key_and_the_jump_host(server: Server, jump: Jump) -> None:  # noqa: F811
+    stranger = keygen(server.tmp / "jump_stranger")
+    env = jump_env(server, jump, SFTP_JUMP_KEY_FILE=stranger)
+
+    result = run_job(env, server.tmp / "cwd")
+
+    assert_one_line(
+        result,
+        3,
+        f"jump host 127.0.0.1:{jump.port}",
+        "authentication failed",
+        f"key SFTP_JUMP_KEY_FILE={stranger} (ssh-ed25519 SHA256:",
+        "the server accepts: publickey",
+    )
 
 
 # -- the exit-code table --------------------------------------------------------------
