@@ -41,7 +41,7 @@ from paramiko.sftp import SFTP_EOF, SFTP_NO_SUCH_FILE, SFTP_PERMISSION_DENIED
 
 from app import interrupt
 from app.config import Settings
-from app.errors import RemoteFileError
+from app.errors import LocalStorageError, RemoteFileError
 from app.lifecycle import Lifecycle
 from app.progress import Progress
 from app.results import TransferResult
@@ -66,7 +66,8 @@ from app.server.pipeline import (
 from app.server.remote import Connection, remote_errors, remote_path
 from app.storage.fsutil import storage_error, write_all
 from app.storage.partial import Paths
-from app.storage.publish import publish
+from app.storage.publish import can_clone, publish
+from app.storage.space import Room, needs
 from app.storage.state import LedgerEntry
 from app.tally import FileTally
 from app.transfer import (
@@ -134,6 +135,8 @@ def fetch_due(
         if small and not scheduler.run(small, keep_going):
             return
         small = []
+        # Measured afresh for each file fetched alone: the ones before it are on disk now.
+        make_room(Room.measured(settings.local_dir, settings.server_dir), settings, entry, lifecycle)
         tally = tallies.setdefault(entry.name, FileTally(entry.name))
         _announce(entry)
         try:
@@ -145,6 +148,33 @@ def fetch_due(
                 return
     if small:
         scheduler.run(small, keep_going)
+
+
+def make_room(room: Room, settings: Settings, entry: RemoteEntry, lifecycle: Lifecycle) -> None:
+    """Raise LocalStorageError (exit 5), before anything of ``entry`` is written, if it
+    cannot fit in LOCAL_DIR and SERVER_DIR (app/storage/space.py); a file listed
+    without a size is read to its end, and checked by the disk itself."""
+    if entry.size is None:
+        return
+    try:
+        paths = Paths.for_name(settings.local_dir, entry.name)
+    except RemoteFileError:
+        return  # refused, and reported, by the download
+    if complete_local(paths, entry):
+        kept = entry.size
+    else:
+        try:
+            kept = paths.part.lstat().st_size if entry.size > WHOLE_FILE_MAX else 0
+        except OSError:
+            kept = 0
+    method = settings.publish_method
+    shares = method == "hardlink" or (
+        method in ("reflink", "auto") and room.same_file_system and can_clone(settings.local_dir, settings.server_dir)
+    )
+    room.take(
+        entry.name,
+        needs(entry.size, min(kept, entry.size), decrypts=lifecycle.decrypts(entry.name), shares_blocks=shares),
+    )
 
 
 def _fetched_together(settings: Settings, entry: RemoteEntry) -> bool:
@@ -278,7 +308,10 @@ class _Scheduler:
         self.throttle = throttle_for(settings)
 
     def run(self, entries: Sequence[RemoteEntry], keep_going: bool) -> bool:
-        """Fetch ``entries`` (all to be fetched together); False if a failure ends the batch."""
+        """Fetch ``entries`` (all to be fetched together); False if a failure ends the batch.
+        The files before the first that cannot fit in LOCAL_DIR and SERVER_DIR are
+        fetched; then its LocalStorageError (exit 5) is raised."""
+        entries, refusal = self._fitting(entries)
         self.queue = deque(entries)
         self.place = {e.name: n for n, e in enumerate(entries)}
         self.next_place = 0  # the first file in plan order not yet recorded or failed
@@ -336,7 +369,21 @@ class _Scheduler:
             for f in list(self.active):
                 self._drop(f)
         self.progress.finish()
+        if refusal is not None:
+            raise refusal
         return True
+
+    def _fitting(self, entries: Sequence[RemoteEntry]) -> tuple[Sequence[RemoteEntry], LocalStorageError | None]:
+        """The files of ``entries`` up to the first that cannot fit, and why it cannot. One
+        measure for the batch: none of its files is on disk yet, so each is checked
+        against what the ones before it will take."""
+        room = Room.measured(self.s.local_dir, self.s.server_dir)
+        for n, entry in enumerate(entries):
+            try:
+                make_room(room, self.s, entry, self.lifecycle)
+            except LocalStorageError as exc:
+                return entries[:n], exc
+        return entries, None
 
     @contextlib.contextmanager
     def _lesson_on_failure(self) -> Iterator[None]:

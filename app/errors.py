@@ -74,6 +74,9 @@ class TransientError(JobError):
 class RemoteFileError(JobError):
     """One remote file cannot be fetched (vanished, unreadable, changed); others may be."""
 
+    # The server's own words for the refusal (its SFTP status message), where it sent any.
+    said: str | None = None
+
 
 class RemoteMissingError(RemoteFileError):
     """The server says the remote file is not there (no such file): vanished, or

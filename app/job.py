@@ -114,6 +114,7 @@ class Job:
         self.criteria = self.planner.criteria
         self.summary = RunSummary()
         self._unsynced_record: str | None = None
+        self._state_read: tuple[Ledger, str | None] | None = None  # read before connecting, for the first attempt
         self._uncommitted: list[LedgerEntry] = []
         self._last_commit = time.monotonic()
         self.lifecycle = Lifecycle(settings, self.summary.lifecycle)
@@ -125,6 +126,9 @@ class Job:
         keeps it until the report, metrics and alerts are out)."""
         key = load_private_key(self.s)
         verifier = HostKeyVerifier(self.s, record=not self.dry_run)
+        # The local state is checked before any login: a damaged ledger or record fails
+        # every run the same way, and partners lock accounts after repeated logins.
+        self._state_read = self._read_state()
         if self.dry_run:
             return self._with_retries(lambda: self._attempt(key, verifier))
         for label, directory in (
@@ -238,12 +242,19 @@ class Job:
             raise JobError(f"{len(self.summary.failed)} file(s) failed: {names}")
         return EXIT_OK
 
-    def _snapshot(self, conn: Connection) -> _Snapshot:
-        entries = list_entries(conn, self.s)
+    def _read_state(self) -> tuple[Ledger, str | None]:
+        """The ledger and LAST_FILE_RECORD, each valid or a ConfigError naming the file (and line)."""
         ledger = read_ledger(self.s.ledger_path)
         if ledger.damaged_lines:
             logger.warning("{}: skipped {} damaged line(s)", self.s.ledger_path, ledger.damaged_lines)
-        record = read_record(self.s.last_file_record)
+        return ledger, read_record(self.s.last_file_record)
+
+    def _snapshot(self, conn: Connection) -> _Snapshot:
+        entries = list_entries(conn, self.s)
+        # The first attempt uses what was read before connecting; a later one reads
+        # again, since the attempts before it may have recorded files.
+        state, self._state_read = self._state_read, None
+        ledger, record = state if state is not None else self._read_state()
         try:
             last_key = self._record_key(record, entries, ledger)
         except UnplaceableRecordError as exc:

@@ -77,10 +77,6 @@ def test_download_survives_many_rekeys(server: Server) -> None:
     assert kex >= 4, f"expected the first key exchange and at least 3 rekeys, sshd saw {kex}"
 
 
-def grow(path: Path, size: int) -> None:
-    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
-
-
 def run_with_file_limit(env: dict[str, str], cwd: Path, limit: int) -> tuple[int, str]:
     """Stand-in for a full disk without root: writes past ``limit`` bytes fail with EFBIG."""
 
@@ -101,28 +97,66 @@ def run_with_file_limit(env: dict[str, str], cwd: Path, limit: int) -> tuple[int
     return proc.returncode, proc.stderr
 
 
-def test_full_local_dir_exits_5_and_keeps_a_valid_partial(server: Server) -> None:
+def fill_up(directory: Path) -> Path:
+    """Write into ``directory`` until its file system is full (ENOSPC); the filler written."""
+    filler = directory / "filler"
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * MiB)
+                fh.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def fill_when(path: Path, size: int, directory: Path) -> threading.Thread:
+    """Fill ``directory``'s file system once ``path`` holds ``size`` bytes: a disk that
+    fills during a download (another writer), after the free-space check let it start."""
+
+    def later() -> None:
+        if wait_until(lambda: size_of(path) >= size, 60):
+            fill_up(directory)
+
+    thread = threading.Thread(target=later, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_full_local_dir_exits_5_and_keeps_a_valid_partial(server: Server, relay: Relay) -> None:
     data = os.urandom(8 * MiB)
     server.put("20250428.IPI", data)
-    env = server.env()
-    with small_filesystem(server.local, 3 * MiB) as mounted:
+    # Slow enough that the disk fills while the download is under way.
+    relay.rate = 2 * MiB
+    disk = server.tmp / "disk"
+    env = server.env(port=relay.port, LOCAL_DIR=disk / "local")
+    local = disk / "local"
+    part = local / "20250428.IPI.part"
+    with small_filesystem(disk, 16 * MiB) as mounted:
         if mounted:
+            # The file fits when the run starts (the free-space check passes); another
+            # writer then fills the disk under it.
+            filler = fill_when(part, 2 * MiB, disk)
             result = run_job(env, server.tmp / "cwd")
+            filler.join()
             code, err = result.code, result.stderr
         else:
+            env["LOCAL_DIR"] = str(server.local)
+            local, part = server.local, server.local / "20250428.IPI.part"
             code, err = run_with_file_limit(env, server.tmp / "cwd", 3 * MiB)
 
         assert code == 5, err
         assert "Traceback" not in err
-        assert str(server.local) in err.splitlines()[-2] or str(server.local) in err
-        part = server.local / "20250428.IPI.part"
+        assert str(local) in err
+        assert "no space left" in err or "File too large" in err
         kept = part.stat().st_size
         assert 0 < kept < len(data)
         assert part.read_bytes() == data[:kept]
         assert not (server.served / "20250428.IPI").exists()
 
         if mounted:
-            grow(server.local, 32 * MiB)
+            (disk / "filler").unlink()
+        relay.rate = None
         result = run_job(env, server.tmp / "cwd")
         assert result.code == 0, result.output
         assert f"resuming at byte {kept}" in result.stderr
@@ -133,24 +167,31 @@ def test_full_local_dir_exits_5_and_keeps_a_valid_partial(server: Server) -> Non
 def test_full_server_dir_exits_5_and_never_shows_a_truncated_file(server: Server, relay: Relay) -> None:
     data = os.urandom(6 * MiB)
     server.put("20250428.IPI", data)
-    env = server.env(port=relay.port)
-    with small_filesystem(server.served, 2 * MiB) as mounted:
+    relay.rate = 2 * MiB
+    disk = server.tmp / "disk"
+    served = disk / "server"
+    env = server.env(port=relay.port, SERVER_DIR=served)
+    with small_filesystem(disk, 8 * MiB) as mounted:
         assert mounted
+        # The file fits in SERVER_DIR when its download starts; the disk is full when it is published.
+        filler = fill_when(server.local / "20250428.IPI.part", MiB, disk)
         result = run_job(env, server.tmp / "cwd")
+        filler.join()
 
         assert result.code == 5, result.output
-        assert "SERVER_DIR" in result.stderr or str(server.served) in result.stderr
-        assert list(server.served.iterdir()) == [], "no final file and no temp file left behind"
+        assert "SERVER_DIR" in result.stderr or str(served) in result.stderr
+        assert list(served.iterdir()) == [], "no final file and no temp file left behind"
         assert file_sha256(server.local / "20250428.IPI") == sha256(data)
         assert not server.record.exists()
 
-        grow(server.served, 32 * MiB)
+        (disk / "filler").unlink()
+        relay.rate = None
         relay.reset_counters()
         result = run_job(env, server.tmp / "cwd")
 
         assert result.code == 0, result.output
         assert relay.bytes_down < OVERHEAD, "the verified local file is published, not fetched again"
-        assert file_sha256(server.served / "20250428.IPI") == sha256(data)
+        assert file_sha256(served / "20250428.IPI") == sha256(data)
 
 
 def test_file_growing_during_download_is_not_recorded(server: Server, relay: Relay) -> None:

@@ -6,8 +6,16 @@
 #   volumes/secrets/         the login password (the job reads it as a secret
 #                            file) and the server's users.conf holding it encrypted
 #   volumes/remote/          a few small sample YYYYMMDD.IPI files, if it has none
-# and makes volumes/local, server and state writable by the image's UID 10001.
-# Running it again keeps what exists and repairs permissions.
+# and makes volumes/local, server and state, and everything in them, writable by
+# the image's UID 10001 (the Dockerfile's USER; a test keeps the two in step).
+# Running it again keeps what exists and repairs ownership and permissions:
+#   as root:  everything inside volumes/local, server and state is given to
+#             10001:10001 (chown -R) and made writable by that owner, so
+#             state that another user left there (a root-owned state/logs) no
+#             longer makes the container's run exit 5;
+#   otherwise: the three folders (and what in them you own) are made writable by
+#             mode; what another user owns cannot be changed without root, so
+#             it names those paths and exits 1: run `sudo make compose-keys`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,14 +71,30 @@ fi
 chmod 0755 "$V/remote"
 chmod 0644 "$V/remote"/*
 
+data=("$V/local" "$V/server" "$V/state")
 if [ "$(id -u)" = 0 ]; then
-    chown "$JOB_UID:$JOB_GID" "$V/local" "$V/server" "$V/state" "$password"
+    # Everything inside, not only the folders: the job rewrites its state files and
+    # creates files beside them, and a root-owned state/logs stops it at once.
+    chown -R "$JOB_UID:$JOB_GID" "${data[@]}" "$password"
+    find "${data[@]}" -type d -exec chmod u+rwx {} +
+    find "${data[@]}" -type f -exec chmod u+rw {} +
     chmod 0400 "$password"
+    echo "compose-keys: everything in volumes/local, server and state now belongs to $JOB_UID:$JOB_GID"
 else
     # Without root, hand the folders and the test password to UID 10001 by mode.
-    chmod 0777 "$V/local" "$V/server" "$V/state"
+    chmod 0777 "${data[@]}"
     chmod 0644 "$password"
+    # What we own inside them too; what another user owns is left, and named.
+    find "${data[@]}" -mindepth 1 -user "$(id -u)" -type d -exec chmod 0777 {} +
+    find "${data[@]}" -mindepth 1 -user "$(id -u)" -type f -exec chmod 0666 {} +
+    foreign=$(find "${data[@]}" -mindepth 1 ! -user "$(id -u)" ! -user "$JOB_UID" -print)
     echo "compose-keys: volumes/local, server and state are now world-writable, and the test password"
-    echo "  world-readable, for the container's UID 10001; files the job writes belong to that UID."
+    echo "  world-readable, for the container's UID $JOB_UID; files the job writes belong to that UID."
+    if [ -n "$foreign" ]; then
+        echo "compose-keys: these belong to another user, and the container cannot write them:" >&2
+        printf '%s\n' "$foreign" | sed 's/^/  /' >&2
+        echo "  run sudo make compose-keys to give them to $JOB_UID:$JOB_GID" >&2
+        exit 1
+    fi
 fi
 echo "compose-keys: ready. Next: docker compose run --rm downloader"

@@ -1,14 +1,20 @@
 """``make demo``: a real run of the job against a private local sshd.
 
 Starts OpenSSH sshd on a free 127.0.0.1 port with its own host key, serves a
-few sample ``YYYYMMDD.IPI`` files from ``volumes/remote``, runs ``python -m app``
-with SELECT_MODE=all and strict host-key checking into ``volumes/local`` and
-``volumes/server``, runs it again (nothing due), checks every published file's
+few sample ``YYYYMMDD.IPI`` files from ``demo/remote``, runs ``python -m app``
+with SELECT_MODE=all and strict host-key checking into ``demo/local`` and
+``demo/server``, runs it again (nothing due), checks every published file's
 SHA-256 against the source, and stops sshd.
+
+Everything it writes is under ``demo/`` (ignored by git; ``--dir`` names another
+place), never under ``volumes/``: that is docker-compose.yml's, whose container
+runs as UID 10001, and state left there by a demo run as root (a root-owned
+``state/logs``) made the next ``docker compose run`` exit 5.
 """
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import hashlib
 import os
@@ -25,7 +31,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from sshd import Sshd, keygen  # noqa: E402
 
-VOLUMES = REPO / "volumes"
+DEMO = REPO / "demo"
 SAMPLES = {"20250426.IPI": 3_000_000, "20250427.IPI": 5_000_000, "20250428.IPI": 8_000_000}
 
 
@@ -46,22 +52,23 @@ def make_samples(remote: Path) -> None:
 
 
 def reset(directory: Path) -> None:
-    """Empty a demo volume but keep it (and its .gitkeep)."""
+    """Empty a demo directory but keep it."""
     directory.mkdir(parents=True, exist_ok=True)
     for child in directory.iterdir():
-        if child.name == ".gitkeep":
-            continue
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:
             child.unlink()
 
 
-def main() -> int:
-    remote = VOLUMES / "remote"
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="make demo: the job against a private local sshd")
+    parser.add_argument("--dir", type=Path, default=DEMO, help=f"where the demo writes everything (default: {DEMO})")
+    base = parser.parse_args(argv).dir.resolve()
+    remote = base / "remote"
     make_samples(remote)
     for name in ("local", "server", "state"):
-        reset(VOLUMES / name)
+        reset(base / name)
 
     with tempfile.TemporaryDirectory(prefix="sftp-ipi-demo-") as tmp_name:
         tmp = Path(tmp_name)
@@ -84,10 +91,10 @@ def main() -> int:
                         f"SFTP_KNOWN_HOSTS={known_hosts}",
                         "SFTP_HOST_KEY_POLICY=strict",
                         f"SFTP_DIR={remote}",
-                        f"LOCAL_DIR={VOLUMES / 'local'}",
-                        f"SERVER_DIR={VOLUMES / 'server'}",
-                        f"LAST_FILE_RECORD={VOLUMES / 'state' / 'last_file.txt'}",
-                        f"LOG_FILE={VOLUMES / 'state' / 'logs' / 'sftp_transfer.log'}",
+                        f"LOCAL_DIR={base / 'local'}",
+                        f"SERVER_DIR={base / 'server'}",
+                        f"LAST_FILE_RECORD={base / 'state' / 'last_file.txt'}",
+                        f"LOG_FILE={base / 'state' / 'logs' / 'sftp_transfer.log'}",
                         "SELECT_MODE=all",
                     ]
                 )
@@ -105,14 +112,14 @@ def main() -> int:
         finally:
             sshd.stop()
 
-    print("\n=== result in volumes/server")
+    print(f"\n=== result in {base / 'server'}")
     ok = True
     for name in SAMPLES:
-        served = VOLUMES / "server" / name
+        served = base / "server" / name
         good = served.is_file() and sha256(served) == sha256(remote / name)
         ok &= good
         print(f"{'OK ' if good else 'BAD'} {name} {served.stat().st_size if served.exists() else 0:>10} bytes")
-    print(f"LAST_FILE_RECORD: {(VOLUMES / 'state' / 'last_file.txt').read_text().strip()}")
+    print(f"LAST_FILE_RECORD: {(base / 'state' / 'last_file.txt').read_text().strip()}")
     if not ok:
         print("demo: the published files do not match the samples", file=sys.stderr)
         return 1

@@ -96,6 +96,8 @@ def remote_errors(action: str, *, conn: Connection | None = None) -> Iterator[No
         yield
     except TimeoutError:
         raise TransientError(f"{action}: timed out") from None
+    except LoginRefused as exc:
+        raise AuthError(f"{action}: authentication failed: {exc}") from None
     except paramiko.AuthenticationException as exc:
         raise AuthError(f"{action}: authentication failed ({exc.__class__.__name__})") from None
     except paramiko.ChannelException as exc:
@@ -122,7 +124,9 @@ def remote_errors(action: str, *, conn: Connection | None = None) -> Iterator[No
         if file_level and conn is not None and conn.alive() and exc.errno in _FILE_ERRNOS:
             reason = os.strerror(exc.errno) if exc.errno else (_short(exc) or "server reported a failure")
             kind = RemoteMissingError if exc.errno == errno.ENOENT else RemoteFileError
-            raise kind(f"{action}: {reason}") from None
+            refusal = kind(f"{action}: {reason}")
+            refusal.said = exc.strerror or _short(exc)
+            raise refusal from None
         raise TransientError(f"{action}: {exc.strerror or _short(exc)}") from None
 
 
@@ -463,6 +467,27 @@ def _tune(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
+class LoginRefused(paramiko.AuthenticationException):  # type: ignore[misc]
+    """Every credential was refused: which ones were offered (never their content) and
+    the methods the server said it accepts."""
+
+    def __init__(self, tried: list[str], offered: list[str] | None) -> None:
+        methods = ", ".join(offered) if offered else "not said"
+        super().__init__(f"tried {'; '.join(tried) or 'no credential'}; the server accepts: {methods}")
+
+
+def _offered_methods(transport: paramiko.Transport, user: str) -> list[str] | None:
+    """The methods the server accepts, learned from its answer to "none" (RFC 4252
+    5.2): no credential is sent, and OpenSSH counts no failure for it."""
+    try:
+        transport.auth_none(user)
+    except paramiko.BadAuthenticationType as exc:
+        return list(exc.allowed_types)
+    except (paramiko.SSHException, EOFError, OSError):
+        return None
+    return []
+
+
 def _authenticate(
     transport: paramiko.Transport,
     settings: Settings,
@@ -470,32 +495,54 @@ def _authenticate(
     *,
     user: str | None = None,
     password: str | None = None,
+    key_label: str | None = None,
+    password_label: str | None = None,
 ) -> None:
     """Keys first (SFTP_KEY_FILE, then the agent's if allowed), then the password.
-    ``user`` and ``password`` are a jump host's; by default the server's."""
+    ``user`` and ``password`` are a jump host's; by default the server's. The labels
+    say where the key and the password came from, for the refusal's message."""
     user = user or settings.sftp_user
     password = password if password is not None else settings.sftp_pass
+    key_label = key_label or f"key SFTP_KEY_FILE={settings.sftp_key_file}"
+    if password_label is None:
+        pass_file = settings.sftp_pass_file
+        password_label = f"password from SFTP_PASS_FILE={pass_file}" if pass_file else "password from SFTP_PASS"
     keys: list[paramiko.PKey] = [key] if key is not None else []
     agent = paramiko.Agent() if settings.sftp_use_agent else None
+    tried: list[str] = []
+    offered: list[str] | None = None
     try:
         if agent is not None:
             keys.extend(agent.get_keys())
         for candidate in keys:
+            label = key_label if candidate is key else "a key of the ssh-agent"
+            tried.append(f"{label} ({candidate.get_name()} {fingerprint(candidate)})")
             try:
                 remaining = transport.auth_publickey(user, candidate)
+            except paramiko.BadAuthenticationType as exc:
+                offered = list(exc.allowed_types)
+                break
             except paramiko.AuthenticationException:
                 continue
             # An empty list means fully authenticated; otherwise the server wants a
             # second factor (publickey,password), which the password may satisfy.
             if not remaining:
                 return
+            tried[-1] += " (accepted, but not enough alone)"
+            offered = list(remaining)
             break
     finally:
         if agent is not None:
             agent.close()
     if password is None:
-        raise paramiko.AuthenticationException("no key or password was accepted")
-    transport.auth_password(user, password)
+        raise LoginRefused(tried, offered if offered is not None else _offered_methods(transport, user))
+    tried.append(password_label)
+    try:
+        transport.auth_password(user, password)
+    except paramiko.BadAuthenticationType as exc:
+        raise LoginRefused(tried, list(exc.allowed_types)) from None
+    except paramiko.AuthenticationException:
+        raise LoginRefused(tried, _offered_methods(transport, user)) from None
 
 
 def connect(settings: Settings, key: paramiko.PKey | None, verifier: HostKeyVerifier) -> Connection:
@@ -533,7 +580,20 @@ def _through(
     jump_key = key
     if settings.sftp_jump_key_file is not None:
         jump_key = _load_key(settings, settings.sftp_jump_key_file, "SFTP_JUMP_KEY_FILE")
-    hop = _Hop(label, settings.sftp_jump_user or jump.user or settings.sftp_user, settings.sftp_jump_pass)
+    jump_key_file = settings.sftp_jump_key_file
+    key_label = (
+        f"key SFTP_JUMP_KEY_FILE={jump_key_file}" if jump_key_file else f"key SFTP_KEY_FILE={settings.sftp_key_file}"
+    )
+    jump_pass_file = settings.sftp_jump_pass_file
+    # Without a password of its own, the jump host is offered the server's (see _authenticate).
+    password_label = f"password from SFTP_JUMP_PASS_FILE={jump_pass_file}" if jump_pass_file else None
+    hop = _Hop(
+        label,
+        settings.sftp_jump_user or jump.user or settings.sftp_user,
+        settings.sftp_jump_pass,
+        key_label,
+        password_label,
+    )
     jump_verifier = HostKeyVerifier(settings, record=verifier.may_write, jump=jump)
     # Each hop has the connect budget of its own: the jump host's covers its login and the
     # channel it opens, the server's its login and the sftp session.
@@ -568,6 +628,8 @@ class _Hop:
     label: str
     user: str
     password: str | None
+    key_label: str  # where its key came from, for a refused login's message
+    password_label: str | None
 
 
 def _start_transport(
@@ -619,7 +681,15 @@ def _start_transport(
             if hop is None:
                 _authenticate(transport, settings, key)
             else:
-                _authenticate(transport, settings, key, user=hop.user, password=hop.password)
+                _authenticate(
+                    transport,
+                    settings,
+                    key,
+                    user=hop.user,
+                    password=hop.password,
+                    key_label=hop.key_label,
+                    password_label=hop.password_label,
+                )
             if settings.keepalive_interval:
                 transport.set_keepalive(settings.keepalive_interval)
             interrupt.check()
@@ -707,9 +777,16 @@ def remote_path(settings: Settings, name: str) -> str:
 
 
 def list_entries(conn: Connection, settings: Settings) -> list[RemoteEntry]:
+    """SFTP_DIR's entries. A directory the server refuses to list (missing, not a
+    directory, not this account's) is a configuration error: every run would fail the
+    same way until SFTP_DIR or the account is fixed, so it is exit 2, never retried."""
     directory = settings.sftp_dir or "."
-    with remote_errors(f"list remote directory {directory!r}", conn=conn):
-        listed = list_directory(conn.sftp, directory, settings.max_listing)
+    try:
+        with remote_errors(f"list remote directory {directory!r}", conn=conn):
+            listed = list_directory(conn.sftp, directory, settings.max_listing)
+    except RemoteFileError as exc:
+        said = f"the server said {exc.said!r}" if exc.said else str(exc)
+        raise ConfigError(f"SFTP_DIR={directory}: cannot list this directory on the server ({said})") from None
     return [_entry(name, attrs) for name, attrs in listed]
 
 

@@ -2,7 +2,8 @@
 
 Bit rot, a consumer that edited a published file, or a lost volume each show up
 as a file that is *missing*, *changed* (size or SHA-256 differs from the ledger)
-or *unknown* (in SERVER_DIR but not in the ledger); two remote files recorded
+or *unknown* (in SERVER_DIR but not in the ledger; hidden names, ``.gitkeep``
+say, are not reported); two remote files recorded
 under one published name are a *conflict*. SERVER_DIR is checked in
 full; LOCAL_DIR only for the delivered files it still keeps (partials and the
 job's temp files are never looked at).
@@ -158,7 +159,9 @@ def audit(settings: StateSettings) -> AuditResult:
         for name, st in _listing(settings.server_dir):
             entry = expected.get(name)
             if entry is None:
-                if name not in pending and name not in passed:
+                # A hidden name the ledger does not hold is a placeholder or a tool's own
+                # file (volumes/server/.gitkeep, an editor's swap file), not a stray delivery.
+                if name not in pending and name not in passed and not name.startswith("."):
                     findings.append(Finding("unknown", "SERVER_DIR", name, "not in the ledger"))
                 continue
             seen[name] = (st.st_dev, st.st_ino)

@@ -83,6 +83,42 @@ def _clone(src_fd: int, dst_fd: int) -> bool:
     return True
 
 
+# (LOCAL_DIR's device, SERVER_DIR's device) -> whether a file of one clones into the other.
+_CLONES: dict[tuple[int, int], bool] = {}
+
+
+def can_clone(source_dir: Path, target_dir: Path) -> bool:
+    """Whether a file in ``source_dir`` can be cloned into ``target_dir``: tried once per
+    pair of file systems with two hidden temp files of one byte (swept at start-up if
+    a run dies between). The free-space check asks it, so that a copy-on-write file
+    system is not asked for room for a second copy it will never write."""
+    try:
+        key = (os.stat(source_dir).st_dev, os.stat(target_dir).st_dev)
+    except OSError:
+        return False
+    if key not in _CLONES:
+        _CLONES[key] = _try_clone(source_dir, target_dir)
+    return _CLONES[key]
+
+
+def _try_clone(source_dir: Path, target_dir: Path) -> bool:
+    made: list[tuple[Path, int]] = []
+    try:
+        made.append(create_temp(source_dir / "clone-probe"))
+        os.write(made[0][1], b"x")
+        # The temp is open for writing only; a clone reads its source.
+        made.append((made[0][0], os.open(made[0][0], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)))
+        made.append(create_temp(target_dir / "clone-probe"))
+        return _clone(made[1][1], made[2][1])
+    except OSError:
+        return False
+    finally:
+        for path, fd in made:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            os.close(fd)
+
+
 def _fill(source: Path, tmp: Path, dst_fd: int, method: str, size: int, sha256: str) -> str:
     """Give ``tmp`` (open as ``dst_fd``) the verified bytes of ``source``; returns the method used."""
     with open(source, "rb") as src:

@@ -335,7 +335,10 @@ def read_ledger(path: Path) -> Ledger:
     except FileNotFoundError:
         return Ledger(entries=())
     except OSError as exc:
-        raise storage_error("read the ledger", path, exc) from None
+        # Exit 2, as for LAST_FILE_RECORD: a state file that cannot be read fails
+        # every run the same way until someone fixes it (its owner, its mode).
+        reason = os.strerror(exc.errno) if exc.errno else exc.__class__.__name__
+        raise ConfigError(f"ledger {path}: cannot read it ({reason})") from None
     items: list[_Item] = []
     damaged = 0
     for number, line in enumerate(raw.split(b"\n"), start=1):
