@@ -165,7 +165,7 @@ def test_a_failed_run_makes_the_failure_alert_pending_then_firing(feed: Feed) ->
     assert alert["state"] == "firing"
     assert alert["annotations"]["summary"] == f"sftp-ipi {INSTANCE}: last run failed with exit 1"
     assert f"on {INSTANCE} exited 1: transfer failed after retries" in alert["annotations"]["description"]
-    assert alert["annotations"]["runbook"] == "README.md#sftpipirunfailed"
+    assert alert["annotations"]["runbook_url"].endswith("/docs/operations.md#sftpipirunfailed")
 
     # Exit 1 is worth retrying, and the last success is minutes old: nothing else fires.
     others = prom.query('ALERTS{alertname!="SftpIpiRunFailed"}')

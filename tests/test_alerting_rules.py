@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ sys.path.insert(0, str(REPO / "tools"))
 import grafana_dashboard  # noqa: E402
 import prometheus_rule  # noqa: E402
 
-README = (REPO / "README.md").read_text(encoding="utf-8")
+OPERATIONS = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -82,18 +83,45 @@ def test_every_alert_has_unit_tests_that_fire_and_that_stay_silent(name: str) ->
     assert any(not c["exp_alerts"] for c in cases), f"{name}: no unit test where it stays silent"
 
 
+def runbook_base() -> str:
+    """Where every runbook_url points: the repository's docs/operations.md, from pyproject.toml."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return f"{project['urls']['Repository']}/blob/main/docs/operations.md"
+
+
+def runbook_section(name: str) -> str:
+    """The alert's section of docs/operations.md, up to the next heading of its level or higher."""
+    return OPERATIONS.split(f"### {name}\n", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+
+
 @pytest.mark.parametrize("name", sorted(alerts()))
-def test_every_alert_has_a_summary_a_description_and_a_runbook_section_in_the_readme(name: str) -> None:
+def test_every_alert_has_a_summary_a_description_and_a_runbook_url_to_its_section(name: str) -> None:
     rule = alerts()[name]
     annotations = rule["annotations"]
-    assert set(annotations) == {"summary", "description", "runbook"}
-    assert "{{ $labels.instance }}" in annotations["summary"]
+    assert set(annotations) == {"summary", "description", "runbook_url"}
+    assert re.search(r"\{\{ \$labels\.(instance|feed) \}\}", annotations["summary"])
     assert rule["labels"]["severity"] in {"critical", "warning"}
-    page, anchor = annotations["runbook"].split("#")
-    assert page == "README.md" and anchor in anchors(README), f"{name}: no README section #{anchor}"
-    assert f"`{name}`" in README, f"{name}: not in the README's alert table"
-    runbook = README.split(f"#### {name}\n", 1)[1].split("\n#", 1)[0]
-    assert re.search(r"sftp-ipi (status|audit|refetch)", runbook), f"{name}: the runbook names no command"
+    url, _, anchor = annotations["runbook_url"].partition("#")
+    assert url == runbook_base(), f"{name}: runbook_url is not a full link to docs/operations.md"
+    assert anchor == name.lower() and anchor in anchors(OPERATIONS), f"{name}: no section #{anchor}"
+    runbook = runbook_section(name)
+    for part in ("**What it means.**", "**First checks.**", "**Commands.**"):
+        assert part in runbook, f"{name}: the runbook has no {part}"
+    assert re.search(r"sftp-ipi (status|audit|refetch|skip|config)", runbook), f"{name}: the runbook names no command"
+
+
+def test_every_runbook_section_is_an_alert_and_the_runbook_check_catches_a_missing_one() -> None:
+    sections = re.findall(r"^### (SftpIpi\w+)$", OPERATIONS, flags=re.M)
+    assert sorted(sections) == sorted(alerts())
+    assert "sftpipinosuchalert" not in anchors(OPERATIONS)
+    with pytest.raises(IndexError):
+        runbook_section("SftpIpiNoSuchAlert")
+
+
+def test_alerts_that_one_scrape_must_not_page_wait_with_for() -> None:
+    """Every alert holds for at least one more evaluation before it pages."""
+    for name, rule in alerts().items():
+        assert rule.get("for"), f"{name}: no for:"
 
 
 def test_failure_alerts_state_what_each_exit_code_means() -> None:
