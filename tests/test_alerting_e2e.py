@@ -30,7 +30,7 @@ from observability import (
     dashboard,
     dashboard_queries,
     exported_metrics,
-    for_instance,
+    for_feed,
 )
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from promstack import Prometheus, running_prometheus, running_pushgateway
@@ -177,7 +177,7 @@ def test_every_dashboard_query_parses_and_returns_data_for_a_feed_that_ran(feed:
     pushed = {s["metric"]["__name__"] for s in prom.query(f'{{__name__=~"sftp_ipi_.+", instance="{INSTANCE}"}}')}
     checked = 0
     for title, expr in dashboard_queries():
-        result = prom.query(for_instance(expr, INSTANCE))  # a query that does not parse fails here
+        result = prom.query(for_feed(expr, INSTANCE))  # a query that does not parse fails here
         missing = base_metrics(expr) - pushed - FOREIGN
         if missing:
             # Announced by another issue and not pushed yet: parsing is all that can be asked.
@@ -201,7 +201,7 @@ def test_each_test_pushgateway_starts_empty() -> None:
 
 def test_the_dashboard_feed_variable_lists_a_feed_that_ran(feed: Feed) -> None:
     board = dashboard()
-    [variable] = [v for v in board["templating"]["list"] if v["name"] == "instance"]
-    metric = re.fullmatch(r"label_values\((\w+), instance\)", variable["query"]["query"])
+    [variable] = [v for v in board["templating"]["list"] if v["name"] == "feed"]
+    metric = re.fullmatch(r"label_values\((\w+), feed\)", variable["query"]["query"])
     assert metric, variable["query"]
-    assert INSTANCE in feed.prometheus.api("label/instance/values", **{"match[]": metric[1]})
+    assert INSTANCE in feed.prometheus.api("label/feed/values", **{"match[]": metric[1]})
