@@ -294,3 +294,16 @@ def test_the_monitoring_component_adds_the_prometheus_rule_to_the_kustomization(
     assert built.returncode == 0, built.stderr
     [rule] = [d for d in yaml.safe_load_all(built.stdout) if d and d["kind"] == "PrometheusRule"]
     assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+
+
+@pytest.mark.parametrize("page", ["operations.md", "pending-alerts.md"])
+def test_the_runbook_pages_links_lead_somewhere(page: str) -> None:
+    text = (REPO / "docs" / page).read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith("https://"):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (REPO / "docs" / path).resolve() if path else REPO / "docs" / page
+        assert linked.exists(), f"{page}: {target} does not exist"
+        if anchor:
+            assert anchor in anchors(linked.read_text(encoding="utf-8")), f"{page}: no #{anchor} in {linked.name}"
