@@ -342,7 +342,10 @@ else
 fi
 # Only the server differs from the shipped ConfigMap: this one, and a password
 # login (the one line the ConfigMap's comment says to change for it).
-python3 tools/kube_pod.py --image "localhost/$IMAGE" "${source_args[@]}" --podman-secrets "$kube/secrets" \
+# The image under the name podman stored it by (the Docker API makes it docker.io/library/...):
+# with imagePullPolicy: IfNotPresent, as shipped, it is used and never pulled.
+kube_image=$(podman image inspect --format '{{index .RepoTags 0}}' "$IMAGE")
+python3 tools/kube_pod.py --image "$kube_image" "${source_args[@]}" --podman-secrets "$kube/secrets" \
     --set SFTP_HOST=sftp --set SFTP_DIR=/upload \
     --unset SFTP_KEY_FILE --set SFTP_PASS_FILE=/run/secrets/sftp-ipi/sftp_credential >"$kube/pod.yaml"
 for secret in "$kube/secrets"/*.yaml; do
