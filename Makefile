@@ -82,7 +82,7 @@ lint: venv lint-deps
 	$(PY) -m ruff format --check app tests tools
 	$(PY) -m mypy
 	$(PY) -m mypy tools/validate_k8s.py tools/audit_deps.py tools/verify_schedules.py tools/prometheus_rule.py \
-		tools/grafana_dashboard.py tools/config_doc.py
+		tools/grafana_dashboard.py tools/config_doc.py tools/kube_pod.py
 	$(PY) -m bandit --quiet --configfile pyproject.toml --recursive app
 	PY=$(PY) bash tools/check_rules.sh
 	$(HADOLINT) --failure-threshold error $(DOCKERFILES)

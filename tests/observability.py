@@ -24,6 +24,7 @@ ANNOUNCED = {
     "sftp_ipi_held_back_files": "issue 10 (hardening)",
     "sftp_ipi_oldest_held_back_seconds": "issue 10 (hardening)",
     "sftp_ipi_late_files": "issue 10 (hardening)",
+    "sftp_ipi_stuck_files": "issue 23 (files the job cannot get past; the dashboard's stuck panels)",
 }
 # Series that are not the job's own: the Pushgateway's push time, Prometheus's alerts.
 FOREIGN = {"push_time_seconds", "ALERTS"}
@@ -107,6 +108,6 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return [(p["title"], t["expr"]) for p in panels() for t in p.get("targets", []) if t.get("expr")]
 
 
-def for_instance(expr: str, instance: str) -> str:
-    """A dashboard query as Grafana sends it with the feed variable set to ``instance``."""
-    return expr.replace("${instance}", instance).replace("$instance", instance)
+def for_feed(expr: str, feed: str) -> str:
+    """A dashboard query as Grafana sends it with the feed variable set to ``feed``."""
+    return expr.replace("${feed}", feed).replace("$feed", feed)

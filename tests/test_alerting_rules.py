@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ sys.path.insert(0, str(REPO / "tools"))
 import grafana_dashboard  # noqa: E402
 import prometheus_rule  # noqa: E402
 
-README = (REPO / "README.md").read_text(encoding="utf-8")
+OPERATIONS = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -82,18 +83,45 @@ def test_every_alert_has_unit_tests_that_fire_and_that_stay_silent(name: str) ->
     assert any(not c["exp_alerts"] for c in cases), f"{name}: no unit test where it stays silent"
 
 
+def runbook_base() -> str:
+    """Where every runbook_url points: the repository's docs/operations.md, from pyproject.toml."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return f"{project['urls']['Repository']}/blob/main/docs/operations.md"
+
+
+def runbook_section(name: str) -> str:
+    """The alert's section of docs/operations.md, up to the next heading of its level or higher."""
+    return OPERATIONS.split(f"### {name}\n", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+
+
 @pytest.mark.parametrize("name", sorted(alerts()))
-def test_every_alert_has_a_summary_a_description_and_a_runbook_section_in_the_readme(name: str) -> None:
+def test_every_alert_has_a_summary_a_description_and_a_runbook_url_to_its_section(name: str) -> None:
     rule = alerts()[name]
     annotations = rule["annotations"]
-    assert set(annotations) == {"summary", "description", "runbook"}
-    assert "{{ $labels.instance }}" in annotations["summary"]
+    assert set(annotations) == {"summary", "description", "runbook_url"}
+    assert re.search(r"\{\{ \$labels\.(instance|feed) \}\}", annotations["summary"])
     assert rule["labels"]["severity"] in {"critical", "warning"}
-    page, anchor = annotations["runbook"].split("#")
-    assert page == "README.md" and anchor in anchors(README), f"{name}: no README section #{anchor}"
-    assert f"`{name}`" in README, f"{name}: not in the README's alert table"
-    runbook = README.split(f"#### {name}\n", 1)[1].split("\n#", 1)[0]
-    assert re.search(r"sftp-ipi (status|audit|refetch)", runbook), f"{name}: the runbook names no command"
+    url, _, anchor = annotations["runbook_url"].partition("#")
+    assert url == runbook_base(), f"{name}: runbook_url is not a full link to docs/operations.md"
+    assert anchor == name.lower() and anchor in anchors(OPERATIONS), f"{name}: no section #{anchor}"
+    runbook = runbook_section(name)
+    for part in ("**What it means.**", "**First checks.**", "**Commands.**"):
+        assert part in runbook, f"{name}: the runbook has no {part}"
+    assert re.search(r"sftp-ipi (status|audit|refetch|skip|config)", runbook), f"{name}: the runbook names no command"
+
+
+def test_every_runbook_section_is_an_alert_and_the_runbook_check_catches_a_missing_one() -> None:
+    sections = re.findall(r"^### (SftpIpi\w+)$", OPERATIONS, flags=re.M)
+    assert sorted(sections) == sorted(alerts())
+    assert "sftpipinosuchalert" not in anchors(OPERATIONS)
+    with pytest.raises(IndexError):
+        runbook_section("SftpIpiNoSuchAlert")
+
+
+def test_alerts_that_one_scrape_must_not_page_wait_with_for() -> None:
+    """Every alert holds for at least one more evaluation before it pages."""
+    for name, rule in alerts().items():
+        assert rule.get("for"), f"{name}: no for:"
 
 
 def test_failure_alerts_state_what_each_exit_code_means() -> None:
@@ -146,9 +174,10 @@ def test_dashboard_is_generated_and_shaped_as_grafana_exports_it() -> None:
     assert board["schemaVersion"] == 39 and board["uid"] == "sftp-ipi" and board["id"] is None
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    instance = variables["instance"]
-    assert instance["query"]["query"] == "label_values(sftp_ipi_last_run_timestamp_seconds, instance)"
-    assert instance["includeAll"] and instance["multi"] and instance["allValue"] == ".*"
+    selector = variables["feed"]
+    assert selector["label"] == "Feed" and selector["type"] == "query"
+    assert selector["query"]["query"] == "label_values(sftp_ipi_feed_info, feed)"
+    assert selector["includeAll"] and selector["multi"] and selector["allValue"] == ".*"
     every = panels(board)
     assert {p["type"] for p in every} == {"timeseries", "stat", "table"}
     assert len({p["id"] for p in every}) == len(every)
@@ -157,7 +186,7 @@ def test_dashboard_is_generated_and_shaped_as_grafana_exports_it() -> None:
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         for target in panel["targets"]:
             assert target["datasource"] == panel["datasource"]
-            assert "sftp_ipi:threshold_" in target["expr"] or 'instance=~"$instance"' in target["expr"]
+            assert "sftp_ipi:threshold_" in target["expr"] or 'feed=~"$feed"' in target["expr"]
         pos = panel["gridPos"]
         assert pos["x"] + pos["w"] <= 24
         mine = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}
@@ -166,6 +195,61 @@ def test_dashboard_is_generated_and_shaped_as_grafana_exports_it() -> None:
     titles = " ".join(p["title"].lower() for p in every)
     for topic in ("success", "bytes", "files", "duration", "retries", "throughput", "newest", "held-back", "verif"):
         assert topic in titles, topic
+    for topic in ("per day", "backlog", "stuck"):
+        assert topic in titles, topic
+    per_day = [t["expr"] for p in every if "per day" in p["title"].lower() for t in p["targets"]]
+    assert sorted(per_day) == [
+        'increase(sftp_ipi_files_delivered_total{feed=~"$feed"}[1d])',
+        'increase(sftp_ipi_received_bytes_total{feed=~"$feed"}[1d])',
+    ]
+    assert {"sftp_ipi_stuck_files"} <= {
+        n for p in every if "stuck" in p["title"].lower() for n in names_in(" ".join(t["expr"] for t in p["targets"]))
+    }
+
+
+def _threshold_defaults() -> dict[str, float]:
+    """The rules file's default thresholds, evaluated from its recording rules (vector(N), K * other)."""
+    values: dict[str, float] = {}
+    for name, expr in recording_rules().items():
+        if not name.startswith("sftp_ipi:threshold_"):
+            continue
+        if m := re.fullmatch(r"vector\((\d+)\)", expr):
+            values[name] = float(m[1])
+        else:
+            factor, other = re.fullmatch(r"(\d+) \* (sftp_ipi:threshold_\w+)", expr).groups()  # type: ignore[union-attr]
+            values[name] = int(factor) * values[other]
+    return values
+
+
+# Each stat panel with colours, and the thresholds its colours are, in order after green.
+STAT_COLOURS = {
+    "Since last success": ["sftp_ipi:threshold_stale_seconds", "sftp_ipi:threshold_no_success_seconds"],
+    "Newest delivered file age": ["sftp_ipi:threshold_newest_file_age_seconds"],
+    "Oldest held-back file": ["sftp_ipi:threshold_held_back_seconds"],
+    "Backlog not shrinking": ["sftp_ipi:threshold_due_stalled_runs"],
+}
+
+
+def test_the_dashboards_colours_are_the_rules_default_thresholds() -> None:
+    defaults = _threshold_defaults()
+    # The defaults agree with the shipped 15-minute schedules.
+    assert defaults["sftp_ipi:threshold_schedule_interval_seconds"] == 900
+    assert defaults["sftp_ipi:threshold_no_success_seconds"] == 2700
+    stats = {p["title"]: p for p in panels() if p["type"] == "stat"}
+    for title, names in STAT_COLOURS.items():
+        steps = stats[title]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert steps[0] == {"color": "green", "value": None}, title
+        assert [s["value"] for s in steps[1:]] == [defaults[n] for n in names], title
+        assert steps[-1]["color"] == "red", title
+
+
+def test_a_threshold_tuned_in_the_rules_reaches_the_dashboard() -> None:
+    text = RULES.read_text(encoding="utf-8")
+    assert text.count("expr: vector(900)") == 1
+    tuned = grafana_dashboard.rule_thresholds(text.replace("expr: vector(900)", "expr: vector(3600)"))
+    assert tuned["no_success_seconds"] == 3 * 3600 and tuned["stale_seconds"] == 2 * 3600
+    with pytest.raises(ValueError, match="not vector"):
+        grafana_dashboard.rule_thresholds(text.replace("expr: vector(900)", "expr: vector(900) + 1"))
 
 
 def test_prometheus_rule_is_generated_from_the_rules_file_and_structurally_valid() -> None:
@@ -210,3 +294,16 @@ def test_the_monitoring_component_adds_the_prometheus_rule_to_the_kustomization(
     assert built.returncode == 0, built.stderr
     [rule] = [d for d in yaml.safe_load_all(built.stdout) if d and d["kind"] == "PrometheusRule"]
     assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+
+
+@pytest.mark.parametrize("page", ["operations.md"])
+def test_the_runbook_pages_links_lead_somewhere(page: str) -> None:
+    text = (REPO / "docs" / page).read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith("https://"):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (REPO / "docs" / path).resolve() if path else REPO / "docs" / page
+        assert linked.exists(), f"{page}: {target} does not exist"
+        if anchor:
+            assert anchor in anchors(linked.read_text(encoding="utf-8")), f"{page}: no #{anchor} in {linked.name}"

@@ -11,6 +11,9 @@
 # (cp .env.example .env; make compose-keys; docker compose run --rm downloader),
 # then checks: a strict-host-key pull whose files match the server's by SHA-256;
 # a second run with nothing due (exit 0); an unknown host key refused (exit 3);
+# the Kubernetes CronJob's pod, played by `podman kube play` from the
+# deploy/kubernetes manifests (ConfigMap, Secret, claims, security context,
+# read-only root) against the same server, its delivered file matching by SHA-256;
 # a large pull stopped by a container stop (SIGTERM to PID 1, exit 143) that the
 # next run resumes; non-root UID and read-only root file system. Everything it
 # starts is torn down at the end (containers, networks, volumes, images, the
@@ -57,6 +60,7 @@ cleanup() {
             (cd "$WORK/project" && timeout 120 docker-compose down --volumes --rmi all --remove-orphans >>"$WORK/compose.log" 2>&1)
         fi
         if [ -n "${CONTAINERS_STORAGE_CONF:-}" ]; then
+            timeout 60 podman pod rm --all --force >/dev/null 2>&1
             timeout 60 podman rm --all --force --time 5 >/dev/null 2>&1
             timeout 60 podman rmi --all --force >/dev/null 2>&1
             timeout 60 podman network prune --force >/dev/null 2>&1
@@ -124,13 +128,15 @@ step "installing what it needs (podman, runc, debootstrap, docker-compose)"
 missing=()
 for pair in podman:podman runc:runc debootstrap:debootstrap docker-compose:docker-compose \
     netavark:/usr/lib/podman/netavark aardvark-dns:/usr/lib/podman/aardvark-dns \
-    iptables:iptables ssh-keygen:ssh-keygen openssl:openssl curl:curl findmnt:findmnt; do
+    iptables:iptables ssh-keygen:ssh-keygen openssl:openssl curl:curl findmnt:findmnt catatonit:catatonit; do
     pkg=${pair%%:*}
     cmd=${pair#*:}
     [ "$pkg" = ssh-keygen ] && pkg=openssh-client
     [ "$pkg" = findmnt ] && pkg=util-linux
     if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "$cmd" ]; then missing+=("$pkg"); fi
 done
+# tools/kube_pod.py reads the Kubernetes manifests with PyYAML.
+python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
@@ -316,6 +322,60 @@ compose_run "$WORK/run-hostkey.log" -e SFTP_KNOWN_HOSTS=/home/sftp-ipi/.ssh/know
 expect_code 3 "$code" "$WORK/run-hostkey.log"
 grep -q "SHA256:" "$WORK/run-hostkey.log" || fail "the refusal does not name the offered key's fingerprint"
 say "exit 3 with the offered fingerprint, in $(took)"
+
+step "the Kubernetes CronJob's pod with podman kube play (ConfigMap, Secret, claims, security context)"
+# The manifests as `kubectl apply -k deploy/kubernetes` would create them, with
+# the test server's credentials where secrets/README.md puts them; without
+# kubectl, the base's files and the same Secret (tools/kube_pod.py).
+kube="$WORK/kube"
+mkdir -p "$kube"
+cp volumes/secrets/sftp_password deploy/kubernetes/secrets/sftp_credential
+cp volumes/sftp-host-keys/known_hosts deploy/kubernetes/secrets/known_hosts
+if command -v kubectl >/dev/null; then
+    kubectl kustomize deploy/kubernetes >"$kube/built.yaml" 2>"$kube/kustomize.log" || fail "kubectl kustomize failed (see kube/kustomize.log)"
+    source_args=(--from "$kube/built.yaml")
+    built_by="kubectl kustomize"
+else
+    source_args=(--secret sftp_credential=deploy/kubernetes/secrets/sftp_credential
+        --secret known_hosts=deploy/kubernetes/secrets/known_hosts)
+    built_by="the base's files (no kubectl)"
+fi
+# Only the server differs from the shipped ConfigMap: this one, and a password
+# login (the one line the ConfigMap's comment says to change for it).
+# The image under the name podman stored it by (the Docker API makes it docker.io/library/...):
+# with imagePullPolicy: IfNotPresent, as shipped, it is used and never pulled.
+kube_image=$(podman image inspect --format '{{index .RepoTags 0}}' "$IMAGE")
+python3 tools/kube_pod.py --image "$kube_image" "${source_args[@]}" --podman-secrets "$kube/secrets" \
+    --set SFTP_HOST=sftp --set SFTP_DIR=/upload \
+    --unset SFTP_KEY_FILE --set SFTP_PASS_FILE=/run/secrets/sftp-ipi/sftp_credential >"$kube/pod.yaml"
+for secret in "$kube/secrets"/*.yaml; do
+    podman secret create "$(basename "$secret" .yaml)" "$secret" >/dev/null
+done
+# On the Compose project's network, where the server answers as "sftp".
+podman kube play --network "${COMPOSE_PROJECT_NAME}_default" "$kube/pod.yaml" >"$WORK/kube-play.log" 2>&1 ||
+    fail "podman kube play failed (see kube-play.log)"
+kube_container=sftp-ipi-sftp-ipi # <pod>-<container>
+kube_code=$(timeout 300 podman wait "$kube_container") || fail "the pod's container did not finish"
+podman logs "$kube_container" >"$WORK/run-kube.log" 2>&1 || true
+expect_code 0 "$kube_code" "$WORK/run-kube.log"
+server_volume=$(podman volume inspect --format '{{.Mountpoint}}' sftp-ipi-server)
+state_volume=$(podman volume inspect --format '{{.Mountpoint}}' sftp-ipi-state)
+# SELECT_MODE=next, as shipped: one file a run, the first.
+[ -f "$server_volume/${samples[0]}" ] || { cat "$WORK/run-kube.log"; fail "the pod delivered no ${samples[0]} to the sftp-ipi-server claim"; }
+[ "$(sha "$server_volume/${samples[0]}")" = "$(sha "volumes/remote/${samples[0]}")" ] ||
+    fail "the pod's ${samples[0]} differs from the server's"
+[ "$(stat -c %s "$server_volume/${samples[0]}")" = "$(stat -c %s "volumes/remote/${samples[0]}")" ] ||
+    fail "the pod delivered a different number of bytes"
+[ "$(ls "$server_volume" | wc -l)" = 1 ] || fail "the pod delivered more than one file: $(ls "$server_volume")"
+[ "$(cat "$state_volume/last_file.txt")" = "${samples[0]}" ] || fail "the pod's record does not name ${samples[0]}"
+# The pod's security context, as podman applied it.
+kube_security=$(podman inspect --format '{{.Config.User}} ro={{.HostConfig.ReadonlyRootfs}} caps={{.EffectiveCaps}} {{.HostConfig.SecurityOpt}} mem={{.HostConfig.Memory}}' "$kube_container")
+case "$kube_security" in
+"10001:10001 ro=true caps=[] "*no-new-privileges*" mem=268435456") ;;
+*) fail "the pod's container is not as locked down as its manifest: $kube_security" ;;
+esac
+podman kube down "$kube/pod.yaml" >>"$WORK/kube-play.log" 2>&1 || true
+say "the CronJob's pod (from $built_by) delivered ${samples[0]}, $(stat -c %s "volumes/remote/${samples[0]}") bytes, SHA-256 matches; exit 0; $kube_security ($(took))"
 
 step "a ${BIG_MIB} MiB pull stopped by a container stop, then resumed"
 head -c "$((BIG_MIB * 1024 * 1024))" /dev/urandom >"volumes/remote/$BIG_NAME"

@@ -7,22 +7,27 @@ The panels are described here once and laid out on Grafana's 24-column grid, so 
 panel added or moved never leaves overlapping or hand-numbered positions behind.
 The output is Grafana's dashboard JSON model (schemaVersion 39, Grafana 10/11), the
 same shape as an export: import it, pick the Prometheus data source, done.
-Most panels read the recording rules of deploy/prometheus/sftp-ipi-rules.yaml.
+Most panels read the recording rules of deploy/prometheus/sftp-ipi-rules.yaml, and
+the stat panels' colours are that file's default thresholds, read from it here
+(THRESHOLDS), so that a threshold tuned there reaches the dashboard at the next run.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "deploy" / "grafana" / "sftp-ipi-dashboard.json"
+RULES = REPO / "deploy" / "prometheus" / "sftp-ipi-rules.yaml"
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-# Every query filters on the feed variable; the variable's "All" is the regex .*
-FEED = 'instance=~"$instance"'
+# Every query filters on the feed variable (the feed label every series carries,
+# textfile and Pushgateway alike); the variable's "All" is the regex .*
+FEED = 'feed=~"$feed"'
 
 # Exit codes as the job documents them (README "Exit codes"); a test keeps them in step with app/errors.py.
 EXIT_TEXT = {
@@ -37,6 +42,31 @@ EXIT_TEXT = {
 }
 
 Target = tuple[str, str]  # (PromQL, legend)
+
+
+def rule_thresholds(text: str) -> dict[str, float]:
+    """The rules file's thresholds (``sftp_ipi:threshold_<name>`` -> value): each is
+    ``vector(N)`` or ``K * sftp_ipi:threshold_<other>``, the only two shapes a test allows."""
+    import yaml  # only here: the dashboard itself needs nothing but the standard library
+
+    values: dict[str, float] = {}
+    for group in yaml.safe_load(text)["groups"]:
+        for rule in group["rules"]:
+            name = rule.get("record", "")
+            if not name.startswith("sftp_ipi:threshold_"):
+                continue
+            expr = str(rule["expr"]).strip()
+            if m := re.fullmatch(r"vector\((\d+)\)", expr):
+                values[name.removeprefix("sftp_ipi:threshold_")] = float(m[1])
+            elif m := re.fullmatch(r"(\d+) \* sftp_ipi:threshold_(\w+)", expr):
+                values[name.removeprefix("sftp_ipi:threshold_")] = int(m[1]) * values[m[2]]
+            else:
+                raise ValueError(f"{name}: {expr!r} is not vector(N) or K * another threshold")
+    return values
+
+
+# The defaults of the alert rules, for the stat panels' colours: red where the alert fires.
+THRESHOLDS = rule_thresholds(RULES.read_text(encoding="utf-8"))
 
 
 def _targets(queries: list[Target], instant: bool = False) -> list[dict[str, Any]]:
@@ -92,7 +122,7 @@ def stat(
         "title": title,
         "description": description,
         "datasource": DATASOURCE,
-        "targets": _targets([(expr, "{{instance}}")]),
+        "targets": _targets([(expr, "{{feed}}")]),
         "fieldConfig": {
             "defaults": {
                 "unit": unit,
@@ -139,7 +169,7 @@ def feeds_table() -> dict[str, Any]:
     return {
         "type": "table",
         "title": "Feeds",
-        "description": "One row per feed (Pushgateway instance): when it last succeeded, how its last run ended, "
+        "description": "One row per feed: when it last succeeded, how its last run ended, "
         "what it fetched and how old the newest delivered file is.",
         "datasource": DATASOURCE,
         "targets": targets,
@@ -165,10 +195,16 @@ def layout() -> list[tuple[int, list[tuple[dict[str, Any], int]]]]:
                 (
                     stat(
                         "Since last success",
-                        "Time since each feed's last successful run; red past SftpIpiNoRecentSuccess's default (3 h).",
+                        "Time since each feed's last successful run: orange past two schedule periods, red past "
+                        "three (SftpIpiNoRecentSuccess), at the rules' default schedule; each feed's alert uses "
+                        "its own.",
                         f"sftp_ipi:seconds_since_last_success{{{FEED}}}",
                         "s",
-                        _thresholds((None, "green"), (7200, "orange"), (10800, "red")),
+                        _thresholds(
+                            (None, "green"),
+                            (THRESHOLDS["stale_seconds"], "orange"),
+                            (THRESHOLDS["no_success_seconds"], "red"),
+                        ),
                     ),
                     8,
                 ),
@@ -187,12 +223,111 @@ def layout() -> list[tuple[int, list[tuple[dict[str, Any], int]]]]:
                     stat(
                         "Firing alerts",
                         "sftp-ipi alerts firing now for the selected feeds.",
-                        'count(ALERTS{alertstate="firing", alertname=~"SftpIpi.*", instance=~"$instance"})'
-                        " or vector(0)",
+                        'count(ALERTS{alertstate="firing", alertname=~"SftpIpi.*", feed=~"$feed"}) or vector(0)',
                         "none",
                         _thresholds((None, "green"), (1, "red")),
                     ),
                     8,
+                ),
+            ],
+        ),
+        (
+            4,
+            [
+                (
+                    stat(
+                        "Newest delivered file age",
+                        "Age of each feed's newest delivered file; red past SftpIpiNoNewFiles's threshold.",
+                        f"sftp_ipi:newest_file_age_seconds{{{FEED}}}",
+                        "s",
+                        _thresholds((None, "green"), (THRESHOLDS["newest_file_age_seconds"], "red")),
+                    ),
+                    6,
+                ),
+                (
+                    stat(
+                        "Oldest held-back file",
+                        "How long the oldest due file held back has waited; red past SftpIpiFilesHeldBack's threshold.",
+                        f"sftp_ipi_oldest_held_back_seconds{{{FEED}}}",
+                        "s",
+                        _thresholds((None, "green"), (THRESHOLDS["held_back_seconds"], "red")),
+                    ),
+                    6,
+                ),
+                (
+                    stat(
+                        "Backlog not shrinking",
+                        "Runs in a row that left as many files due as the run before, or more (SELECT_MODE=next); "
+                        "red at SftpIpiBacklogNotShrinking's threshold.",
+                        f"sftp_ipi_due_stalled_runs{{{FEED}}}",
+                        "none",
+                        _thresholds((None, "green"), (THRESHOLDS["due_stalled_runs"], "red")),
+                    ),
+                    6,
+                ),
+                (
+                    stat(
+                        "Stuck files",
+                        "Files the job cannot get past (sftp_ipi_stuck_files): `sftp-ipi status` names them; "
+                        "docs/operations.md says what to do.",
+                        f"sftp_ipi_stuck_files{{{FEED}}}",
+                        "none",
+                        _thresholds((None, "green"), (1, "red")),
+                    ),
+                    6,
+                ),
+            ],
+        ),
+        (
+            8,
+            [
+                (
+                    timeseries(
+                        "Files delivered per day",
+                        "Files delivered (published and recorded) in the last 24 hours, from the counter kept across "
+                        "runs (sftp_ipi_files_delivered_total).",
+                        [(f"increase(sftp_ipi_files_delivered_total{{{FEED}}}[1d])", "{{feed}}")],
+                        "none",
+                    ),
+                    12,
+                ),
+                (
+                    timeseries(
+                        "Bytes received per day",
+                        "Bytes received from the server in the last 24 hours, every attempt included "
+                        "(sftp_ipi_received_bytes_total).",
+                        [(f"increase(sftp_ipi_received_bytes_total{{{FEED}}}[1d])", "{{feed}}")],
+                        "bytes",
+                    ),
+                    12,
+                ),
+            ],
+        ),
+        (
+            8,
+            [
+                (
+                    timeseries(
+                        "Backlog",
+                        "Files due but left for a later run (SELECT_MODE=next), and the runs in a row it has not "
+                        "shrunk; SftpIpiBacklogNotShrinking fires at the threshold.",
+                        [
+                            (f"sftp_ipi_due_files{{{FEED}}}", "{{feed}} due"),
+                            (f"sftp_ipi_due_stalled_runs{{{FEED}}}", "{{feed}} runs not shrinking"),
+                            ("sftp_ipi:threshold_due_stalled_runs", "threshold (runs)"),
+                        ],
+                        "none",
+                    ),
+                    12,
+                ),
+                (
+                    timeseries(
+                        "Stuck files",
+                        "Files the job cannot get past, by run (sftp_ipi_stuck_files).",
+                        [(f"sftp_ipi_stuck_files{{{FEED}}}", "{{feed}}")],
+                        "none",
+                    ),
+                    12,
                 ),
             ],
         ),
@@ -203,7 +338,7 @@ def layout() -> list[tuple[int, list[tuple[dict[str, Any], int]]]]:
                     timeseries(
                         "Bytes per run",
                         "Bytes received from the server by each run.",
-                        [(f"sftp_ipi_last_run_fetched_bytes{{{FEED}}}", "{{instance}}")],
+                        [(f"sftp_ipi_last_run_fetched_bytes{{{FEED}}}", "{{feed}}")],
                         "bytes",
                     ),
                     12,
@@ -213,8 +348,8 @@ def layout() -> list[tuple[int, list[tuple[dict[str, Any], int]]]]:
                         "Files per run",
                         "Files fetched, and files that failed, by each run.",
                         [
-                            (f"sftp_ipi_last_run_files_fetched{{{FEED}}}", "{{instance}} fetched"),
-                            (f"sftp_ipi_last_run_failed_files{{{FEED}}}", "{{instance}} failed"),
+                            (f"sftp_ipi_last_run_files_fetched{{{FEED}}}", "{{feed}} fetched"),
+                            (f"sftp_ipi_last_run_failed_files{{{FEED}}}", "{{feed}} failed"),
                         ],
                         "none",
                     ),
@@ -229,7 +364,7 @@ def layout() -> list[tuple[int, list[tuple[dict[str, Any], int]]]]:
                     timeseries(
                         "Run duration",
                         "How long each run took.",
-                        [(f"sftp_ipi_last_run_duration_seconds{{{FEED}}}", "{{instance}}")],
+                        [(f"sftp_ipi_last_run_duration_seconds{{{FEED}}}", "{{feed}}")],
                         "s",
                     ),
                     8,
@@ -238,7 +373,7 @@ def layout() -> list[tuple[int, list[tuple[dict[str, Any], int]]]]:
                     timeseries(
                         "Retries per run",
                         "Connection attempts that failed and were retried, per run.",
-                        [(f"sftp_ipi_last_run_retries{{{FEED}}}", "{{instance}}")],
+                        [(f"sftp_ipi_last_run_retries{{{FEED}}}", "{{feed}}")],
                         "none",
                     ),
                     8,
@@ -247,7 +382,7 @@ def layout() -> list[tuple[int, list[tuple[dict[str, Any], int]]]]:
                     timeseries(
                         "Throughput",
                         "Bytes received per second of run time, by run.",
-                        [(f"sftp_ipi:last_run_throughput_bytes_per_second{{{FEED}}}", "{{instance}}")],
+                        [(f"sftp_ipi:last_run_throughput_bytes_per_second{{{FEED}}}", "{{feed}}")],
                         "Bps",
                     ),
                     8,
@@ -263,7 +398,7 @@ def layout() -> list[tuple[int, list[tuple[dict[str, Any], int]]]]:
                         "Age (by the server's mtime) of the newest delivered file, growing between runs; "
                         "SftpIpiNoNewFiles fires above the threshold.",
                         [
-                            (f"sftp_ipi:newest_file_age_seconds{{{FEED}}}", "{{instance}}"),
+                            (f"sftp_ipi:newest_file_age_seconds{{{FEED}}}", "{{feed}}"),
                             ("sftp_ipi:threshold_newest_file_age_seconds", "threshold"),
                         ],
                         "s",
@@ -273,10 +408,10 @@ def layout() -> list[tuple[int, list[tuple[dict[str, Any], int]]]]:
                 (
                     timeseries(
                         "Time since last success",
-                        "SftpIpiNoRecentSuccess fires above the threshold.",
+                        "SftpIpiNoRecentSuccess fires above each feed's threshold, three of its schedule periods.",
                         [
-                            (f"sftp_ipi:seconds_since_last_success{{{FEED}}}", "{{instance}}"),
-                            ("sftp_ipi:threshold_no_success_seconds", "threshold"),
+                            (f"sftp_ipi:seconds_since_last_success{{{FEED}}}", "{{feed}}"),
+                            (f"3 * sftp_ipi:schedule_interval_seconds{{{FEED}}}", "{{feed}} threshold"),
                         ],
                         "s",
                     ),
@@ -293,8 +428,8 @@ def layout() -> list[tuple[int, list[tuple[dict[str, Any], int]]]]:
                         "Files due but held back by the last run, and late arrivals it saw (README: Alerts and "
                         "dashboard).",
                         [
-                            (f"sftp_ipi_held_back_files{{{FEED}}}", "{{instance}} held back"),
-                            (f"sftp_ipi_late_files{{{FEED}}}", "{{instance}} late"),
+                            (f"sftp_ipi_held_back_files{{{FEED}}}", "{{feed}} held back"),
+                            (f"sftp_ipi_late_files{{{FEED}}}", "{{feed}} late"),
                         ],
                         "none",
                     ),
@@ -306,7 +441,7 @@ def layout() -> list[tuple[int, list[tuple[dict[str, Any], int]]]]:
                         "How long the oldest held-back file had waited at each run; SftpIpiFilesHeldBack fires "
                         "above the threshold.",
                         [
-                            (f"sftp_ipi_oldest_held_back_seconds{{{FEED}}}", "{{instance}}"),
+                            (f"sftp_ipi_oldest_held_back_seconds{{{FEED}}}", "{{feed}}"),
                             ("sftp_ipi:threshold_held_back_seconds", "threshold"),
                         ],
                         "s",
@@ -322,7 +457,7 @@ def layout() -> list[tuple[int, list[tuple[dict[str, Any], int]]]]:
                     timeseries(
                         "Files by verification method",
                         "How delivered files were proven against the server (verified_by).",
-                        [(f"sum by (instance, method) (sftp_ipi_files_verified{{{FEED}}})", "{{instance}} {{method}}")],
+                        [(f"sum by (feed, method) (sftp_ipi_files_verified{{{FEED}}})", "{{feed}} {{method}}")],
                         "none",
                     ),
                     12,
@@ -332,9 +467,9 @@ def layout() -> list[tuple[int, list[tuple[dict[str, Any], int]]]]:
                         "Integrity failures, last day",
                         "Verification mismatches, decryption failures and failed REMOTE_AFTER actions in the last day.",
                         [
-                            (f"sftp_ipi:verification_mismatches:increase1d{{{FEED}}}", "{{instance}} mismatches"),
-                            (f"sftp_ipi:decrypt_failures:increase1d{{{FEED}}}", "{{instance}} decryption"),
-                            (f"sftp_ipi:remote_after_failures:increase1d{{{FEED}}}", "{{instance}} remote after"),
+                            (f"sftp_ipi:verification_mismatches:increase1d{{{FEED}}}", "{{feed}} mismatches"),
+                            (f"sftp_ipi:decrypt_failures:increase1d{{{FEED}}}", "{{feed}} decryption"),
+                            (f"sftp_ipi:remote_after_failures:increase1d{{{FEED}}}", "{{feed}} remote after"),
                         ],
                         "none",
                     ),
@@ -388,13 +523,13 @@ def dashboard() -> dict[str, Any]:
                     "options": [],
                 },
                 {
-                    "name": "instance",
+                    "name": "feed",
                     "label": "Feed",
                     "type": "query",
                     "datasource": DATASOURCE,
-                    "definition": "label_values(sftp_ipi_last_run_timestamp_seconds, instance)",
+                    "definition": "label_values(sftp_ipi_feed_info, feed)",
                     "query": {
-                        "query": "label_values(sftp_ipi_last_run_timestamp_seconds, instance)",
+                        "query": "label_values(sftp_ipi_feed_info, feed)",
                         "refId": "PrometheusVariableQueryEditor-VariableQuery",
                     },
                     "current": {},
