@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, TextIO
 
 import paramiko
@@ -18,15 +16,10 @@ from loguru import logger
 from app import interrupt
 from app.catchup import fetch_due
 from app.config import Settings
-from app.errors import (
-    EXIT_MEANINGS,
-    EXIT_OK,
-    ConfigError,
-    JobError,
-    TransientError,
-)
+from app.errors import EXIT_MEANINGS, EXIT_OK, JobError, TransientError
 from app.lifecycle import Lifecycle, LifecycleTally
 from app.planning import Backlog, Planner
+from app.recording import RecordKeeper
 from app.reporting.report import (
     RetryRecord,
     RunReport,
@@ -41,28 +34,15 @@ from app.reporting.report import (
 )
 from app.results import TransferResult
 from app.retry import RetryPolicy
-from app.selection import (
-    Ordered,
-    OrderKey,
-    RemoteEntry,
-    UnplaceableRecordError,
-    advance_record,
-    order,
-    record_key,
-)
 from app.server import inflight, profile
 from app.server.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
-from app.storage.fsutil import ensure_dir, fsync_dir, remove_stale_temps, translate_os_errors
+from app.storage.fsutil import ensure_dir, remove_stale_temps
 from app.storage.retention import apply_retention
-from app.storage.state import Ledger, LedgerEntry, append_ledger, read_ledger, read_record, write_record
+from app.storage.state import Ledger, LedgerEntry, read_ledger
 from app.streaks import next_streaks, skip_command, streaks_from_json, stuck
 from app.tally import FileTally, file_reports, total_kept
 from app.timestamps import iso
 from app.transfer import MAX_MISMATCHES
-
-# Files published within this many seconds share one fsync of SERVER_DIR and of
-# the ledger: with hundreds of small files due, fsyncs dominate the run.
-GROUP_COMMIT_SECONDS = 1.0
 
 
 @dataclass
@@ -81,22 +61,6 @@ class RunSummary:
     planned: bool = False
 
 
-@dataclass
-class _Snapshot:
-    """What one attempt learned from the server and the local state."""
-
-    entries: list[RemoteEntry]
-    ordered: Ordered
-    ledger: Ledger
-    record: str | None
-    last_key: OrderKey | None
-
-    @cached_property
-    def names(self) -> frozenset[str]:
-        """Every name listed, companions included (checksum files, ready markers)."""
-        return frozenset(e.name for e in self.entries)
-
-
 class Job:
     def __init__(
         self,
@@ -113,10 +77,7 @@ class Job:
         self.planner = Planner(settings, dry_run, out)
         self.criteria = self.planner.criteria
         self.summary = RunSummary()
-        self._unsynced_record: str | None = None
-        self._state_read: tuple[Ledger, str | None] | None = None  # read before connecting, for the first attempt
-        self._uncommitted: list[LedgerEntry] = []
-        self._last_commit = time.monotonic()
+        self.records = RecordKeeper(settings, self.criteria)
         self.lifecycle = Lifecycle(settings, self.summary.lifecycle)
 
     # -- entry point --------------------------------------------------------
@@ -128,7 +89,7 @@ class Job:
         verifier = HostKeyVerifier(self.s, record=not self.dry_run)
         # The local state is checked before any login: a damaged ledger or record fails
         # every run the same way, and partners lock accounts after repeated logins.
-        self._state_read = self._read_state()
+        self.records.read_ahead()
         if self.dry_run:
             return self._with_retries(lambda: self._attempt(key, verifier))
         for label, directory in (
@@ -189,9 +150,9 @@ class Job:
     def _session(self, conn: Connection, target: str) -> int:
         try:
             logger.info("connected to {}", target)
-            snap = self._snapshot(conn)
+            snap = self.records.snapshot(list_entries(conn, self.s))
             if not self.dry_run:
-                snap = self._repair_record(snap)
+                snap = self.records.repair(snap)
             plan = self.planner.plan(
                 snap.entries,
                 snap.ordered,
@@ -206,7 +167,7 @@ class Job:
             self.summary.planned = True
             if self.dry_run:
                 return EXIT_OK
-            self._snap = snap
+            self.records.track(snap)
             try:
                 fetch_due(
                     conn,
@@ -221,98 +182,27 @@ class Job:
             except BaseException:
                 # Whatever stopped the run, what is already published gets recorded.
                 with contextlib.suppress(JobError):
-                    self._commit(self._snap)
+                    self.records.commit()
                 raise
-            self._snap = self._commit(self._snap)
-            self.lifecycle.after_commit(conn, self._snap.ledger, self._snap.entries)
+            snap = self.records.commit()
+            self.lifecycle.after_commit(conn, snap.ledger, snap.entries)
         finally:
             failing = sys.exc_info()[1] is not None
             self.summary.server_profile = profile.of(conn).to_json()
             conn.close()
-            if self._unsynced_record is not None:
-                record, self._unsynced_record = self._unsynced_record, None
-                try:
-                    write_record(self.s.last_file_record, record)
-                except JobError:
-                    # Never hide the error that is already ending the run.
-                    if not failing:
-                        raise
+            self.records.sync_record(failing=failing)
         if self.summary.failed:
             names = ", ".join(sorted(self.summary.failed))
             raise JobError(f"{len(self.summary.failed)} file(s) failed: {names}")
         return EXIT_OK
 
-    def _read_state(self) -> tuple[Ledger, str | None]:
-        """The ledger and LAST_FILE_RECORD, each valid or a ConfigError naming the file (and line)."""
-        ledger = read_ledger(self.s.ledger_path)
-        if ledger.damaged_lines:
-            logger.warning("{}: skipped {} damaged line(s)", self.s.ledger_path, ledger.damaged_lines)
-        return ledger, read_record(self.s.last_file_record)
-
-    def _snapshot(self, conn: Connection) -> _Snapshot:
-        entries = list_entries(conn, self.s)
-        # The first attempt uses what was read before connecting; a later one reads
-        # again, since the attempts before it may have recorded files.
-        state, self._state_read = self._state_read, None
-        ledger, record = state if state is not None else self._read_state()
-        try:
-            last_key = self._record_key(record, entries, ledger)
-        except UnplaceableRecordError as exc:
-            raise ConfigError(f"LAST_FILE_RECORD={self.s.last_file_record}: {exc}") from None
-        return _Snapshot(entries, order(entries, self.criteria, ledger.mtimes), ledger, record, last_key)
-
-    def _record_key(self, record: str | None, entries: list[RemoteEntry], ledger: Ledger) -> OrderKey | None:
-        listed = {e.name: e.mtime for e in entries}
-        return record_key(record, self.s.order_by, listed, ledger.mtimes, self.criteria.date_pattern)
-
-    def _repair_record(self, snap: _Snapshot) -> _Snapshot:
-        """A run killed between the ledger append and the record write left the
-        record behind the ledger: move it forward now."""
-        return self._advance(snap, snap.ledger.passed, repaired=True)
-
-    def _advance(self, snap: _Snapshot, completed: frozenset[str], *, repaired: bool = False) -> _Snapshot:
-        new = advance_record(snap.ordered, self.criteria, snap.last_key, snap.record, completed)
-        if new is None or new == snap.record:
-            return snap
-        # Not fsynced per file: a record lost in a power cut lags the (fsynced)
-        # ledger and is moved forward by the next run. The session's last write
-        # is made durable in _session.
-        write_record(self.s.last_file_record, new, durable=False)
-        self._unsynced_record = new
-        if repaired:
-            logger.info("LAST_FILE_RECORD moved from {} to {} to match the ledger", snap.record, new)
-        last_key = self._record_key(new, snap.entries, snap.ledger)
-        return _Snapshot(snap.entries, snap.ordered, snap.ledger, new, last_key)
-
     # -- one file -----------------------------------------------------------
 
     def _recorded(self, done: LedgerEntry, result: TransferResult) -> None:
         """A file verified and published by app/catchup.py: recorded at the next group commit."""
-        self._uncommitted.append(done)
         self.summary.recorded[done.name] = done
         self.summary.fetched.append(result)
-        if time.monotonic() - self._last_commit >= GROUP_COMMIT_SECONDS:
-            self._snap = self._commit(self._snap)
-
-    def _commit(self, snap: _Snapshot) -> _Snapshot:
-        """Record the files published since the last commit, in the order durability needs:
-        their SERVER_DIR renames first, then their ledger lines, then the record.
-
-        Grouping saves two fsyncs per file when many small files are due; a run
-        killed before a commit leaves published files unrecorded, and the next run
-        records them without fetching them again (they are complete in LOCAL_DIR
-        and identical in SERVER_DIR).
-        """
-        self._last_commit = time.monotonic()
-        if not self._uncommitted:
-            return snap
-        with translate_os_errors("sync SERVER_DIR", self.s.server_dir):
-            fsync_dir(self.s.server_dir)
-        append_ledger(self.s.ledger_path, *self._uncommitted)
-        ledger = dataclasses.replace(snap.ledger, entries=(*snap.ledger.entries, *self._uncommitted))
-        self._uncommitted = []
-        snap = _Snapshot(snap.entries, snap.ordered, ledger, snap.record, snap.last_key)
-        return self._advance(snap, ledger.passed)
+        self.records.recorded(done)
 
 
 def build_report(

@@ -63,6 +63,7 @@ LAYERS: dict[str, tuple[int, frozenset[str]]] = {
                 "app.job",
                 "app.lifecycle",
                 "app.planning",
+                "app.recording",
                 "app.tally",
                 "app.transfer",
             }
