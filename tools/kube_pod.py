@@ -15,7 +15,7 @@ jobTemplate.spec.template as a Pod, with its security context, read-only root fi
 system, volumes and resources exactly as shipped.
 
 What podman 4.3's `kube play` cannot take is listed in NOT_PLAYED (kinds and fields
-it has no equivalent for); docs/pending-alerts.md says the same for the README.
+it has no equivalent for); docs/deployment.md ("What is checked, and where") says the same.
 """
 
 from __future__ import annotations
