@@ -24,7 +24,6 @@ ANNOUNCED = {
     "sftp_ipi_held_back_files": "issue 10 (hardening)",
     "sftp_ipi_oldest_held_back_seconds": "issue 10 (hardening)",
     "sftp_ipi_late_files": "issue 10 (hardening)",
-    "sftp_ipi_stuck_files": "issue 23 (files the job cannot get past; the dashboard's stuck panels)",
 }
 # Series that are not the job's own: the Pushgateway's push time, Prometheus's alerts.
 FOREIGN = {"push_time_seconds", "ALERTS"}

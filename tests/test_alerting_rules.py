@@ -118,6 +118,11 @@ def test_every_runbook_section_is_an_alert_and_the_runbook_check_catches_a_missi
         runbook_section("SftpIpiNoSuchAlert")
 
 
+def test_the_alert_table_has_one_row_per_alert_with_its_severity() -> None:
+    rows = dict(re.findall(r"^\| `(SftpIpi\w+)` \| (\w+) \|", OPERATIONS, flags=re.M))
+    assert rows == {name: rule["labels"]["severity"] for name, rule in alerts().items()}
+
+
 def test_alerts_that_one_scrape_must_not_page_wait_with_for() -> None:
     """Every alert holds for at least one more evaluation before it pages."""
     for name, rule in alerts().items():

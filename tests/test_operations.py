@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 import json
 import os
 import pty
@@ -407,6 +409,49 @@ def test_unreachable_smtp_server_does_not_hide_the_result(server: Server) -> Non
     result = run_job(env, server.tmp / "cwd")
     assert result.code == 1
     assert "e-mail notification failed" in result.stderr
+
+
+def test_a_stuck_file_is_named_with_its_skip_command_in_the_webhook_and_the_email(
+    unprivileged_server: Server, webhook: Webhook, smtp_server: tuple[int, list[Any]]
+) -> None:
+    """The person alerted reads the way out of a stopped feed in the message itself."""
+    server = unprivileged_server
+    good, stuck = "20250101.IPI", "20250102.IPI"
+    server.put(good, b"a" * 100)
+    server.put(stuck, b"b" * 100)
+    (server.remote / stuck).chmod(0o000)
+    assert run_job(server.env(), server.tmp / "cwd").code == 0  # delivers the first, next run tries the second
+    port, received = smtp_server
+    env = server.env(
+        STUCK_AFTER_RUNS=1,
+        NOTIFY_WEBHOOK_URL=webhook.url,
+        NOTIFY_SMTP_HOST="127.0.0.1",
+        NOTIFY_SMTP_PORT=port,
+        NOTIFY_SMTP_FROM="sftp-ipi@example.org",
+        NOTIFY_SMTP_TO="ops@example.org",
+        NOTIFY_SMTP_SECURITY="none",
+    )
+
+    result = run_job(env, server.tmp / "cwd")
+
+    assert result.code == 1, result.output
+    [entry] = report(server)["stuck"]
+    assert entry["name"] == stuck and entry["command"].startswith(f"sftp-ipi skip {stuck} --reason ")
+    [body] = webhook.bodies
+    assert (
+        f"Stuck: {stuck}: failed the same way on 1 runs in a row (since {entry['since']}); to pass it:"
+        f" {entry['command']}"
+    ) in body["text"]
+    [mail] = received
+    text = email.message_from_bytes(mail.content, policy=email.policy.default).get_body().get_content()
+    assert f"to pass it: {entry['command']}" in text
+
+
+def test_a_message_without_stuck_files_says_nothing_of_them(server: Server, webhook: Webhook) -> None:
+    env = server.env(port=free_port(), RETRY_MAX_TRIES=1, NOTIFY_WEBHOOK_URL=webhook.url)
+    assert run_job(env, server.tmp / "cwd").code == 1
+    [body] = webhook.bodies
+    assert "Stuck" not in body["text"] and "sftp-ipi skip" not in body["text"]
 
 
 def test_smtp_settings_must_be_complete(server: Server) -> None:

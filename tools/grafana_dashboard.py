@@ -268,8 +268,9 @@ def layout() -> list[tuple[int, list[tuple[dict[str, Any], int]]]]:
                 (
                     stat(
                         "Stuck files",
-                        "Files the job cannot get past (sftp_ipi_stuck_files): `sftp-ipi status` names them; "
-                        "docs/operations.md says what to do.",
+                        "Files the job cannot get past (sftp_ipi_stuck_files); red at SftpIpiStuckFiles's "
+                        "threshold, 1. `sftp-ipi status` names them with the skip command for each; the alert's "
+                        "runbook in docs/operations.md says what to do.",
                         f"sftp_ipi_stuck_files{{{FEED}}}",
                         "none",
                         _thresholds((None, "green"), (1, "red")),

@@ -47,6 +47,13 @@ def message(settings: Settings, report: RunReport) -> dict[str, Any]:
     if report.remote_after_failed:
         failed = "; ".join(f"{name}: {why}" for name, why in sorted(report.remote_after_failed.items()))
         text += f" REMOTE_AFTER failed (retried next run): {failed}"
+    for stuck in report.stuck:
+        # The way out of a feed one file has stopped, where the person alerted reads first;
+        # the error is in the command's reason, so it is not repeated.
+        text += (
+            f" Stuck: {stuck.name}: failed the same way on {stuck.runs} runs in a row (since {stuck.since});"
+            f" to pass it: {stuck.command}"
+        )
     secrets = settings.secrets
     return {
         "text": redact(text, secrets),
