@@ -494,6 +494,11 @@ def _read(
 LIST_READ_AHEAD = 16
 
 
+class ListingTooLongError(RemoteFileError):
+    """A listing longer than MAX_LISTING: the server's doing (an endless listing), not
+    a directory that is missing or refused, so not a configuration error."""
+
+
 def list_directory(sftp: paramiko.SFTPClient, path: str, limit: int) -> list[tuple[str, paramiko.SFTPAttributes]]:
     """Every entry of ``path`` (without . and ..), at most ``limit`` of them.
 
@@ -530,7 +535,7 @@ def list_directory(sftp: paramiko.SFTPClient, path: str, limit: int) -> list[tup
                     continue
                 entries.append((name, attrs))
                 if len(entries) > limit:
-                    raise RemoteFileError(f"listing of {path!r} has more than MAX_LISTING={limit} entries")
+                    raise ListingTooLongError(f"listing of {path!r} has more than MAX_LISTING={limit} entries")
     finally:
         close_later(sftp, handle)
     return entries

@@ -34,7 +34,14 @@ from app.server import crypto_policy, host_certs, known_hosts, netpath
 from app.server.crypto_policy import Negotiated
 from app.server.inflight import ReadsInFlight
 from app.server.inflight import for_server as reads_for_server
-from app.server.pipeline import ReadLimit, announced, digests_offered, list_directory, open_sftp
+from app.server.pipeline import (
+    ListingTooLongError,
+    ReadLimit,
+    announced,
+    digests_offered,
+    list_directory,
+    open_sftp,
+)
 
 # The host-key algorithms that can verify a known_hosts entry of each key type.
 _ALGORITHMS_FOR_KEY_TYPE = {
@@ -784,6 +791,8 @@ def list_entries(conn: Connection, settings: Settings) -> list[RemoteEntry]:
     try:
         with remote_errors(f"list remote directory {directory!r}", conn=conn):
             listed = list_directory(conn.sftp, directory, settings.max_listing)
+    except ListingTooLongError:
+        raise
     except RemoteFileError as exc:
         said = f"the server said {exc.said!r}" if exc.said else str(exc)
         raise ConfigError(f"SFTP_DIR={directory}: cannot list this directory on the server ({said})") from None
