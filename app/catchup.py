@@ -356,6 +356,9 @@ class _Scheduler:
         self.grouping: dict[Future[list[tuple[int, _Published]]], list[_Staged]] = {}
         self.dirs = group.Directories()
         try:
+            # Held from before anything is written: each group's syncfs reports the
+            # writeback errors since the last (see group_durability).
+            self.filesystems = self.dirs.filesystems([self.s.local_dir, self.s.server_dir])
             with (
                 ThreadPoolExecutor(max_workers=min(self.limit, FINISHERS), thread_name_prefix="finish") as self.pool,
                 remote_errors(f"fetch {self.count} file(s)"),
@@ -741,7 +744,7 @@ class _Scheduler:
         directories once. No final name exists before its bytes are durable."""
         renamed = 0
         try:
-            group.make_durable([w for s in batch for w in s.written()])
+            group.make_durable([w for s in batch for w in s.written()], self.filesystems)
             group.pause_for_tests()
             local = self.dirs.fd(self.s.local_dir)
             server = self.dirs.fd(self.s.server_dir)

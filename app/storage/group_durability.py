@@ -5,11 +5,15 @@ files pays for thousands. Here a group of files is written to its temps with
 no fsync each, and then
 
     1. made durable at once: one ``syncfs(2)`` per file system the group is on (it
-       writes every dirty page and commits the journal once), then ``fdatasync`` of
-       each temp, which finds nothing left to write and only reports the file's own
-       writeback errors (``syncfs`` reports them per file system, and before Linux
-       5.8 not at all). Where ``syncfs`` is missing, ``fdatasync`` of each does it all,
-       in one batch after the writeout (git's ``core.fsyncMethod=batch``);
+       writes every dirty page and commits the journal once). It is called on a
+       directory held open since before the run wrote anything, and since Linux
+       5.8 it reports every writeback error on that file system since its last
+       call through that descriptor: a failed write of any file of the group fails
+       the group (one of another program on that file system does too, which errs
+       on the safe side). Before 5.8 syncfs reports no errors, so ``fdatasync`` of
+       each temp follows it: there is nothing left to write, and it reports the
+       file's own errors. Where ``syncfs`` is missing, ``fdatasync`` of each does it
+       all, in one batch after the writeout (git's ``core.fsyncMethod=batch``);
     2. renamed to its final names, every file of the group;
     3. its directories fsynced once, so the renames survive a power cut too.
 
@@ -35,7 +39,7 @@ from app.storage.fsutil import storage_error
 
 # Seconds to pause between the sync and the renames, for the kill -9 campaign to land
 # kills in that window (tests/test_catchup.py); 0 outside tests.
-PAUSE_ENV = "SFTP_IPI_TEST_PAUSE_BEFORE_RENAMES"
+PAUSE_ENV = "SFTPIPI_TEST_PAUSE_BEFORE_RENAMES"
 
 _syncfs: Callable[[int], int] | None = None
 _syncfs_looked_up = False
@@ -86,33 +90,42 @@ class Written:
     path: Path
 
 
-def make_durable(files: Sequence[Written], *, use_syncfs: bool = True) -> str:
-    """Make every file of ``files`` durable; returns how ("syncfs" or "fdatasync").
+def _syncfs_reports_errors(release: str) -> bool:
+    """Whether this kernel's syncfs(2) reports writeback errors (Linux 5.8 and later)."""
+    try:
+        major, minor = (int(part) for part in release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 8)
 
-    Raises LocalStorageError naming the first file whose bytes may not be on disk.
+
+SYNCFS_REPORTS_ERRORS = _syncfs_reports_errors(os.uname().release)
+
+
+def make_durable(files: Sequence[Written], filesystems: Sequence[tuple[int, Path]]) -> str:
+    """Make every file of ``files`` durable; returns how ("syncfs", "syncfs+fdatasync"
+    or "fdatasync"). ``filesystems``: one directory per file system the files are on,
+    held open since before they were written (syncfs reports the errors since then).
+
+    Raises LocalStorageError naming the file (or file system) whose bytes may not be on disk.
     """
-    how = "fdatasync"
-    if use_syncfs and files:
-        # One descriptor per file system the group is on.
-        by_device: dict[int, Written] = {}
-        for w in files:
-            try:
-                by_device.setdefault(os.fstat(w.fd).st_dev, w)
-            except OSError as exc:
-                raise storage_error("write", w.path, exc) from None
+    synced = False
+    for fd, path in filesystems:
         try:
-            if all(syncfs(w.fd) for w in by_device.values()):
-                how = "syncfs"
+            synced = syncfs(fd)
         except OSError as exc:
-            first = next(iter(by_device.values()))
-            raise storage_error("write", first.path, exc) from None
+            raise storage_error("write to", path, exc) from None
+        if not synced:
+            break
+    if synced and SYNCFS_REPORTS_ERRORS:
+        return "syncfs"
     for w in files:
-        # After syncfs nothing is left to write: this only reports the file's own errors.
+        # After a syncfs nothing is left to write: this reports the file's own errors.
         try:
             os.fdatasync(w.fd)
         except OSError as exc:
             raise storage_error("write", w.path, exc) from None
-    return how
+    return "syncfs+fdatasync" if synced else "fdatasync"
 
 
 def pause_for_tests() -> None:
@@ -161,6 +174,16 @@ class Directories:
 
     def held(self, directories: Iterable[Path]) -> list[tuple[int, Path]]:
         return [(self.fd(d), d) for d in dict.fromkeys(directories)]
+
+    def filesystems(self, directories: Iterable[Path]) -> list[tuple[int, Path]]:
+        """One held directory per file system among ``directories``."""
+        by_device: dict[int, tuple[int, Path]] = {}
+        for fd, path in self.held(directories):
+            try:
+                by_device.setdefault(os.fstat(fd).st_dev, (fd, path))
+            except OSError as exc:
+                raise storage_error("inspect", path, exc) from None
+        return list(by_device.values())
 
     def close(self) -> None:
         for fd in self._fds.values():
