@@ -160,6 +160,13 @@ class Ledger:
         that arrives after it behind the watermark, as late, never delivered."""
         return {e.name: min(e.mtime, _epoch(e.completed_at)) for e in self.entries if e.mtime is not None}
 
+    def mtimes_of(self, name: str) -> dict[str, int]:
+        """``mtimes`` for ``name`` alone (empty if it has none), without parsing every entry."""
+        for e in reversed(self.entries):
+            if e.name == name and e.mtime is not None:
+                return {name: min(e.mtime, _epoch(e.completed_at))}
+        return {}
+
 
 def _epoch(timestamp: str) -> int:
     when = dt.datetime.fromisoformat(timestamp)
