@@ -405,6 +405,12 @@ class _Scheduler:
         finally:
             for f in list(self.active):
                 self._drop(f)
+            # Staged after the batch stopped (the pool has waited for them), or not
+            # published because it stopped: their temps go.
+            for future in self.finishing:
+                if not future.cancelled() and future.exception() is None:
+                    self.staged.append(future.result())
+            self.finishing.clear()
             for staged in self.staged:
                 staged.discard()
             self.staged.clear()
@@ -464,7 +470,8 @@ class _Scheduler:
             self.results.update(gf.result())
         # One group at a time: what waits while a group syncs is the next group, so
         # groups grow as large as the sync is slow.
-        while self.staged and not self.grouping:
+        # A stop request is served at once: what is staged is not published (and goes).
+        while self.staged and not self.grouping and (only_done or interrupt.requested() is None):
             batch, self.staged = self.staged[:GROUP_MAX_FILES], self.staged[GROUP_MAX_FILES:]
             if only_done:
                 self.grouping[self.pool.submit(self._publish_group, batch)] = batch
