@@ -34,6 +34,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from loguru import logger
 from paramiko import Message, SSHException
@@ -64,9 +66,10 @@ from app.server.pipeline import (
     request_stat,
 )
 from app.server.remote import Connection, remote_errors, remote_path
+from app.storage import group_durability as group
 from app.storage.fsutil import storage_error, write_all
 from app.storage.partial import Paths
-from app.storage.publish import can_clone, publish
+from app.storage.publish import Staged, can_clone, publish, stage
 from app.storage.space import Room, needs
 from app.storage.state import LedgerEntry
 from app.tally import FileTally
@@ -75,11 +78,11 @@ from app.transfer import (
     changed_reason,
     complete_local,
     download,
-    finish,
     removed_after_read,
     request_size,
     start_partial,
     start_whole,
+    transfer_result,
 )
 
 Record = Callable[[LedgerEntry, TransferResult], None]
@@ -96,6 +99,12 @@ TOGETHER_MAX = 4 * 1024 * 1024
 # the file system's journal commits (on ext4 here, 16 at once cost 1.4 ms per
 # small file instead of 7.5 ms one after another); a few already get most of it.
 FINISHERS = 8
+
+# Files written to their temps and waiting for their group's one sync, at most: each
+# holds two descriptors (LOCAL_DIR's temp, SERVER_DIR's) until renamed. A group is
+# whatever waits when the previous group's sync is over, so it grows with the
+# time the sync takes (bench/RESULTS.md).
+GROUP_MAX_FILES = 128
 
 # Status codes that concern the file itself; any other refusal of a second open
 # is taken for a server that allows one open file per session, and so is
@@ -218,17 +227,29 @@ def deliver(
 ) -> tuple[LedgerEntry, TransferResult]:
     """Publish a verified, proven download to SERVER_DIR (decrypted first where
     DECRYPT says so); its ledger line, not yet committed."""
-    log = logger.bind(file=entry.name)
-    log.bind(sha256=result.sha256, size=result.size, verified_by=result.verified_by).info(
-        "{}: verified {} bytes, sha256 {}, by {}", entry.name, result.size, result.sha256, result.verified_by
-    )
+    _log_verified(result)
     ready = lifecycle.prepare(result)
     method = publish(ready.path, settings.server_dir, ready.size, result.mtime, ready.sha256, settings.publish_method)
+    _log_published(entry.name, method)
+    return ledger_entry(entry, result, tally, ready.ledger_fields), result
+
+
+def _log_verified(result: TransferResult) -> None:
+    logger.bind(file=result.name, sha256=result.sha256, size=result.size, verified_by=result.verified_by).info(
+        "{}: verified {} bytes, sha256 {}, by {}", result.name, result.size, result.sha256, result.verified_by
+    )
+
+
+def _log_published(name: str, method: str | None) -> None:
     if method is None:
-        log.info("{}: already identical in SERVER_DIR", entry.name)
+        logger.bind(file=name).info("{}: already identical in SERVER_DIR", name)
     else:
-        log.bind(method=method).info("{}: published to SERVER_DIR ({})", entry.name, method)
-    done = LedgerEntry(
+        logger.bind(file=name, method=method).info("{}: published to SERVER_DIR ({})", name, method)
+
+
+def ledger_entry(entry: RemoteEntry, result: TransferResult, tally: FileTally, fields: dict[str, Any]) -> LedgerEntry:
+    """The ledger line of a published file, not yet committed."""
+    return LedgerEntry(
         name=entry.name,
         size=result.size,
         mtime=result.mtime,
@@ -237,9 +258,8 @@ def deliver(
         seconds=round(time.monotonic() - tally.started, 3),
         completed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         verified_by=result.verified_by,
-        **ready.ledger_fields,
+        **fields,
     )
-    return done, result
 
 
 @dataclass(eq=False)
@@ -263,6 +283,44 @@ class _Small:
     reads: int = 0  # READs in flight
     todo: deque[tuple[str, int, int]] = field(default_factory=deque)  # READs not yet sent: (kind, offset, length)
     end_confirmed: bool = False
+
+
+# A published file: its ledger line, its result, and how SERVER_DIR got it (None: already identical).
+_Published = tuple[LedgerEntry, TransferResult, str | None]
+
+
+@dataclass(eq=False)
+class _Staged:
+    """A verified file written to its temps (LOCAL_DIR's ``target``, open as ``fd``;
+    SERVER_DIR's ``copy``, None if an identical file is there already), not yet durable."""
+
+    f: _Small
+    target: Path
+    fd: int
+    result: TransferResult
+    copy: Staged | None
+
+    def written(self) -> list[group.Written]:
+        """What the group's sync must make durable."""
+        own = [group.Written(self.fd, self.target)]
+        return own if self.copy is None else [*own, group.Written(self.copy.held, self.copy.tmp)]
+
+    def close(self) -> None:
+        """Renamed: the temps' descriptors are no longer needed to hold them."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        if self.copy is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.copy.held)
+
+    def discard(self) -> None:
+        """Not published: the temps go (a partial stays, a valid prefix for the next attempt)."""
+        self.close()
+        if self.target != self.f.paths.part:
+            with contextlib.suppress(OSError):
+                self.target.unlink()
+        if self.copy is not None:
+            self.copy.discard()
 
 
 class _RefusedError(Exception):
@@ -306,6 +364,8 @@ class _Scheduler:
         self.early = (0, 0)  # (reads in flight, reads ended early), told once one proves early
         # BANDWIDTH_LIMIT: the run's one bucket, shared with transfer.download.
         self.throttle = throttle_for(settings)
+        # PUBLISH_METHOD=auto: cleared once a clone fails, so later files skip the try.
+        self.try_clone = True
 
     def run(self, entries: Sequence[RemoteEntry], keep_going: bool) -> bool:
         """Fetch ``entries`` (all to be fetched together); False if a failure ends the batch.
@@ -316,27 +376,36 @@ class _Scheduler:
         self.place = {e.name: n for n, e in enumerate(entries)}
         self.next_place = 0  # the first file in plan order not yet recorded or failed
         self.settled: set[int] = set()  # places after it that are
-        self.results: dict[int, tuple[LedgerEntry, TransferResult]] = {}  # verified and published, by place
+        self.results: dict[int, _Published] = {}  # verified and published, by place
         self.keep_going = keep_going
         self.size, self.probing = request_size(self.conn, self.s)
         # The memory bound: bytes of admitted, unfinished files (each is fetched whole).
         budget = min(self.s.pipeline_depth * self.size, MAX_AHEAD)
         self.count, self.done_files, self.done_bytes = len(entries), 0, 0
         self.progress = Progress(f"0/{self.count} files", sum(e.size or 0 for e in entries), 0)
-        self.finishing: dict[Future[tuple[LedgerEntry, TransferResult]], _Small] = {}
+        self.finishing: dict[Future[_Staged], _Small] = {}
+        # Written to their temps, waiting for a group's sync; the groups being published.
+        self.staged: list[_Staged] = []
+        self.grouping: dict[Future[list[tuple[int, _Published]]], list[_Staged]] = {}
+        self.dirs = group.Directories()
         try:
+            # Held from before anything is written: each group's syncfs reports the
+            # writeback errors since the last (see group_durability).
+            self.filesystems = self.dirs.filesystems([self.s.local_dir, self.s.server_dir])
             with (
                 ThreadPoolExecutor(max_workers=min(self.limit, FINISHERS), thread_name_prefix="finish") as self.pool,
                 remote_errors(f"fetch {self.count} file(s)"),
                 Outbox(self.sftp) as self.outbox,
             ):
                 try:
-                    while self.queue or self.active or self.finishing:
+                    while self.queue or self.active or self.finishing or self.staged or self.grouping:
                         interrupt.check()
                         held = sum(f.size for f in (*self.active, *self.finishing.values()))
                         while self.queue and len(self.active) < self.limit:
                             if self.active and held + (self.queue[0].size or 0) > budget:
                                 break
+                            if len(self.staged) >= GROUP_MAX_FILES:
+                                break  # their descriptors stay open until the group's sync
                             if self.queue[0].name in self.alone:
                                 # Tried again alone: after the files in flight, before any other.
                                 if not self.active:
@@ -350,7 +419,8 @@ class _Scheduler:
                             if self.active:
                                 receive(self.sftp)
                         if not self.active:
-                            wait(self.finishing, interrupt.POLL_SECONDS, FIRST_COMPLETED)
+                            running: list[Future[Any]] = [*self.finishing, *self.grouping]
+                            wait(running, interrupt.POLL_SECONDS, FIRST_COMPLETED)
                         for num in list(self.sink.got):
                             if not self._dispatch(num):
                                 return False
@@ -368,6 +438,16 @@ class _Scheduler:
         finally:
             for f in list(self.active):
                 self._drop(f)
+            # Staged after the batch stopped (the pool has waited for them), or not
+            # published because it stopped: their temps go.
+            for future in self.finishing:
+                if not future.cancelled() and future.exception() is None:
+                    self.staged.append(future.result())
+            self.finishing.clear()
+            for staged in self.staged:
+                staged.discard()
+            self.staged.clear()
+            self.dirs.close()
         self.progress.finish()
         if refusal is not None:
             raise refusal
@@ -416,22 +496,40 @@ class _Scheduler:
         self.peak = max(self.peak, self.reading)
 
     def _collect(self, *, only_done: bool) -> bool:
-        """Record the files whose finishing (fsync, rename, publish) is over, in plan
-        order (so the ledger reads oldest first, as one at a time would write it);
-        with ``only_done=False``, wait for all and record every one. False if a
-        failure ends the batch."""
+        """Group the files written to their temps, and record the files whose group is
+        published, in plan order (so the ledger reads oldest first, as one at a time
+        would write it); with ``only_done=False``, wait for all, publish what is
+        staged and record every one. False if a failure ends the batch.
+
+        Their log lines are written here, by the loop's thread: from the finishing
+        threads, they queued on the logger's lock (bench/RESULTS.md)."""
         going = True
         for future in [fu for fu in self.finishing if fu.done() or not only_done]:
             f = self.finishing.pop(future)
             try:
-                self.results[self.place[f.entry.name]] = future.result()
+                self.staged.append(future.result())
             except RemoteFileError as exc:
                 self._settle(f)
                 _failed(self.failed, f.entry, exc)
                 going = going and self.keep_going
+        for gf in [fu for fu in self.grouping if fu.done() or not only_done]:
+            del self.grouping[gf]
+            self.results.update(gf.result())
+        # One group at a time: what waits while a group syncs is the next group, so
+        # groups grow as large as the sync is slow.
+        # A stop request is served at once: what is staged is not published (and goes).
+        while self.staged and not self.grouping and (only_done or interrupt.requested() is None):
+            batch, self.staged = self.staged[:GROUP_MAX_FILES], self.staged[GROUP_MAX_FILES:]
+            if only_done:
+                self.grouping[self.pool.submit(self._publish_group, batch)] = batch
+            else:
+                self.results.update(self._publish_group(batch))
         while self.results and (not only_done or min(self.results) == self.next_place):
             place = min(self.results)
-            self.record(*self.results.pop(place))
+            done, result, method = self.results.pop(place)
+            _log_verified(result)
+            _log_published(done.name, method)
+            self.record(done, result)
             self._settle_place(place)
             self.done_files += 1
             self.progress.name = f"{self.done_files}/{self.count} files"
@@ -484,7 +582,8 @@ class _Scheduler:
         if f.size > WHOLE_FILE_MAX:
             start_partial(paths, entry)
             try:
-                f.fd = os.open(paths.part, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                # Readable too: SERVER_DIR's copy is made from this descriptor.
+                f.fd = os.open(paths.part, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError as exc:
                 raise storage_error("open", paths.part, exc) from None
         self.active.append(f)
@@ -586,7 +685,7 @@ class _Scheduler:
     def _network_done(self, f: _Small) -> None:
         """The network part is done: the rest runs beside the next files' transfers."""
         self.active.remove(f)
-        self.finishing[self.pool.submit(self._complete, f)] = f
+        self.finishing[self.pool.submit(self._stage, f)] = f
 
     def _refused_open(self, f: _Small, status: tuple[int, str] | None) -> None:
         code, text = status if status is not None else (-1, "unexpected reply")
@@ -646,46 +745,87 @@ class _Scheduler:
             f.position += len(chunk)
             f.tally.received += len(chunk)
 
-    def _complete(self, f: _Small) -> tuple[LedgerEntry, TransferResult]:
+    def _stage(self, f: _Small) -> _Staged:
         """In a helper thread, so that local file system work never holds up the
-        transfers: write the verified bytes to a temp file, make it durable,
-        rename and publish it. Concurrent fsyncs share journal commits."""
+        transfers: write the verified bytes to LOCAL_DIR's temp in one write and
+        SERVER_DIR's copy beside its final name, neither fsynced yet (a group of them
+        is, in ``_publish_group``)."""
         paths = f.paths
         if f.fd >= 0:
             target, fd, digest = paths.part, f.fd, f.digest
             f.fd = -1
         else:
-            target, fd = start_whole(paths)
+            target, fd = start_whole(paths, readable=True)
             digest = hashlib.sha256()
         try:
             try:
-                for chunk in f.chunks:
-                    write_all(fd, chunk)
-                    digest.update(chunk)
-                os.fsync(fd)
+                if f.chunks:
+                    data = b"".join(f.chunks)
+                    f.chunks.clear()
+                    write_all(fd, data)
+                    digest.update(data)
+                if f.entry.mtime is not None:
+                    os.utime(fd, (f.entry.mtime, f.entry.mtime))
             except OSError as exc:
                 raise storage_error("write", target, exc) from None
-            finally:
-                os.close(fd)
-            f.chunks.clear()
             # Fetched together only when size and mtime are all the proof there is.
-            result = finish(
-                paths,
-                target,
-                f.entry,
-                f.position,
-                digest,
-                f.tally,
-                0,
-                f.started,
-                f.received_before,
-                verified_by=proof.SIZE_MTIME,
+            result = transfer_result(
+                f.entry, f.position, digest, f.tally, 0, f.started, f.received_before, verified_by=proof.SIZE_MTIME
             )
+            method = self.s.publish_method
+            copy = stage(
+                target,
+                fd,
+                self.s.server_dir / f.entry.name,
+                result.size,
+                result.mtime,
+                result.sha256,
+                method,
+                try_clone=self.try_clone,
+            )
+            if copy is not None and copy.method == "copy" and method == "auto":
+                self.try_clone = False  # these file systems cannot clone: not tried again this run
         except BaseException:
+            os.close(fd)
             if target != paths.part:  # a partial stays: it is a valid prefix
                 target.unlink(missing_ok=True)
             raise
-        return deliver(self.s, f.entry, result, f.tally, self.lifecycle)
+        return _Staged(f, target, fd, result, copy)
+
+    def _publish_group(self, batch: list[_Staged]) -> list[tuple[int, _Published]]:
+        """In a helper thread: make ``batch`` durable with one sync, then give every
+        file its final names (LOCAL_DIR's, then SERVER_DIR's) and sync the
+        directories once. No final name exists before its bytes are durable."""
+        renamed = 0
+        try:
+            group.make_durable([w for s in batch for w in s.written()], self.filesystems)
+            group.pause_for_tests()
+            local = self.dirs.fd(self.s.local_dir)
+            server = self.dirs.fd(self.s.server_dir)
+            published: list[tuple[int, _Published]] = []
+            for s in batch:
+                f = s.f
+                group.rename_all([group.Rename(local, s.target.name, f.paths.final.name)])
+                renamed += 1
+                if s.target == f.paths.part:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(f.paths.meta.name, dir_fd=local)
+                f.tally.kept, f.tally.completed, f.tally.prefix = f.position, True, None
+                ready = self.lifecycle.prepare(s.result)
+                if ready.path != f.paths.final:
+                    raise LocalStorageError(f"{f.entry.name}: a decrypted file is published alone, not in a group")
+                if s.copy is not None:
+                    group.rename_all([group.Rename(server, s.copy.tmp.name, s.copy.final.name)])
+                method = None if s.copy is None else s.copy.method
+                done = ledger_entry(f.entry, s.result, f.tally, ready.ledger_fields)
+                published.append((self.place[f.entry.name], (done, s.result, method)))
+            group.sync_dirs(self.dirs.held([self.s.server_dir, self.s.local_dir]))
+            return published
+        finally:
+            for s in batch[renamed:]:
+                s.discard()
+            for s in batch[:renamed]:
+                s.close()
 
     def _drop(self, f: _Small) -> None:
         """Forget a file that failed or was cut short: its temp goes, nothing is kept."""

@@ -93,8 +93,12 @@ class RecordKeeper:
         return Snapshot(entries, order(entries, self.criteria, ledger.mtimes), ledger, record, last_key)
 
     def _record_key(self, record: str | None, entries: list[RemoteEntry], ledger: Ledger) -> OrderKey | None:
-        listed = {e.name: e.mtime for e in entries}
-        return record_key(record, self.s.order_by, listed, ledger.mtimes, self.criteria.date_pattern)
+        if record is None:
+            return None
+        # Only the record's own mtimes are read: maps of every listed and completed file,
+        # rebuilt at every group commit, made the cost per file grow with the backlog.
+        listed = {e.name: e.mtime for e in entries if e.name == record}
+        return record_key(record, self.s.order_by, listed, ledger.mtimes_of(record), self.criteria.date_pattern)
 
     def repair(self, snap: Snapshot) -> Snapshot:
         """A run killed between the ledger append and the record write left the

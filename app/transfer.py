@@ -443,11 +443,12 @@ def _save_blocks(paths: Paths, entry: RemoteEntry, fd: int, blocks: BlockDigests
     record_blocks(paths, entry, blocks.snapshot())
 
 
-def start_whole(paths: Paths) -> tuple[Path, int]:
-    """A hidden temp file for a file fetched whole (no partial, no metadata), and its descriptor."""
+def start_whole(paths: Paths, *, readable: bool = False) -> tuple[Path, int]:
+    """A hidden temp file for a file fetched whole (no partial, no metadata), and its
+    descriptor (open for reading too, if ``readable``)."""
     _discard_partial(paths)
     try:
-        return create_temp(paths.final)
+        return create_temp(paths.final, readable=readable)
     except OSError as exc:
         raise storage_error("create a temp file for", paths.final, exc) from None
 
@@ -479,6 +480,21 @@ def finish(
     except OSError as exc:
         raise storage_error("finish", paths.final, exc) from None
     tally.kept, tally.completed, tally.prefix = received, True, None
+    return transfer_result(entry, received, digest, tally, offset, started, received_before, verified_by=verified_by)
+
+
+def transfer_result(
+    entry: RemoteEntry,
+    received: int,
+    digest: hashlib._Hash,
+    tally: FileTally,
+    offset: int,
+    started: float,
+    received_before: int,
+    *,
+    verified_by: str,
+) -> TransferResult:
+    """What a finished download of ``entry`` produced."""
     seconds = time.monotonic() - started
     return TransferResult(
         name=entry.name,

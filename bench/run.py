@@ -40,6 +40,9 @@ from sshd import Sshd, free_port, keygen  # noqa: E402
 MiB = 1024 * 1024
 # --profile DIR: every job run is recorded by py-spy into DIR (see bench/profile_top.py).
 PROFILE_DIR: Path | None = None
+# --baseline DIR: the catch-up scenarios also run the job from another checkout (the
+# base commit, say), interleaved with this one's runs, so machine drift hits both alike.
+BASELINE: Path | None = None
 
 
 @dataclass
@@ -101,12 +104,19 @@ class DelayLine:
 
 
 def job_client(
-    env: Env, port: int, names: list[str], out: Path, *, mode: str = "next", extra: dict[str, str] | None = None
+    env: Env,
+    port: int,
+    names: list[str],
+    out: Path,
+    *,
+    mode: str = "next",
+    extra: dict[str, str] | None = None,
+    repo: Path = REPO,
 ) -> Sample:
     settings = {
         "PATH": os.environ["PATH"],
         "HOME": str(env.tmp),
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": str(repo),
         "SFTP_HOST": "127.0.0.1",
         "SFTP_PORT": str(port),
         "SFTP_USER": getpass.getuser(),
@@ -361,6 +371,12 @@ def scenario_catch_up(
         clients: dict[str, tuple[Client, list[str], int]] = {
             job: (lambda e, p, n, o: job_client(e, p, n, o, mode="all", extra=extra), names, total),
         }
+        if BASELINE is not None:
+            clients["job baseline"] = (
+                lambda e, p, n, o: job_client(e, p, n, o, mode="all", extra=extra, repo=BASELINE),
+                names,
+                total,
+            )
         if peers:
             clients["sftp mget"] = (sftp_client, names, total)
             if shutil.which("rclone"):
@@ -430,9 +446,11 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=[])
     parser.add_argument("--profile", type=Path, help="record each job run with py-spy (raw stacks) into this folder")
+    parser.add_argument("--baseline", type=Path, help="catch-up scenarios: also run the job from this checkout")
     args = parser.parse_args()
-    global PROFILE_DIR
+    global PROFILE_DIR, BASELINE
     PROFILE_DIR = args.profile
+    BASELINE = args.baseline
     if PROFILE_DIR is not None and not shutil.which("py-spy"):
         parser.error("--profile needs py-spy on PATH (pip install py-spy)")
     quick = args.quick

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Server, file_sha256, run_job, sha256, start_job, temp_names, wait_until
+import syscall_order
+from conftest import Server, file_sha256, job_env, run_job, sha256, start_job, temp_names, wait_until
 from hostile_sftp import HostileSftpServer, Lies, hostile_env
 from proftpd import Proftpd
 from relay import Relay
 from test_proof_e2e import MTIME, proftpd_env
-from test_resilience import kill_campaign, kill_campaign_seed
+from test_resilience import clean_state, kill_campaign, kill_campaign_seed
 
+from app.storage.group_durability import PAUSE_ENV
 from app.storage.state import read_ledger
 
 MiB = 1024 * 1024
@@ -266,3 +271,74 @@ def test_a_backlog_on_a_server_with_digests_proves_every_file_by_them(proftpd: P
     assert sorted(e.name for e in entries) == sorted(files)
     assert {e.verified_by.split(":")[0] for e in entries if e.verified_by} == {"check-file-handle"}
     assert all(e.verified_by for e in entries)
+
+
+def test_no_final_name_is_renamed_into_place_before_a_sync_covers_its_bytes(server: Server, tmp_path: Path) -> None:
+    """Traced with strace: every rename to a final name, in LOCAL_DIR and SERVER_DIR,
+    comes after a syncfs or an fsync of that very file that began after its last
+    write. Small files go in groups (one syncfs each), a 2 MiB one through its
+    partial, a 5 MiB one alone (transfer.download and publish.publish)."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed (apt-get install strace)")
+    files = {f"202506{day:02d}.IPI": os.urandom(1000 * day) for day in range(1, 29)}
+    files["20250629.IPI"] = os.urandom(2 * MiB)
+    files["20250630.IPI"] = os.urandom(5 * MiB)
+    put_all(server, files)
+    trace = tmp_path / "strace.txt"
+    settings = server.env(SELECT_MODE="all", CONCURRENT_FILES=8, VERIFY_SOURCE="off")
+    cwd = server.tmp / "cwd"
+    cwd.mkdir(parents=True, exist_ok=True)
+    command = ["strace", "-f", "-ttt", "-T", "-qq", "-o", str(trace), "-e", f"trace={syscall_order.TRACED}"]
+    proc = subprocess.run(
+        [*command, sys.executable, "-m", "app"], cwd=cwd, env=job_env(settings, cwd), capture_output=True, text=True
+    )
+    if proc.returncode != 0 and "ptrace" in proc.stderr:
+        pytest.skip(f"strace cannot trace here: {proc.stderr.strip().splitlines()[-1]}")
+
+    assert proc.returncode == 0, proc.stderr
+    assert_all_served_once(server, files)
+    renames = syscall_order.renames_and_cover(syscall_order.parse(trace.read_text()), set(files))
+    assert sorted(r.final for r in renames) == sorted([*files, *files]), "one rename per file in each directory"
+    uncovered = [(r.temp, r.final) for r in renames if not r.covered]
+    assert uncovered == [], "renamed before a sync covered their bytes"
+
+
+def test_kill_9_between_a_groups_sync_and_its_renames_never_publishes_wrong_bytes(server: Server, relay: Relay) -> None:
+    """Kills land while a group is synced and not yet renamed (a test hook pauses
+    there): after every kill each final name holds exactly its file's bytes, and the
+    runs that follow deliver and record every file exactly once."""
+    seed, rng = kill_campaign_seed()
+    files = {f"202507{day:02d}.IPI": rng.randbytes(rng.randint(1000, 300_000)) for day in range(1, 31)}
+    put_all(server, files)
+    relay.rate = 4 * MiB
+    settings = server.env(
+        port=relay.port, SELECT_MODE="all", CONCURRENT_FILES=8, VERIFY_SOURCE="off", **{PAUSE_ENV: 0.4}
+    )
+    in_window = kills = 0
+    for _ in range(30):
+        if kills >= 10:
+            break
+        proc = start_job(settings, server.tmp / "cwd")
+        # Kill once a group is synced and held before its renames: its temps are complete.
+        held = wait_until(lambda: len(temp_names(server.served)) >= 2, rng.uniform(0.5, 3))
+        time.sleep(rng.uniform(0, 0.3))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+            in_window += held and bool(temp_names(server.served))
+        proc.communicate(timeout=60)
+        for name in os.listdir(server.served):
+            if name in files:
+                assert file_sha256(server.served / name) == sha256(files[name]), f"seed {seed}: {name}"
+        for name in os.listdir(server.local):
+            if name in files:
+                assert file_sha256(server.local / name) == sha256(files[name]), f"seed {seed}: {name} in LOCAL_DIR"
+    assert kills >= 5, f"seed {seed}: only {kills} runs were killed"
+    assert in_window >= 3, f"seed {seed}: only {in_window} kills left synced temps unrenamed"
+
+    relay.rate = None
+    final = run_job(settings, server.tmp / "cwd")
+
+    assert final.code == 0, f"seed {seed}: {final.output}"
+    assert_all_served_once(server, files)
+    assert clean_state(server) == [], f"seed {seed}: stray files {clean_state(server)}"

@@ -583,3 +583,17 @@ def test_observations_round_trip(tmp_path: Path) -> None:
     write_observations(path, seen)
     assert read_observations(path) == seen
     assert read_observations(tmp_path / "absent.json") is None
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.one_of(st.none(), st.integers(0, 2_000_000_000))), max_size=8
+    ),
+    st.sampled_from(["a", "b", "c", "d"]),
+)
+def test_one_files_ledger_mtime_is_what_the_map_of_every_file_says(
+    items: list[tuple[str, int | None]], name: str
+) -> None:
+    ledger = Ledger(tuple(replace(ledger_entry(n), mtime=m) for n, m in items))
+    whole = ledger.mtimes
+    assert ledger.mtimes_of(name) == ({name: whole[name]} if name in whole else {})

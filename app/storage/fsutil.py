@@ -91,9 +91,11 @@ def _on_read_only_mount(path: Path) -> bool:
         return False
 
 
-def open_exclusive(path: Path) -> int:
-    """Create ``path`` for writing; never follows or reuses an existing entry."""
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE)
+def open_exclusive(path: Path, *, readable: bool = False) -> int:
+    """Create ``path`` for writing (and reading, if ``readable``); never follows or
+    reuses an existing entry."""
+    access = os.O_RDWR if readable else os.O_WRONLY
+    return os.open(path, access | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE)
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -109,15 +111,16 @@ def replace_durably(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def create_temp(final: Path) -> tuple[Path, int]:
-    """A new temp file beside ``final``, open for writing and held as ours.
+def create_temp(final: Path, *, readable: bool = False) -> tuple[Path, int]:
+    """A new temp file beside ``final``, open for writing (and reading, if
+    ``readable``: its bytes can then be read back without another open) and held as ours.
 
     Keep the descriptor open until the temp is renamed or removed: closing it
     ends the hold, and a cleaner may then take the temp for a leftover.
     """
     while True:
         tmp = temp_path(final)
-        fd = open_exclusive(tmp)
+        fd = open_exclusive(tmp, readable=readable)
         try:
             # Blocks only while a cleaner that got here between the create and
             # this line holds it; that cleaner then removed it, so start afresh.

@@ -19,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from app import interrupt
@@ -32,6 +34,8 @@ from app.storage.fsutil import BackgroundFsync, create_temp, hold, storage_error
 _COPY_BLOCK = 64 * 1024 * 1024
 # Below this, overlapping the fsync with the read-back costs more (a thread) than it saves.
 _OVERLAP_MIN = 8 * 1024 * 1024
+# One read-back pread: bounded, as the files staged are small (catchup.TOGETHER_MAX).
+_READ_BACK_BLOCK = 1024 * 1024
 # linux/fs.h: _IOW(0x94, 9, int)
 FICLONE = 0x40049409
 # What a file system (or a pair of them) says when it cannot clone.
@@ -207,6 +211,94 @@ def publish(
         if held is not None:
             os.close(held)
     return used
+
+
+@dataclass
+class Staged:
+    """A copy in SERVER_DIR under its temp name, filled and checked but not yet
+    durable (app/storage/group_durability.py makes a group of them durable, then
+    renames them). ``held`` holds the temp as ours (see fsutil) until then."""
+
+    tmp: Path
+    final: Path
+    held: int
+    method: str
+
+    def discard(self) -> None:
+        _discard(self.tmp)
+        with contextlib.suppress(OSError):
+            os.close(self.held)
+
+
+def stage(
+    source: Path,
+    source_fd: int,
+    final: Path,
+    size: int,
+    mtime: int | None,
+    sha256: str,
+    method: str = "auto",
+    *,
+    try_clone: bool = True,
+) -> Staged | None:
+    """``final``'s new content under a temp name beside it, from ``source`` (open as
+    ``source_fd``, readable), checked but not fsynced: as ``publish`` without its
+    fsync and rename, which the caller does for a whole group. None if an identical
+    file is already there. ``try_clone=False`` skips a clone already known to fail
+    on these file systems (PUBLISH_METHOD=auto)."""
+    try:
+        if already_published(final, source, size, sha256):
+            return None
+    except OSError as exc:
+        raise storage_error("inspect", final, exc) from None
+    tmp: Path | None = None
+    held: int | None = None
+    try:
+        if method == "hardlink":
+            held = hold(source)
+            tmp = temp_path(final)
+            os.link(source, tmp)
+            return Staged(tmp, final, held, "hardlink")
+        tmp, held = create_temp(final, readable=True)
+        clone = method == "reflink" or (method == "auto" and try_clone)
+        used = "reflink" if clone and _clone(source_fd, held) else "copy"
+        if used == "copy" and method == "reflink":
+            raise LocalStorageError(f"PUBLISH_METHOD=reflink: the file system of {final.parent} cannot clone files")
+        if used == "copy":
+            _copy(source_fd, held, size)
+            # Read back through the same descriptor: what a reader will get.
+            if _hash_fd(held, size) != sha256:
+                raise LocalStorageError(f"the copy {tmp} in SERVER_DIR does not match the verified download")
+        if mtime is not None:
+            os.utime(held, (mtime, mtime))
+        return Staged(tmp, final, held, used)
+    except OSError as exc:
+        _discard(tmp)
+        if held is not None:
+            os.close(held)
+        if method == "hardlink" and exc.errno == errno.EXDEV:
+            raise LocalStorageError(
+                "PUBLISH_METHOD=hardlink: LOCAL_DIR and SERVER_DIR are on different file systems"
+            ) from None
+        raise storage_error("publish", final, exc) from None
+    except BaseException:
+        _discard(tmp)
+        if held is not None:
+            os.close(held)
+        raise
+
+
+def _hash_fd(fd: int, size: int) -> str:
+    """SHA-256 of the first ``size`` bytes of ``fd`` (read with pread, so its offset stays)."""
+    digest = hashlib.sha256()
+    done = 0
+    while done < size:
+        block = os.pread(fd, min(_READ_BACK_BLOCK, size - done), done)
+        if not block:
+            break
+        digest.update(block)
+        done += len(block)
+    return digest.hexdigest()
 
 
 def _discard(tmp: Path | None) -> None:

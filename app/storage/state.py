@@ -201,6 +201,16 @@ class Ledger:
                 found[note.name] = min(note.mtime, _epoch(note.at))
         return found
 
+    def mtimes_of(self, name: str) -> dict[str, int]:
+        """``mtimes`` for ``name`` alone (empty if it has none), without parsing every entry."""
+        for e in reversed(self.entries):
+            if e.name == name and e.mtime is not None:
+                return {name: min(e.mtime, _epoch(e.completed_at))}
+        for note in self.skips:
+            if note.name == name and note.mtime is not None:
+                return {name: min(note.mtime, _epoch(note.at))}
+        return {}
+
 
 def _epoch(timestamp: str) -> int:
     when = dt.datetime.fromisoformat(timestamp)
