@@ -1,7 +1,8 @@
 """``sftp-ipi config``: every effective setting and where its value came from.
 
 Like ``rclone config show``, but for one feed: the value the run would use, and its
-source (the default, a dotenv file and line, or the environment). Secrets are
+source (the default, a dotenv file and line, the environment, or under systemd the
+unit's Environment=). Secrets are
 masked; a secret read from a ``*_FILE`` setting is named by that file's path.
 """
 
@@ -22,7 +23,7 @@ MASK = "********"
 class Effective:
     name: str
     value: str  # as the run uses it, a secret masked
-    source: str  # "default", "environment", or "PATH:LINE" of a dotenv file
+    source: str  # "default", "environment", "systemd unit (Environment=)", or "PATH:LINE" of a dotenv file
 
 
 def _shown(value: Any) -> str:
@@ -39,13 +40,17 @@ def effective(settings: Settings, env_file: Path | None, environ: Mapping[str, s
     """Every setting of ``settings`` in declaration order, with its source."""
     path = env_file if env_file is not None else Path(".env")
     lines = dotenv_lines(path) if path.is_file() else {}
+    # Under systemd (INVOCATION_ID is set for every unit it starts) the environment is
+    # what the unit's Environment= lines set: named so, an operator looks in the unit,
+    # not in a shell profile. Elsewhere it is just the environment.
+    from_environment = "systemd unit (Environment=)" if environ.get("INVOCATION_ID") else "environment"
     out: list[Effective] = []
     for f in fields(Settings):
         if f.metadata.get("internal"):
             continue
         name = env_name(f.name)
         if name in environ:
-            source = "environment"
+            source = from_environment
         elif name in lines:
             source = f"{path}:{lines[name]}"
         else:

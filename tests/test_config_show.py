@@ -62,7 +62,7 @@ def test_strict_settings_makes_a_misspelt_name_exit_2(server: Server) -> None:
     assert not (server.served).exists(), "a strict run stops before it fetches anything"
 
 
-def test_a_unit_environment_overriding_the_env_file_is_warned(server: Server) -> None:
+def test_a_unit_environment_overriding_the_env_file_is_warned_and_named_as_the_source(server: Server) -> None:
     """Under systemd (INVOCATION_ID set), a setting both in the env file and in the
     unit's Environment= is named: the file's value would otherwise be ignored unseen."""
     env_file = server.tmp / "feed.env"
@@ -74,5 +74,9 @@ def test_a_unit_environment_overriding_the_env_file_is_warned(server: Server) ->
     assert result.code == 0, result.output
     [line] = [w for w in result.stderr.splitlines() if "| WARNING" in w]
     assert f"{env_file}:2: LOCAL_DIR is also set by the unit's Environment=" in line
+    machine = run_job(env, server.tmp / "cwd", "config", "--json", "--env-file", str(env_file))
+    rows = {row["name"]: row["source"] for row in json.loads(machine.stdout)}
+    assert rows["LOCAL_DIR"] == "systemd unit (Environment=)"
+    assert rows["SELECT_MODE"] == f"{env_file}:1"
     quiet = run_job(server.env(), server.tmp / "cwd", "config", "--env-file", str(env_file))
     assert "| WARNING" not in quiet.stderr, "outside systemd the environment winning is the documented rule"
