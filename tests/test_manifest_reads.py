@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from conftest import Server, run_job
+from relay import Relay
 
 from app.config import load_settings
 from app.server import proof
@@ -65,6 +66,33 @@ def test_a_manifest_covering_many_files_is_read_once_per_run(server: Server) -> 
     ledger = [json.loads(line) for line in server.ledger.read_text().splitlines()]
     assert {line["verified_by"] for line in ledger} == {"checksum-file:SHA256SUMS"}
     # Before: one open and the whole manifest per file (12 opens, 12 x 290 KB).
+    assert manifest_reads(server, "SHA256SUMS") == (1, len(sums))
+
+
+def test_a_manifest_is_not_read_again_after_a_reconnect_in_the_same_run(server: Server) -> None:
+    count_server_logging(server)  # a new sshd, maybe on another port: the relay goes to it
+    relay = Relay(server.port)
+    try:
+        _reconnect_mid_backlog(server, relay)
+    finally:
+        relay.close()
+
+
+def _reconnect_mid_backlog(server: Server, relay: Relay) -> None:
+    files = {f"202501{day:02d}.IPI": os.urandom(64 * KiB) for day in range(1, 13)}
+    for name, data in files.items():
+        server.put(name, data)
+    sums = manifest(files, padding=4000)  # about 290 KB
+    server.put("SHA256SUMS", sums)
+    # Cut once the manifest and a few files have come: the run reconnects and goes on.
+    relay.set_fault(cut_after=len(sums) + 4 * 64 * KiB)
+
+    result = run_job(server.env(port=relay.port, SELECT_MODE="all", VERIFY_SOURCE="required"), server.tmp / "cwd")
+
+    assert result.code == 0, result.output
+    assert relay.connections >= 2, "the cut made the run reconnect"
+    assert sorted(p.name for p in server.served.iterdir()) == sorted(files)
+    # Before: read once per connection, so once more after the reconnect.
     assert manifest_reads(server, "SHA256SUMS") == (1, len(sums))
 
 

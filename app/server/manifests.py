@@ -2,18 +2,17 @@
 
 A manifest is needed by every file it covers; fetched whole for each, a 5.4 MB
 SHA256SUMS covering 12 files cost 66 MB on the wire. Here each one is fetched
-once per connection (so once per run, unless the run reconnects), with pipelined
-reads, and kept parsed with the size and mtime it had; a later use stats it (one
-round trip) and reads it again only when either changed, so a manifest the
-partner extends during the run is read again. Kept per connection, not per path
-alone: nothing read from one server (or an earlier run in the same process) can
-stand in for another's file.
+once per run, with pipelined reads, and kept parsed with the size and mtime it
+had; a later use stats it (one round trip) and reads it again only when either
+changed, so a manifest the partner extends during the run is read again. The
+copy outlives a reconnect (a cut mid-backlog must not cost the manifest again),
+and is kept per server: host, port, account and host key, so nothing read from
+one server can stand in for another's file.
 """
 
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -31,10 +30,16 @@ DEPTH = 16
 # what the server serves (OpenSSH: 255 KiB or less).
 REQUEST_SIZE = 256 * 1024
 
-# Per SFTP session: path -> ((size, mtime), parsed). An entry is only trusted after
-# a stat shows the same size and mtime; it goes with its connection.
-_CACHE: weakref.WeakKeyDictionary[object, dict[str, tuple[tuple[int, int], object]]] = weakref.WeakKeyDictionary()
+# Per server (see _server): path -> ((size, mtime), parsed), for the run (the
+# process). An entry is only trusted after a stat shows the same size and mtime.
+_CACHE: dict[tuple[object, ...], dict[str, tuple[tuple[int, int], object]]] = {}
 _LOCK = threading.Lock()
+
+
+def _server(conn: Connection) -> tuple[object, ...]:
+    """Which server a connection reaches: the same one again after a reconnect."""
+    key = conn.transport.get_remote_server_key()
+    return (conn.server, conn.transport.get_username(), key.get_name(), key.asbytes())
 
 
 def read_manifest(conn: Connection, path: str, limit: int, parse: Callable[[bytes], T]) -> T:
@@ -44,14 +49,14 @@ def read_manifest(conn: Connection, path: str, limit: int, parse: Callable[[byte
     attr = conn.sftp.stat(path)
     size, mtime = attr.st_size, attr.st_mtime
     with _LOCK:
-        cached = _CACHE.get(conn.sftp, {}).get(path)
+        cached = _CACHE.get(_server(conn), {}).get(path)
     if cached is not None and size is not None and mtime is not None and cached[0] == (size, mtime):
         return cached[1]  # type: ignore[return-value]
     data = _read_whole(conn, path, limit)
     parsed = parse(data)
     if size is not None and mtime is not None:
         with _LOCK:
-            _CACHE.setdefault(conn.sftp, {})[path] = ((size, mtime), parsed)
+            _CACHE.setdefault(_server(conn), {})[path] = ((size, mtime), parsed)
     return parsed
 
 
