@@ -54,6 +54,8 @@ from app.storage.fsutil import (
     BackgroundFsync,
     atomic_write,
     create_temp,
+    fitting_name,
+    fsync_dir,
     open_exclusive,
     storage_error,
     write_all,
@@ -419,17 +421,24 @@ def _download(
     )
 
 
+UNPROVEN_SUFFIX = ".unproven"
+
+
 def keep_unproven(paths: Paths, target: Path, entry: RemoteEntry) -> Path:
-    """Give a complete (fsynced) download that could not be proven its final name in
-    LOCAL_DIR, without publishing it; where it now is."""
+    """Keep a complete (fsynced) download that could not be proven beside where it
+    would go, as ``<name>.unproven`` in LOCAL_DIR, never published; where it now is.
+    Not under its final name: a file under its final name in LOCAL_DIR is proven,
+    and a later run would take a same-sized, same-dated one for a complete copy."""
+    kept = paths.final.with_name(fitting_name(paths.final.name, suffix=UNPROVEN_SUFFIX))
     try:
         if entry.mtime is not None:
             os.utime(target, (entry.mtime, entry.mtime))
-        os.replace(target, paths.final)
+        os.replace(target, kept)
+        fsync_dir(kept.parent)
         paths.meta.unlink(missing_ok=True)
     except OSError as exc:
-        raise storage_error("keep", paths.final, exc) from None
-    return paths.final
+        raise storage_error("keep", kept, exc) from None
+    return kept
 
 
 def _save_blocks(paths: Paths, entry: RemoteEntry, fd: int, blocks: BlockDigests) -> None:

@@ -209,7 +209,9 @@ def test_required_proof_on_a_read_once_server_fails_the_file_but_keeps_its_only_
     assert result.code == 1, result.output
     assert "20250701.IPI" in result.stderr and "VERIFY_SOURCE=required" in result.stderr
     assert "kept in" in result.stderr
-    assert (tmp_path / "jail" / "local" / "20250701.IPI").read_bytes() == files["20250701.IPI"]
+    # Beside its final name, never under it: a final name in LOCAL_DIR is proven.
+    assert (tmp_path / "jail" / "local" / "20250701.IPI.unproven").read_bytes() == files["20250701.IPI"]
+    assert not (tmp_path / "jail" / "local" / "20250701.IPI").exists()
     assert not (tmp_path / "jail" / "server" / "20250701.IPI").exists()
     assert "Traceback" not in result.stderr
 
