@@ -37,7 +37,7 @@ REMOTE_AFTER_STATES = ("pending", "done", "failed")
 OBSERVATIONS_VERSION = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """One completed file, as appended to the JSON-lines ledger."""
 
