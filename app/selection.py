@@ -36,7 +36,7 @@ _DATE = re.compile(r"(?<!\d)(\d{8})(?!\d)")
 FIRST_YEAR, LAST_YEAR = 1970, 2199
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemoteEntry:
     """One directory entry as listed by the server. Each attribute is the server's claim, None where it sent none."""
 
@@ -78,7 +78,7 @@ HOLDING = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Observation:
     """What the job itself saw of a listed name, timed by its own clock."""
 

@@ -41,7 +41,7 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-@dataclass
+@dataclass(slots=True)
 class FileTally:
     """One file's bytes and time across every attempt of this run."""
 

@@ -597,3 +597,40 @@ def test_one_files_ledger_mtime_is_what_the_map_of_every_file_says(
     ledger = Ledger(tuple(replace(ledger_entry(n), mtime=m) for n, m in items))
     whole = ledger.mtimes
     assert ledger.mtimes_of(name) == ({name: whole[name]} if name in whole else {})
+
+
+def test_report_written_in_chunks_is_byte_for_byte_the_whole_document(tmp_path: Path) -> None:
+    # Written a field and a list item at a time (the run's peak memory for a big backlog);
+    # the bytes are the ones the whole plain document gave, non-ASCII, empty lists and nesting included.
+    files = [
+        FileReport(f"2025010{i}_\u00e9.IPI", 10 + i, 0.5, 1.25, 0, "ab" * 32, 10 + i, resume_offsets=[0, 4])
+        for i in range(3)
+    ]
+    report = RunReport(
+        started_at="2025-01-01T00:00:00+00:00",
+        finished_at="2025-01-01T00:00:01+00:00",
+        duration_seconds=1.0,
+        exit_code=1,
+        outcome="failed",
+        ok=False,
+        sftp_host="h",
+        files=files,
+        failed={"x.IPI": "gone \u2014 really"},
+        retries=[RetryRecord(1, "timeout", 2.0)],
+        error=None,
+        held_back=[HeldFile("y.IPI", "too young", None)],
+        server_profile={"nested": {"a": [1, 2]}},
+    )
+    path = tmp_path / "run_report.json"
+    write_report(path, report)
+    whole = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in report.to_json().items())
+    assert path.read_bytes() == ("{\n" + whole + "\n}\n").encode("utf-8")
+    assert read_report(path) == report.to_json()
+
+
+@pytest.mark.parametrize("raw", [b"", b"\n", b"a", b"a\n", b"a\nb", b"\n\na\r\n{torn\n", b"x\n\n"])
+def test_ledger_lines_split_as_bytes_split(raw: bytes) -> None:
+    # Lines are taken one at a time (a backlog's ledger is 50,000 of them) but exactly as split() cuts them.
+    from app.storage.state import _lines
+
+    assert list(_lines(raw)) == raw.split(b"\n")

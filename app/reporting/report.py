@@ -4,6 +4,7 @@ and alerts are all built from it (and from the ledger), never from log lines."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ class RetryRecord:
     delay_seconds: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileReport:
     """One file the run worked on, finished (``completed``: published and recorded) or not."""
 
@@ -244,8 +245,33 @@ def write_report(path: Path, report: RunReport) -> None:
     # One field per line, for a reader with less or grep; each value compact, because
     # json's indentation runs its pure-Python encoder, half a second for a report that
     # names 50,000 held-back files.
-    lines = ",\n".join(f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in report.to_json().items())
-    atomic_write(path, ("{\n" + lines + "\n}\n").encode("utf-8"), "REPORT_FILE")
+    atomic_write(path, b"".join(report_chunks(report)), "REPORT_FILE")
+
+
+def report_chunks(report: RunReport) -> Iterator[bytes]:
+    """The report's bytes, as ``to_json`` and ``json.dumps`` give them, a field at a
+    time and a list's items one at a time: the plain form of a backlog's 50,000 file
+    entries, with its JSON and that JSON's copies, was the run's peak memory."""
+    yield b"{\n"
+    for i, name in enumerate(_field_names(report)):
+        value = getattr(report, name)
+        yield (",\n" if i else "").encode() + f"  {json.dumps(name)}: ".encode()
+        if isinstance(value, list):
+            # json.dumps of a list is its items' json.dumps, joined by ", ".
+            yield b"["
+            for j, item in enumerate(value):
+                yield (", " if j else "").encode() + json.dumps(_plain(item)).encode()
+            yield b"]"
+        else:
+            yield json.dumps(_plain(value)).encode()
+    yield b"\n}\n"
+
+
+def _field_names(value: Any) -> tuple[str, ...]:
+    names = _FIELDS.get(type(value))
+    if names is None:
+        names = _FIELDS[type(value)] = tuple(f.name for f in fields(value))
+    return names
 
 
 def outcome(exit_code: int) -> str:

@@ -37,7 +37,7 @@ REMOTE_AFTER_STATES = ("pending", "done", "failed")
 OBSERVATIONS_VERSION = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """One completed file, as appended to the JSON-lines ledger."""
 
@@ -351,7 +351,7 @@ def read_ledger(path: Path) -> Ledger:
         raise ConfigError(f"ledger {path}: cannot read it ({reason})") from None
     items: list[_Item] = []
     damaged = 0
-    for number, line in enumerate(raw.split(b"\n"), start=1):
+    for number, line in enumerate(_lines(raw), start=1):
         if not line.strip():
             continue
         try:
@@ -366,6 +366,16 @@ def read_ledger(path: Path) -> Ledger:
     skips = _skips_in_force(items)
     entries, pending = _apply_refetches(_apply_remote_after(items))
     return Ledger(entries=entries, damaged_lines=damaged, refetch_pending=pending, skips=skips)
+
+
+def _lines(raw: bytes) -> Iterator[bytes]:
+    """``raw.split(b"\\n")``, a line at a time: a backlog's ledger has 50,000 lines, and
+    the list of them all, held while they were parsed, added to the run's peak memory."""
+    start = 0
+    while (end := raw.find(b"\n", start)) != -1:
+        yield raw[start:end]
+        start = end + 1
+    yield raw[start:]
 
 
 def _skips_in_force(items: list[_Item]) -> tuple[SkipNote, ...]:
