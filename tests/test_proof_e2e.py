@@ -151,7 +151,9 @@ def test_bytes_changed_on_the_server_after_the_download_are_caught_and_fetched_a
         proc = start_job(proftpd_env(proftpd, tmp_path, relay.port), tmp_path / "cwd")
         part = tmp_path / "local" / f"{NAME}.part"
         assert wait_until(lambda: size_of(part) >= len(old) - 200_000, timeout=60)
-        relay.delay = 1.5  # the re-check and the proof now take 1.5 s to reach the server: time to rewrite it, on a loaded machine too
+        # The re-check and the proof now take 1.5 s to reach the server: time to rewrite
+        # the file first, on a loaded machine too.
+        relay.delay = 1.5
         assert wait_until(lambda: size_of(part) == len(old), timeout=60), proc.poll()
         proftpd.put(NAME, new, MTIME)
         relay.delay, relay.rate = 0.0, None
