@@ -48,15 +48,16 @@ def read_manifest(conn: Connection, path: str, limit: int, parse: Callable[[byte
     calls do; the caller holds the error boundary (remote_errors)."""
     attr = conn.sftp.stat(path)
     size, mtime = attr.st_size, attr.st_mtime
+    server = _server(conn)
     with _LOCK:
-        cached = _CACHE.get(_server(conn), {}).get(path)
+        cached = _CACHE.get(server, {}).get(path)
     if cached is not None and size is not None and mtime is not None and cached[0] == (size, mtime):
         return cached[1]  # type: ignore[return-value]
     data = _read_whole(conn, path, limit)
     parsed = parse(data)
     if size is not None and mtime is not None:
         with _LOCK:
-            _CACHE.setdefault(_server(conn), {})[path] = ((size, mtime), parsed)
+            _CACHE.setdefault(server, {})[path] = ((size, mtime), parsed)
     return parsed
 
 

@@ -169,6 +169,21 @@ def _make_temp(source: Path, final: Path, method: str, size: int, sha256: str) -
         raise
 
 
+def _already_there(final: Path, source: Path, size: int, sha256: str) -> bool:
+    """Whether ``final`` already holds ``source``'s verified bytes (nothing to publish)."""
+    try:
+        return already_published(final, source, size, sha256)
+    except OSError as exc:
+        raise storage_error("inspect", final, exc) from None
+
+
+def _publish_error(method: str, final: Path, exc: OSError) -> LocalStorageError:
+    """What a failed publication of ``final`` is reported as."""
+    if method == "hardlink" and exc.errno == errno.EXDEV:
+        return LocalStorageError("PUBLISH_METHOD=hardlink: LOCAL_DIR and SERVER_DIR are on different file systems")
+    return storage_error("publish", final, exc)
+
+
 def publish(
     source: Path, server_dir: Path, size: int, mtime: int | None, sha256: str, method: str = "auto"
 ) -> str | None:
@@ -182,11 +197,8 @@ def publish(
     None if an identical file was already there.
     """
     final = server_dir / source.name
-    try:
-        if already_published(final, source, size, sha256):
-            return None
-    except OSError as exc:
-        raise storage_error("inspect", final, exc) from None
+    if _already_there(final, source, size, sha256):
+        return None
 
     tmp: Path | None = None
     held: int | None = None
@@ -198,11 +210,7 @@ def publish(
         os.replace(tmp, final)
     except OSError as exc:
         _discard(tmp)
-        if method == "hardlink" and exc.errno == errno.EXDEV:
-            raise LocalStorageError(
-                "PUBLISH_METHOD=hardlink: LOCAL_DIR and SERVER_DIR are on different file systems"
-            ) from None
-        raise storage_error("publish", final, exc) from None
+        raise _publish_error(method, final, exc) from None
     except BaseException:
         _discard(tmp)
         raise
@@ -246,11 +254,8 @@ def stage(
     fsync and rename, which the caller does for a whole group. None if an identical
     file is already there. ``try_clone=False`` skips a clone already known to fail
     on these file systems (PUBLISH_METHOD=auto)."""
-    try:
-        if already_published(final, source, size, sha256):
-            return None
-    except OSError as exc:
-        raise storage_error("inspect", final, exc) from None
+    if _already_there(final, source, size, sha256):
+        return None
     tmp: Path | None = None
     held: int | None = None
     try:
@@ -276,11 +281,7 @@ def stage(
         _discard(tmp)
         if held is not None:
             os.close(held)
-        if method == "hardlink" and exc.errno == errno.EXDEV:
-            raise LocalStorageError(
-                "PUBLISH_METHOD=hardlink: LOCAL_DIR and SERVER_DIR are on different file systems"
-            ) from None
-        raise storage_error("publish", final, exc) from None
+        raise _publish_error(method, final, exc) from None
     except BaseException:
         _discard(tmp)
         if held is not None:
