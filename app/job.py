@@ -38,7 +38,7 @@ from app.server import inflight, profile
 from app.server.remote import Connection, HostKeyVerifier, connect, list_entries, load_private_key
 from app.storage.fsutil import ensure_dir, remove_stale_temps
 from app.storage.retention import apply_retention
-from app.storage.state import Ledger, LedgerEntry, read_ledger
+from app.storage.state import LedgerEntry, LedgerTail, read_ledger_tail
 from app.streaks import next_streaks, skip_command, streaks_from_json, stuck
 from app.tally import FileTally, file_reports, total_kept
 from app.timestamps import iso
@@ -216,11 +216,10 @@ def build_report(
     """The run report, from the run's own results and the ledger."""
     files = file_reports(summary.tallies, summary.fetched, summary.recorded)
     try:
-        ledger = read_ledger(settings.ledger_path)
+        ledger = read_ledger_tail(settings.ledger_path)
     except JobError:
-        ledger = Ledger(entries=())
-    entries = ledger.entries
-    newest = entries[-1] if entries else None
+        ledger = LedgerTail(newest=None, newest_mtime=None, skips=())
+    newest = ledger.newest
     finished_at = iso(finished)
     previous = read_report(settings.report_path)
     streaks = next_streaks(
@@ -243,7 +242,7 @@ def build_report(
         last_success_at=last_success(exit_code, finished_at, previous),
         last_completed_file=newest.name if newest else None,
         last_completed_at=newest.completed_at if newest else None,
-        newest_completed_mtime=max((e.mtime for e in entries if e.mtime is not None), default=None),
+        newest_completed_mtime=ledger.newest_mtime,
         held_back=list(summary.backlog.held_back),
         late=list(summary.backlog.late),
         due_remaining=summary.backlog.due_remaining,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,26 @@ def test_atomic_write_leaves_only_the_final_file(tmp_path: Path, durable: bool) 
     assert target.read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == ["state.txt"]
     assert not any(is_temp_name(p.name) for p in tmp_path.iterdir())
+
+
+def test_atomic_write_in_chunks_writes_them_all_in_order(tmp_path: Path) -> None:
+    # More than one write block's worth, in uneven chunks: the run report's form.
+    chunks = [bytes([i % 251]) * (i * 997) for i in range(1, 80)]
+    target = tmp_path / "report.json"
+    atomic_write(target, iter(chunks), "REPORT_FILE")
+    assert target.read_bytes() == b"".join(chunks)
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_atomic_write_whose_chunks_fail_to_come_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "report.json"
+    target.write_bytes(b"old")
+
+    def chunks() -> Iterator[bytes]:
+        yield b"x" * (3 << 20)  # past one write block: some bytes reached the temp
+        raise ValueError("the report could not be built")
+
+    with pytest.raises(ValueError, match="could not be built"):
+        atomic_write(target, chunks(), "REPORT_FILE")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from dataclasses import asdict, fields, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,8 +30,10 @@ from app.storage.state import (
     RefetchNote,
     RemoteAfterNote,
     RunLock,
+    SkipNote,
     append_ledger,
     read_ledger,
+    read_ledger_tail,
     read_observations,
     read_record,
     run_lock_waiting,
@@ -628,9 +631,53 @@ def test_report_written_in_chunks_is_byte_for_byte_the_whole_document(tmp_path: 
     assert read_report(path) == report.to_json()
 
 
-@pytest.mark.parametrize("raw", [b"", b"\n", b"a", b"a\n", b"a\nb", b"\n\na\r\n{torn\n", b"x\n\n"])
-def test_ledger_lines_split_as_bytes_split(raw: bytes) -> None:
-    # Lines are taken one at a time (a backlog's ledger is 50,000 of them) but exactly as split() cuts them.
-    from app.storage.state import _lines
+def _ledger_item_strategy() -> st.SearchStrategy[object]:
+    names = st.sampled_from(["a.IPI", "b.IPI", "c.IPI"])
+    at = "2025-04-29T00:00:00+00:00"
+    return st.one_of(
+        st.builds(lambda n, m: replace(ledger_entry(n), mtime=m), names, st.one_of(st.none(), st.integers(0, 10**10))),
+        st.builds(lambda n: RefetchNote(n, at, "ops"), names),
+        st.builds(lambda n: RemoteAfterNote(n, "done", "deleted", "", at), names),
+        st.builds(lambda n: SkipNote(n, "unreadable", at, "ops", "host", 5, 7), names),
+    )
 
-    assert list(_lines(raw)) == raw.split(b"\n")
+
+@given(items=st.lists(_ledger_item_strategy(), max_size=12), torn=st.booleans())
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_the_reports_ledger_tail_is_what_the_whole_ledger_says(tmp_path: Path, items: list[Any], torn: bool) -> None:
+    # The report reads the ledger in memory that does not grow with it (50,000 lines after
+    # a backlog); its newest entry, newest mtime and skips are the whole read's.
+    path = tmp_path / "completed_files.jsonl"
+    path.unlink(missing_ok=True)
+    if items:
+        append_ledger(path, *items)
+    if torn:
+        with path.open("ab") as fh:
+            fh.write(b'{"name": "torn')
+    whole = read_ledger(path)
+    tail = read_ledger_tail(path)
+    assert tail.newest == (whole.entries[-1] if whole.entries else None)
+    assert tail.newest_mtime == max((e.mtime for e in whole.entries if e.mtime is not None), default=None)
+    assert tail.skips == whole.skips
+
+
+@FUZZ
+@given(raw=STATE_BYTES)
+def test_the_reports_ledger_tail_refuses_what_the_whole_read_refuses(tmp_path: Path, raw: bytes) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    path.write_bytes(raw)
+    try:
+        whole = read_ledger(path)
+    except ConfigError as exc:
+        with pytest.raises(ConfigError) as refused:
+            read_ledger_tail(path)
+        assert str(refused.value) == str(exc)
+        return
+    assert read_ledger_tail(path).newest == (whole.entries[-1] if whole.entries else None)
+
+
+def test_an_unreadable_ledger_is_a_config_error_for_the_report_too(tmp_path: Path) -> None:
+    path = tmp_path / "completed_files.jsonl"
+    path.mkdir()
+    with pytest.raises(ConfigError, match=r"ledger .*completed_files.jsonl: cannot read it"):
+        read_ledger_tail(path)

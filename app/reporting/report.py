@@ -245,7 +245,7 @@ def write_report(path: Path, report: RunReport) -> None:
     # One field per line, for a reader with less or grep; each value compact, because
     # json's indentation runs its pure-Python encoder, half a second for a report that
     # names 50,000 held-back files.
-    atomic_write(path, b"".join(report_chunks(report)), "REPORT_FILE")
+    atomic_write(path, report_chunks(report), "REPORT_FILE")
 
 
 def report_chunks(report: RunReport) -> Iterator[bytes]:

@@ -790,13 +790,12 @@ def list_entries(conn: Connection, settings: Settings) -> list[RemoteEntry]:
     directory = settings.sftp_dir or "."
     try:
         with remote_errors(f"list remote directory {directory!r}", conn=conn):
-            listed = list_directory(conn.sftp, directory, settings.max_listing)
+            return list_directory(conn.sftp, directory, settings.max_listing, _entry)
     except ListingTooLongError:
         raise
     except RemoteFileError as exc:
         said = f"the server said {exc.said!r}" if exc.said else str(exc)
         raise ConfigError(f"SFTP_DIR={directory}: cannot list this directory on the server ({said})") from None
-    return [_entry(name, attrs) for name, attrs in listed]
 
 
 def stat_entry(conn: Connection, settings: Settings, name: str) -> RemoteEntry:

@@ -22,7 +22,7 @@ import pwd
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from app.errors import ConfigError, LocalStorageError
@@ -98,7 +98,7 @@ def open_exclusive(path: Path, *, readable: bool = False) -> int:
     return os.open(path, access | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE)
 
 
-def write_all(fd: int, data: bytes | memoryview) -> None:
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -155,8 +155,12 @@ def _names(path: Path, fd: int) -> bool:
     return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
-def atomic_write(final: Path, data: bytes, label: str, *, durable: bool = True) -> None:
+def atomic_write(final: Path, data: bytes | Iterable[bytes], label: str, *, durable: bool = True) -> None:
     """Replace ``final`` with ``data`` so readers see the old or the new file, never a mix.
+
+    ``data`` may come in chunks (the run report after a backlog is tens of MB, and
+    holding it whole besides its parts was part of the run's peak memory); a chunk
+    that fails to come (its producer raises) leaves ``final`` as it was.
 
     ``durable=False`` skips the fsyncs: still atomic for every reader and across a
     killed process, but a power cut may bring back the old content. Only for
@@ -169,22 +173,38 @@ def atomic_write(final: Path, data: bytes, label: str, *, durable: bool = True) 
     try:
         try:
             keep_ownership(final, fd, label)
+            _write_chunks(fd, data)
+            if durable:
+                os.fsync(fd)
+                replace_durably(tmp, final)
+            else:
+                os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        write_all(fd, data)
-        if durable:
-            os.fsync(fd)
-            replace_durably(tmp, final)
-        else:
-            os.replace(tmp, final)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise storage_error(f"write {label}", final, exc) from None
     finally:
         os.close(fd)
+
+
+# Chunks are gathered to this size before each write: one write per chunk of a report
+# (one per file entry) would be 50,000 system calls.
+_WRITE_BLOCK = 1 << 20
+
+
+def _write_chunks(fd: int, data: bytes | Iterable[bytes]) -> None:
+    if isinstance(data, bytes):
+        write_all(fd, data)
+        return
+    block = bytearray()
+    for chunk in data:
+        block += chunk
+        if len(block) >= _WRITE_BLOCK:
+            write_all(fd, block)
+            block.clear()
+    write_all(fd, block)
 
 
 def _user_name(uid: int) -> str:

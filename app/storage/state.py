@@ -16,7 +16,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -340,45 +340,102 @@ def read_ledger(path: Path) -> Ledger:
     """All entries. A line torn by a crash mid-append is counted and skipped; any other
     line that is not a valid entry is a ConfigError naming the file and line: the
     ledger is what keeps a file from being fetched twice, so it is never guessed at."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return Ledger(entries=())
-    except OSError as exc:
+    lines = _LedgerLines(path)
+    items = list(lines)
+    skips = _skips_in_force(items)
+    entries, pending = _apply_refetches(_apply_remote_after(items))
+    return Ledger(entries=entries, damaged_lines=lines.damaged, refetch_pending=pending, skips=skips)
+
+
+@dataclass(frozen=True)
+class LedgerTail:
+    """What the run report needs of the ledger (``read_ledger_tail``)."""
+
+    newest: LedgerEntry | None  # the latest entry no refetch note has cancelled
+    newest_mtime: int | None  # the latest mtime among those entries
+    skips: tuple[SkipNote, ...]  # as Ledger.skips
+
+
+def read_ledger_tail(path: Path) -> LedgerTail:
+    """``read_ledger``'s newest entry, newest mtime and skips, with the same checks, in
+    memory that does not grow with the ledger: after a backlog of 50,000 files, the
+    report's reading every entry again was the largest part of the run's peak memory.
+
+    Two passes: an entry counts unless a refetch note of its name comes after it, which
+    only the first pass can tell (the notes are few; the entries are not)."""
+    lines = _LedgerLines(path)
+    last_refetch: dict[str, int] = {}
+    for at, item in enumerate(lines):
+        if isinstance(item, RefetchNote):
+            last_refetch[item.name] = at
+    newest: LedgerEntry | None = None
+    newest_mtime: int | None = None
+
+    def entries() -> Iterator[_Item]:
+        nonlocal newest, newest_mtime
+        for at, item in enumerate(lines):
+            if isinstance(item, LedgerEntry) and at > last_refetch.get(item.name, -1):
+                newest = item
+                if item.mtime is not None and (newest_mtime is None or item.mtime > newest_mtime):
+                    newest_mtime = item.mtime
+            elif isinstance(item, RemoteAfterNote) and newest is not None and item.name == newest.name:
+                # As _apply_remote_after: the note is about its file's latest entry, the newest.
+                newest = replace(newest, remote_after=item.remote_after)
+            yield item
+
+    skips = _skips_in_force(entries())
+    return LedgerTail(newest=newest, newest_mtime=newest_mtime, skips=skips)
+
+
+class _LedgerLines:
+    """The ledger's items in file order, read a line at a time (a backlog's ledger has
+    50,000 lines) and validated as they are read; iterable more than once. Torn lines
+    are counted in ``damaged``; any other bad line is a ConfigError naming its number."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.damaged = 0
+
+    def __iter__(self) -> Iterator[_Item]:
+        self.damaged = 0
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 - closed below; the OSError of open() is told apart
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._unreadable(exc) from None
+        with fh:
+            number = 0
+            while True:
+                try:
+                    line = fh.readline()
+                except OSError as exc:
+                    raise self._unreadable(exc) from None
+                if not line:
+                    return
+                number += 1
+                if not line.strip():
+                    continue
+                try:
+                    item = _ledger_item(line)
+                except ValueError as exc:
+                    if _torn(line):
+                        self.damaged += 1
+                        continue
+                    raise ConfigError(
+                        f"ledger {self.path}:{number}: {exc}; repair or remove that line"
+                        " (see docs/operations.md, State files)"
+                    ) from None
+                yield item
+
+    def _unreadable(self, exc: OSError) -> ConfigError:
         # Exit 2, as for LAST_FILE_RECORD: a state file that cannot be read fails
         # every run the same way until someone fixes it (its owner, its mode).
         reason = os.strerror(exc.errno) if exc.errno else exc.__class__.__name__
-        raise ConfigError(f"ledger {path}: cannot read it ({reason})") from None
-    items: list[_Item] = []
-    damaged = 0
-    for number, line in enumerate(_lines(raw), start=1):
-        if not line.strip():
-            continue
-        try:
-            items.append(_ledger_item(line))
-        except ValueError as exc:
-            if _torn(line):
-                damaged += 1
-                continue
-            raise ConfigError(
-                f"ledger {path}:{number}: {exc}; repair or remove that line (see docs/operations.md, State files)"
-            ) from None
-    skips = _skips_in_force(items)
-    entries, pending = _apply_refetches(_apply_remote_after(items))
-    return Ledger(entries=entries, damaged_lines=damaged, refetch_pending=pending, skips=skips)
+        return ConfigError(f"ledger {self.path}: cannot read it ({reason})")
 
 
-def _lines(raw: bytes) -> Iterator[bytes]:
-    """``raw.split(b"\\n")``, a line at a time: a backlog's ledger has 50,000 lines, and
-    the list of them all, held while they were parsed, added to the run's peak memory."""
-    start = 0
-    while (end := raw.find(b"\n", start)) != -1:
-        yield raw[start:end]
-        start = end + 1
-    yield raw[start:]
-
-
-def _skips_in_force(items: list[_Item]) -> tuple[SkipNote, ...]:
+def _skips_in_force(items: Iterable[_Item]) -> tuple[SkipNote, ...]:
     """Each name's latest skip note, unless a delivery or a refetch note of that name came after it."""
     latest: dict[str, SkipNote] = {}
     for item in items:
